@@ -1,0 +1,151 @@
+"""Model configuration, the presets of the original training script, and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .ops import MAX_CHUNK_SIZE, SCAN_BACKENDS
+
+
+@dataclass(frozen=True)
+class Preset:
+    d_model: int
+    n_layers: int
+    num_eigenstates: int
+    batch_size: int
+    max_seq_len: int
+    use_hten: bool
+    hten_scales: tuple[int, ...]
+    energy_reg_weight: float
+
+    def model_fields(self) -> dict[str, Any]:
+        """The preset's values that belong to the model config (all but batch_size)."""
+        fields = dataclasses.asdict(self)
+        fields.pop("batch_size")
+        fields["hten_scales"] = list(self.hten_scales)
+        return fields
+
+
+# The design's section 6. Presets without HTEN keep the default scales for `--use_hten`.
+PRESETS: dict[str, Preset] = {
+    "nano": Preset(512, 4, 64, 8, 512, False, (1, 2, 4), 0.01),
+    "micro": Preset(768, 6, 96, 16, 1024, False, (1, 2, 4), 0.01),
+    "small": Preset(1024, 8, 128, 16, 1024, False, (1, 2, 4), 0.01),
+    "medium": Preset(1280, 12, 160, 16, 1024, False, (1, 2, 4), 0.01),
+    "large": Preset(1536, 16, 192, 8, 1024, True, (1, 2, 4), 0.02),
+    "xlarge": Preset(2048, 20, 256, 8, 2048, True, (1, 2, 4, 8), 0.02),
+}
+
+
+@dataclass
+class TemporalEigenstateConfig:
+    vocab_size: int = 256
+    d_model: int = 512
+    n_layers: int = 4
+    num_eigenstates: int = 64  # K, complex eigenstates per layer (split over scales in HTEN)
+    num_heads: int = 4  # eigenstate heads: the coupling R is block-diagonal over them
+    max_seq_len: int = 512  # training window; sets the slowest initial memory, not a hard limit
+    dropout: float = 0.0
+    selective: bool = True  # input-dependent eigenvalue perturbations (da, dw)
+    use_hten: bool = False
+    hten_scales: list[int] = field(default_factory=lambda: [1, 2, 4])
+    energy_reg_weight: float = 0.01
+    scan_backend: str = "auto"
+    chunk_size: int = 32
+    mlp_hidden: int | None = None  # SwiGLU width; None: 8/3 d rounded up to a multiple of 64
+    coupling_init: float = 0.01  # eps in R = I + eps M
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        self.hten_scales = list(self.hten_scales)
+        self.validate()
+
+    @property
+    def mlp_width(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+    @property
+    def scales(self) -> list[int]:
+        """The temporal scales in use: [1] for plain TEN."""
+        return self.hten_scales if self.use_hten else [1]
+
+    @property
+    def eigenstates_per_scale(self) -> int:
+        return self.num_eigenstates // len(self.scales)
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "num_eigenstates", "num_heads", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        weight = self.energy_reg_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"energy_reg_weight must be a finite number >= 0, got {weight!r}")
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan_backend must be one of {', '.join(SCAN_BACKENDS)}, got {self.scan_backend!r}")
+        if self.scan_backend == "fft" and self.selective:
+            raise ValueError("scan_backend 'fft' needs selective=False (it handles time-invariant eigenvalues only)")
+        if (
+            isinstance(self.chunk_size, bool)
+            or not isinstance(self.chunk_size, int)
+            or not 1 <= self.chunk_size <= MAX_CHUNK_SIZE
+        ):
+            raise ValueError(f"chunk_size must be an integer in [1, {MAX_CHUNK_SIZE}], got {self.chunk_size!r}")
+        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
+            raise ValueError(f"mlp_hidden must be a positive integer or None, got {self.mlp_hidden!r}")
+        if not (math.isfinite(self.coupling_init) and self.coupling_init >= 0):
+            raise ValueError(f"coupling_init must be a finite number >= 0, got {self.coupling_init!r}")
+        scales = self.hten_scales
+        if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
+            raise ValueError(f"hten_scales must be a non-empty list of positive integers, got {scales!r}")
+        if len(set(scales)) != len(scales):
+            raise ValueError(f"hten_scales must be distinct, got {scales!r}")
+        if self.num_eigenstates % len(self.scales):
+            raise ValueError(
+                f"num_eigenstates ({self.num_eigenstates}) must be divisible by the number of "
+                f"hten_scales ({len(self.scales)})"
+            )
+        if self.eigenstates_per_scale % self.num_heads:
+            raise ValueError(
+                f"num_eigenstates per scale ({self.eigenstates_per_scale}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TemporalEigenstateConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name].model_fields(), **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TemporalEigenstateConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TemporalEigenstateConfig:
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not a valid JSON config: {err}") from err
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} does not hold a config object")
+        return cls.from_dict(values)

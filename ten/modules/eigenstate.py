@@ -1,0 +1,176 @@
+"""The eigenstate layer of the design's section 1.
+
+    beta(t)  = W_in u(t)                                    K complex values
+    lam_k(t) = |lam_k(t)| exp(i (w_k + dw_k(t)))
+    (da, dw) = 0.1 tanh(W_sel u(t))                         selective only, else 0
+    c(t)     = lam(t) c(t-1) + beta(t)                      ten.ops.scan
+    h(t)     = W_out [Re R c(t); Im R c(t)]                 R = I + eps M, block-diagonal
+    y(t)     = sigmoid(W_g u(t) + b_g) * h(t)
+
+|lam| = MIN_DECAY + (1 - MIN_DECAY) sigmoid(a + da): the paper's sigmoid, lifted by the floor
+that keeps the chunked scan exact (ten/ops/common.py).  |lam| < 1 for every value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import MIN_DECAY, scan
+
+SELECTIVE_RANGE = 0.1  # |da|, |dw| <= 0.1
+MIN_TIMESCALE = 1.5  # tokens; the fastest initial memory (MIN_DECAY alone would give 1.33)
+
+
+def complex_exp_parts(magnitude: Tensor, angle: Tensor) -> Tensor:
+    """magnitude * exp(i angle) as a complex tensor (much faster on CPU than torch.polar)."""
+    return torch.view_as_complex(torch.stack([magnitude * torch.cos(angle), magnitude * torch.sin(angle)], -1))
+
+
+def initial_timescales(num: int, num_heads: int, longest: float) -> Tensor:
+    """Memory timescales 1 / (1 - |lam|), log-uniform from MIN_TIMESCALE to ``longest``.
+
+    Dealt round-robin so that every head spans the whole range.
+    """
+    longest = max(longest, 2 * MIN_TIMESCALE)
+    sorted_scales = torch.logspace(math.log10(MIN_TIMESCALE), math.log10(longest), num, dtype=torch.float64)
+    per_head = num // num_heads
+    order = torch.arange(num).view(num_heads, per_head)  # eigenstate k = h * per_head + j
+    dealt = (order % per_head) * num_heads + order // per_head  # gets sorted index j * H + h
+    return sorted_scales[dealt.flatten()]
+
+
+class EigenstateCore(nn.Module):
+    """u (B, T, d) -> h (B, T, d) and the eigenstates c (B, T, K): everything but the gate."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_eigenstates: int,
+        num_heads: int,
+        longest_timescale: float,
+        selective: bool = True,
+        coupling_init: float = 0.01,
+        residual_gain: float = 1.0,
+        scan_backend: str = "auto",
+        chunk_size: int = 32,
+    ) -> None:
+        super().__init__()
+        self.num_eigenstates = num_eigenstates
+        self.num_heads = num_heads
+        self.selective = selective
+        self.scan_backend = scan_backend
+        self.chunk_size = chunk_size
+        self.longest_timescale = longest_timescale
+        self.coupling_init = coupling_init
+        self.residual_gain = residual_gain
+        k, per_head = num_eigenstates, num_eigenstates // num_heads
+
+        self.in_proj = nn.Linear(d_model, 2 * k, bias=False)  # beta, interleaved (re, im)
+        self.selection = nn.Linear(d_model, 2 * k, bias=False) if selective else None  # (da, dw)
+        self.decay_logit = nn.Parameter(torch.empty(k))  # a_k
+        self.frequency = nn.Parameter(torch.empty(k))  # w_k
+        self.coupling = nn.Parameter(torch.empty(num_heads, per_head, per_head))  # eps M_h
+        self.out_proj = nn.Linear(2 * k, d_model, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        k = self.num_eigenstates
+        timescales = initial_timescales(k, self.num_heads, self.longest_timescale)
+        magnitude = 1 - 1 / timescales
+        self.decay_logit.copy_(torch.logit((magnitude - MIN_DECAY) / (1 - MIN_DECAY)))
+        self.frequency.copy_(2 * math.pi * torch.arange(k) / k)
+        self.coupling.normal_(0, self.coupling_init / math.sqrt(k))
+        nn.init.orthogonal_(self.in_proj.weight)
+        # Scale beta_k by sqrt(1 - |lam_k|^2) so every eigenstate starts with unit energy however
+        # long its memory: otherwise slow eigenstates start ~timescale times louder.
+        row_gain = torch.sqrt(1 - magnitude**2).to(self.in_proj.weight.dtype).repeat_interleave(2)
+        self.in_proj.weight.mul_(row_gain.unsqueeze(1))
+        nn.init.orthogonal_(self.out_proj.weight, gain=self.residual_gain)
+        if self.selection is not None:
+            nn.init.normal_(self.selection.weight, std=0.02)
+
+    def eigenvalues(self, u: Tensor | None = None) -> Tensor:
+        """lam, complex64: (K,) from the parameters alone, or (B, T, K) for input u if selective."""
+        a, w = self.decay_logit.float(), self.frequency.float()
+        if self.selection is not None and u is not None:
+            da, dw = (SELECTIVE_RANGE * torch.tanh(self.selection(u).float())).unflatten(-1, (-1, 2)).unbind(-1)
+            a, w = a + da, w + dw
+        magnitude = MIN_DECAY + (1 - MIN_DECAY) * torch.sigmoid(a)
+        return complex_exp_parts(magnitude, w)
+
+    def coupling_matrix(self) -> Tensor:
+        """R = I + eps M, block-diagonal over heads, (K, K)."""
+        eye = torch.eye(self.coupling.shape[-1], device=self.coupling.device, dtype=self.coupling.dtype)
+        return torch.block_diag(*(eye + self.coupling))
+
+    def forward(self, u: Tensor, initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        lam = self.eigenvalues(u)
+        # The state accumulates in float32 whatever the autocast dtype.
+        beta = torch.view_as_complex(self.in_proj(u).float().unflatten(-1, (-1, 2)))
+        states = scan(lam, beta, initial_state, self.scan_backend, self.chunk_size)
+        # W_out [Re Rc; Im Rc] = (W_out (R (x) I_2)) view_as_real(c): fold R into the weight,
+        # a (d, 2K) x (2K, 2K) product, instead of a pass over every state.
+        coupled = torch.kron(self.coupling_matrix(), torch.eye(2, device=u.device, dtype=self.coupling.dtype))
+        weight = self.out_proj.weight @ coupled.to(self.out_proj.weight.dtype)
+        h = F.linear(torch.view_as_real(states).flatten(-2), weight)
+        return h, states
+
+
+def energy(states: Tensor) -> Tensor:
+    """E(t) = sum_k |c_k(t)|^2, shape (B, T)."""
+    return torch.view_as_real(states).square().sum((-1, -2))
+
+
+def mean_energy(states: Tensor) -> Tensor:
+    """E(t) averaged over batch and positions (a scalar)."""
+    per_position = energy(states)
+    return per_position.mean() if per_position.numel() else per_position.sum()  # 0 for no positions
+
+
+class OutputGate(nn.Module):
+    """sigmoid(W_g u + b_g), with b_g = -2 at start: the layer begins mostly closed."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.proj.weight, std=0.02)
+        nn.init.constant_(self.proj.bias, -2.0)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return torch.sigmoid(self.proj(u))
+
+
+class EigenstateLayer(nn.Module):
+    """The TEN sequence mixer. State: the last eigenstates, (B, K) complex."""
+
+    def __init__(self, config, residual_gain: float = 1.0) -> None:
+        super().__init__()
+        self.core = EigenstateCore(
+            config.d_model,
+            config.num_eigenstates,
+            config.num_heads,
+            longest_timescale=config.max_seq_len,
+            selective=config.selective,
+            coupling_init=config.coupling_init,
+            residual_gain=residual_gain,
+            scan_backend=config.scan_backend,
+            chunk_size=config.chunk_size,
+        )
+        self.gate = OutputGate(config.d_model)
+
+    def forward(self, u: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns y (B, T, d), the new state, and E(t) averaged over batch and positions."""
+        h, states = self.core(u, state)
+        return self.gate(u) * h, states[:, -1], mean_energy(states)
+
+    def cores(self) -> list[tuple[int, EigenstateCore]]:
+        return [(1, self.core)]

@@ -1,0 +1,102 @@
+"""Hierarchical TEN (design section 3): one eigenstate core per temporal scale s, causal.
+
+    z_j     = mean(u[j s], ..., u[j s + s - 1])          complete windows only
+    y_j     = core_s(z)_j
+    up_s(t) = y_{floor((t+1)/s) - 1}  for t >= s - 1, else 0
+    y(t)    = sigmoid(W_g u(t) + b_g) * sum_s w_s up_s(t)
+
+A window's output is used only from the position that completes it: pooling windows that reach
+past t, or interpolating coarse outputs, would let position t see the future.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .eigenstate import EigenstateCore, OutputGate, mean_energy
+
+
+@dataclass
+class ScaleState:
+    """What scale s carries between calls: eigenstates, the open window, the last window's output."""
+
+    eigenstates: Tensor | None  # (B, K_s) complex; None before the first complete window
+    window_sum: Tensor  # (B, d): sum of the inputs of the window not yet complete
+    window_count: int  # how many inputs that window holds, in [0, s)
+    last_output: Tensor  # (B, d): core output of the last completed window (0 before the first)
+
+
+class HierarchicalEigenstateLayer(nn.Module):
+    """The HTEN sequence mixer. State: one ScaleState per scale."""
+
+    def __init__(self, config, residual_gain: float = 1.0) -> None:
+        super().__init__()
+        self.scales = list(config.hten_scales)
+        self.scale_cores = nn.ModuleList(
+            EigenstateCore(
+                config.d_model,
+                config.eigenstates_per_scale,
+                config.num_heads,
+                longest_timescale=config.max_seq_len / s,  # in steps of s tokens
+                selective=config.selective,
+                coupling_init=config.coupling_init,
+                residual_gain=residual_gain,
+                scan_backend=config.scan_backend,
+                chunk_size=config.chunk_size,
+            )
+            for s in self.scales
+        )
+        self.scale_weights = nn.Parameter(torch.full((len(self.scales),), 1.0 / len(self.scales)))
+        self.gate = OutputGate(config.d_model)
+
+    def forward(self, u: Tensor, state: list[ScaleState] | None = None) -> tuple[Tensor, list[ScaleState], Tensor]:
+        """Returns y (B, T, d), the new state, and the energy averaged over each scale's positions."""
+        mixed = torch.zeros_like(u)
+        new_state, total_energy = [], u.new_zeros((), dtype=torch.float32)
+        for i, (s, core) in enumerate(zip(self.scales, self.scale_cores, strict=True)):
+            up, scale_state, scale_energy = self._scale_forward(s, core, u, None if state is None else state[i])
+            mixed = mixed + self.scale_weights[i].to(u.dtype) * up
+            new_state.append(scale_state)
+            total_energy = total_energy + scale_energy
+        return self.gate(u) * mixed, new_state, total_energy
+
+    @staticmethod
+    def _scale_forward(
+        s: int, core: EigenstateCore, u: Tensor, state: ScaleState | None
+    ) -> tuple[Tensor, ScaleState, Tensor]:
+        batch, length, d = u.shape
+        carried = state.window_count if state is not None else 0
+        # Put the open window's sum in front as one input followed by zeros: windows then start at
+        # multiples of s and pool with a reshape.
+        if carried:
+            lead = torch.cat([state.window_sum.unsqueeze(1).to(u.dtype), u.new_zeros(batch, carried - 1, d)], 1)
+            u = torch.cat([lead, u], 1)
+        n_windows = u.shape[1] // s
+        complete = n_windows * s
+        eigenstates = None if state is None else state.eigenstates
+        outputs = u.new_zeros(batch, 0, d)
+        scale_energy = u.new_zeros((), dtype=torch.float32)
+        if n_windows:
+            pooled = u[:, :complete].unflatten(1, (n_windows, s)).mean(2)
+            outputs, states = core(pooled, eigenstates)
+            eigenstates, scale_energy = states[:, -1], mean_energy(states)
+
+        last_output = u.new_zeros(batch, d) if state is None else state.last_output.to(u.dtype)
+        outputs = torch.cat([last_output.unsqueeze(1), outputs.to(u.dtype)], 1)
+        # Position t (t + carried in the padded frame) sees the windows completed at or before it.
+        completed = torch.div(torch.arange(length, device=u.device) + carried + 1, s, rounding_mode="floor")
+        up = outputs.index_select(1, completed)
+
+        new_state = ScaleState(
+            eigenstates=eigenstates,
+            window_sum=u[:, complete:].sum(1).float(),
+            window_count=u.shape[1] - complete,
+            last_output=outputs[:, -1],
+        )
+        return up, new_state, scale_energy
+
+    def cores(self) -> list[tuple[int, EigenstateCore]]:
+        return list(zip(self.scales, self.scale_cores, strict=True))
