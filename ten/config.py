@@ -31,12 +31,14 @@ class Preset:
         return fields
 
 
-# The design's section 6. Presets without HTEN keep the default scales for `--use_hten`.
+# The design's section 6. It gives no scales to the presets without HTEN; for `use_hten=True` on
+# them we take 1,2,4,8, which divides their K into equal parts (64 / 3 would not).
+DEFAULT_HTEN_SCALES = (1, 2, 4, 8)
 PRESETS: dict[str, Preset] = {
-    "nano": Preset(512, 4, 64, 8, 512, False, (1, 2, 4), 0.01),
-    "micro": Preset(768, 6, 96, 16, 1024, False, (1, 2, 4), 0.01),
-    "small": Preset(1024, 8, 128, 16, 1024, False, (1, 2, 4), 0.01),
-    "medium": Preset(1280, 12, 160, 16, 1024, False, (1, 2, 4), 0.01),
+    "nano": Preset(512, 4, 64, 8, 512, False, DEFAULT_HTEN_SCALES, 0.01),
+    "micro": Preset(768, 6, 96, 16, 1024, False, DEFAULT_HTEN_SCALES, 0.01),
+    "small": Preset(1024, 8, 128, 16, 1024, False, DEFAULT_HTEN_SCALES, 0.01),
+    "medium": Preset(1280, 12, 160, 16, 1024, False, DEFAULT_HTEN_SCALES, 0.01),
     "large": Preset(1536, 16, 192, 8, 1024, True, (1, 2, 4), 0.02),
     "xlarge": Preset(2048, 20, 256, 8, 2048, True, (1, 2, 4, 8), 0.02),
 }
@@ -53,7 +55,7 @@ class TemporalEigenstateConfig:
     dropout: float = 0.0
     selective: bool = True  # input-dependent eigenvalue perturbations (da, dw)
     use_hten: bool = False
-    hten_scales: list[int] = field(default_factory=lambda: [1, 2, 4])
+    hten_scales: list[int] = field(default_factory=lambda: list(DEFAULT_HTEN_SCALES))
     energy_reg_weight: float = 0.01
     scan_backend: str = "auto"
     chunk_size: int = 32

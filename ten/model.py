@@ -101,7 +101,7 @@ class TemporalEigenstateNetwork(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the returned ids may feed a training step
     def generate(
         self,
         prompt_ids: Tensor,

@@ -7,8 +7,12 @@
     h(t)     = W_out [Re R c(t); Im R c(t)]                 R = I + eps M, block-diagonal
     y(t)     = sigmoid(W_g u(t) + b_g) * h(t)
 
-|lam| = MIN_DECAY + (1 - MIN_DECAY) sigmoid(a + da): the paper's sigmoid, lifted by the floor
-that keeps the chunked scan exact (ten/ops/common.py).  |lam| < 1 for every value.
+|lam| = MIN_DECAY + (1 - MIN_DECAY) sigmoid(min(a + da, 15)): the paper's sigmoid, lifted by the
+floor that keeps the chunked scan exact (ten/ops/common.py).  MIN_DECAY <= |lam| < 1 always.
+
+Initialisation: w_k = 2 pi k / K and R = I + 0.01 M as in the paper.  The paper's a_k ~ U(-3, 0)
+would cap |lam| at 0.5, a memory of two tokens; instead the timescales 1 / (1 - |lam_k|) start
+log-uniform from 1.5 tokens to max_seq_len, and every head gets the whole range.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from torch import Tensor, nn
 from ..ops import MIN_DECAY, scan
 
 SELECTIVE_RANGE = 0.1  # |da|, |dw| <= 0.1
+# sigmoid rounds to exactly 1.0 in float32 past ~17; capping its argument keeps |lam| < 1
+# (1 - 2.3e-7 at the cap, a memory of 4 million tokens).
+MAX_DECAY_LOGIT = 15.0
 MIN_TIMESCALE = 1.5  # tokens; the fastest initial memory (MIN_DECAY alone would give 1.33)
 
 
@@ -100,7 +107,7 @@ class EigenstateCore(nn.Module):
         if self.selection is not None and u is not None:
             da, dw = (SELECTIVE_RANGE * torch.tanh(self.selection(u).float())).unflatten(-1, (-1, 2)).unbind(-1)
             a, w = a + da, w + dw
-        magnitude = MIN_DECAY + (1 - MIN_DECAY) * torch.sigmoid(a)
+        magnitude = MIN_DECAY + (1 - MIN_DECAY) * torch.sigmoid(a.clamp(max=MAX_DECAY_LOGIT))
         return complex_exp_parts(magnitude, w)
 
     def coupling_matrix(self) -> Tensor:

@@ -1,0 +1,360 @@
+"""Model-level behaviour of every variant: causality, streaming, gradients, energy, loss, I/O."""
+
+import math
+
+import pytest
+import torch
+
+from ten import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
+from ten.modules.eigenstate import MIN_DECAY, energy
+
+from .conftest import relative_error
+
+VARIANTS = [
+    # (use_hten, hten_scales, selective, backend)
+    *[(False, [1], sel, b) for sel in (True, False) for b in ("sequential", "chunked", "auto")],
+    (False, [1], False, "fft"),
+    *[(True, [1, 2, 4], sel, b) for sel in (True, False) for b in ("sequential", "chunked", "auto")],
+    (True, [1, 2, 4], False, "fft"),
+    (True, [2, 3], True, "chunked"),  # no unit scale, windows out of phase with each other
+]
+IDS = [f"{'hten' + ''.join(map(str, s)) if h else 'ten'}-{'sel' if sel else 'lti'}-{b}" for h, s, sel, b in VARIANTS]
+
+
+def small_config(use_hten=False, hten_scales=(1, 2, 4), selective=True, backend="auto", **overrides):
+    values = dict(
+        vocab_size=64,
+        d_model=32,
+        n_layers=2,
+        num_eigenstates=12 if len(hten_scales) == 3 else 8,
+        num_heads=2,
+        max_seq_len=64,
+        selective=selective,
+        use_hten=use_hten,
+        hten_scales=list(hten_scales),
+        scan_backend=backend,
+        chunk_size=8,
+    )
+    return TemporalEigenstateConfig(**{**values, **overrides})
+
+
+def make_model(variant, **overrides):
+    use_hten, scales, selective, backend = variant
+    model = TemporalEigenstateNetwork(small_config(use_hten, scales, selective, backend, **overrides))
+    # Move away from the initialisation so every parameter matters (coupling, gate, selection).
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_causal(variant):
+    model = make_model(variant)
+    ids = torch.randint(0, 64, (2, 41))
+    logits = model(ids)
+    for t in (0, 5, 17, 39):
+        changed = ids.clone()
+        changed[:, t + 1 :] = torch.randint(0, 64, changed[:, t + 1 :].shape)
+        torch.testing.assert_close(model(changed)[:, : t + 1], logits[:, : t + 1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_streaming_matches_whole(variant):
+    model = make_model(variant)
+    ids = torch.randint(0, 64, (2, 37))
+    whole = model(ids)
+
+    pieces, state = [], None
+    for start, stop in [(0, 5), (5, 6), (6, 19), (19, 37)]:  # boundaries inside HTEN windows
+        logits, state = model(ids[:, start:stop], state=state, return_state=True)
+        pieces.append(logits)
+    torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=1e-5, rtol=1e-5)
+
+    steps, state = [], None
+    for t in range(ids.shape[1]):
+        logits, state = model(ids[:, t : t + 1], state=state, return_state=True)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_gradient_reaches_first_token_of_1000(variant):
+    model = TemporalEigenstateNetwork(small_config(*variant, max_seq_len=1024))
+    ids = torch.randint(0, 64, (1, 1000))
+    embedded = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        embedded["x"] = output
+
+    model.embedding.register_forward_hook(keep)
+    logits = model(ids)
+    torch.nn.functional.cross_entropy(logits[:, -1], ids[:, -1]).backward()
+    first_token_grad = embedded["x"].grad[0, 0]
+    assert first_token_grad.abs().sum() > 0
+    assert torch.isfinite(first_token_grad).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_energy_bound(variant):
+    """sqrt(E(t)) <= sqrt(E(0)) + sum_{s<=t} ||beta(s)||, for every eigenstate core."""
+    model = make_model(variant)
+    with torch.no_grad():  # push some eigenvalues to the edge of the unit circle
+        for block in model.blocks:
+            for _, core in block.mixer.cores():
+                core.decay_logit[::2] = 40.0
+    u = 3 * torch.randn(2, 50, 32)
+    for block in model.blocks:
+        for _, core in block.mixer.cores():
+            _, states = core(u)
+            beta = torch.view_as_complex(core.in_proj(u).unflatten(-1, (-1, 2)))
+            beta_norm = torch.view_as_real(beta).square().sum((-1, -2)).sqrt()
+            root_energy = energy(states).sqrt()
+            bound = root_energy[:, :1] + beta_norm.cumsum(1) - beta_norm[:, :1]
+            assert (root_energy <= bound * (1 + 1e-5)).all()
+            lam = core.eigenvalues(u)
+            assert (lam.abs() < 1).all() and (lam.abs() >= MIN_DECAY - 1e-6).all()
+
+
+def test_eigenvalues_stay_inside_for_any_parameters():
+    model = make_model((False, [1], True, "chunked"))
+    core = model.blocks[0].mixer.core
+    with torch.no_grad():
+        core.decay_logit.copy_(torch.tensor([1e6, -1e6, 0.0, 30.0, -30.0, 1e30, 17.0, 16.0]))
+        core.selection.weight.mul_(1e4)
+    magnitude = core.eigenvalues(torch.randn(2, 9, 32)).abs()
+    assert (magnitude < 1).all() and (magnitude >= MIN_DECAY - 1e-6).all()
+
+
+@pytest.mark.parametrize("use_hten", [False, True])
+def test_loss_decomposition_and_ignore_index(use_hten):
+    model = make_model((use_hten, [1, 2, 4], True, "auto"), energy_reg_weight=0.37)
+    inputs = torch.randint(0, 64, (3, 20))
+    targets = torch.randint(0, 64, (3, 20))
+    targets[1, 5:] = -100
+    out = model.compute_loss(inputs, targets, return_dict=True)
+    assert set(out) == {"loss", "ce_loss", "energy_loss"}
+    torch.testing.assert_close(out["loss"], out["ce_loss"] + 0.37 * out["energy_loss"])
+    torch.testing.assert_close(model.compute_loss(inputs, targets), out["loss"])
+
+    keep = targets != -100
+    expected_ce = torch.nn.functional.cross_entropy(model(inputs)[keep], targets[keep])
+    torch.testing.assert_close(out["ce_loss"], expected_ce)
+
+    model.config.energy_reg_weight = 0.0  # energy_loss is the raw value, independent of the weight
+    unweighted = model.compute_loss(inputs, targets, return_dict=True)
+    torch.testing.assert_close(unweighted["energy_loss"], out["energy_loss"])
+    torch.testing.assert_close(unweighted["loss"], unweighted["ce_loss"])
+    assert out["energy_loss"] > 0
+
+
+def test_energy_loss_is_mean_energy_per_eigenstate():
+    model = make_model((False, [1], True, "chunked"))
+    inputs = torch.randint(0, 64, (2, 16))
+    x, per_layer = model.embedding(inputs), []
+    for block in model.blocks:
+        _, states = block.mixer.core(block.mixer_norm(x))
+        per_layer.append(energy(states).mean() / model.config.num_eigenstates)
+        x, _, _ = block(x)
+    out = model.compute_loss(inputs, inputs, return_dict=True)
+    torch.testing.assert_close(out["energy_loss"], torch.stack(per_layer).mean())
+
+
+def test_autocast_bf16_keeps_state_in_float32():
+    model = make_model((True, [1, 2, 4], True, "chunked"))
+    ids = torch.randint(0, 64, (2, 24))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.compute_loss(ids, ids, return_dict=True)
+        _, state = model(ids, return_state=True)
+    assert torch.isfinite(out["loss"])
+    assert state.layers[0][0].eigenstates.dtype == torch.complex64
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = make_model((True, [1, 2, 4], True, "chunked")).train()
+    ids = torch.randint(0, 64, (2, 24))
+    model.compute_loss(ids, ids).backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.gradient_checkpointing = True
+    model.compute_loss(ids, ids).backward()
+    for a, b in zip(plain, [p.grad for p in model.parameters()], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("use_hten", [False, True])
+def test_save_and_load_round_trip(tmp_path, use_hten):
+    model = make_model((use_hten, [1, 2, 4], True, "auto"))
+    ids = torch.randint(0, 64, (2, 19))
+    model.save_pretrained(tmp_path / "m")
+    loaded = TemporalEigenstateNetwork.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config == model.config
+    assert torch.equal(loaded(ids), model(ids))
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a saved TEN model"):
+        TemporalEigenstateNetwork.from_pretrained(tmp_path)
+    model = make_model((False, [1], True, "auto"))
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable weights file"):
+        TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid JSON config"):
+        TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("use_hten", [False, True])
+def test_generate(use_hten):
+    model = make_model((use_hten, [1, 2, 4], True, "auto"))
+    prompt = torch.randint(0, 64, (2, 7))
+    first = model.generate(prompt, max_new_tokens=12, temperature=0.9, top_k=20, top_p=0.9, seed=3)
+    again = model.generate(prompt, max_new_tokens=12, temperature=0.9, top_k=20, top_p=0.9, seed=3)
+    other = model.generate(prompt, max_new_tokens=12, temperature=0.9, seed=4)
+    assert first.shape == (2, 19) and torch.equal(first[:, :7], prompt)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+    greedy = model.generate(prompt[0], max_new_tokens=10, temperature=0)
+    logits = model(greedy[:, :-1])
+    assert torch.equal(logits[0, 6:].argmax(-1), greedy[0, 7:])  # each token is the argmax given the prefix
+
+
+def test_top_k_one_is_greedy():
+    model = make_model((False, [1], True, "auto"))
+    prompt = torch.randint(0, 64, (1, 5))
+    assert torch.equal(
+        model.generate(prompt, 8, temperature=1.0, top_k=1, seed=0), model.generate(prompt, 8, temperature=0)
+    )
+
+
+@pytest.mark.parametrize("use_hten", [False, True])
+def test_state_size_does_not_grow_with_context(use_hten):
+    model = make_model((use_hten, [1, 2, 4], True, "auto"))
+
+    def state_numel(length):
+        _, state = model(torch.randint(0, 64, (1, length)), return_state=True)
+        tensors = []
+        for layer in state.layers:
+            for item in layer if isinstance(layer, list) else [layer]:
+                tensors += [item] if torch.is_tensor(item) else [item.eigenstates, item.window_sum, item.last_output]
+        return sum(t.numel() for t in tensors)
+
+    assert state_numel(9) == state_numel(300)
+
+
+def test_bad_token_ids():
+    model = make_model((False, [1], True, "auto"))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 64\)"):
+        model(torch.tensor([[1, 64]]))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 64\)"):
+        model.compute_loss(torch.tensor([[-1, 2]]), torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(torch.tensor([[1]]), 3, temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(torch.tensor([[1]]), 3, top_p=1.5)
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        (dict(use_hten=True, hten_scales=[1, 2, 2]), "distinct"),
+        (dict(use_hten=True, hten_scales=[0, 2]), "hten_scales"),
+        (dict(use_hten=True, hten_scales=[]), "hten_scales"),
+        (dict(use_hten=True, hten_scales=[1, 2.5]), "hten_scales"),
+        (dict(use_hten=True, hten_scales=[1, 2, 4], num_eigenstates=16), "divisible by the number of hten_scales"),
+        (dict(num_eigenstates=12, num_heads=5), "divisible by num_heads"),
+        (dict(energy_reg_weight=-0.1), "energy_reg_weight"),
+        (dict(energy_reg_weight=float("nan")), "energy_reg_weight"),
+        (dict(energy_reg_weight=float("inf")), "energy_reg_weight"),
+        (dict(scan_backend="magic"), "scan_backend"),
+        (dict(scan_backend="fft", selective=True), "fft"),
+        (dict(d_model=0), "d_model"),
+        (dict(n_layers=-1), "n_layers"),
+        (dict(vocab_size=2.5), "vocab_size"),
+        (dict(max_seq_len=0), "max_seq_len"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(chunk_size=1000), "chunk_size"),
+    ],
+)
+def test_config_errors(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        TemporalEigenstateConfig(**{"num_eigenstates": 12, "num_heads": 2, **overrides})
+
+
+def test_from_preset_and_unknown_preset():
+    cfg = TemporalEigenstateConfig.from_preset("nano", vocab_size=256, use_hten=True)
+    assert (cfg.d_model, cfg.n_layers, cfg.num_eigenstates, cfg.max_seq_len) == (512, 4, 64, 512)
+    assert cfg.use_hten and cfg.hten_scales == [1, 2, 4, 8] and cfg.energy_reg_weight == 0.01
+    TemporalEigenstateNetwork(TemporalEigenstateConfig(d_model=32, n_layers=1, use_hten=True))  # defaults fit
+    with pytest.raises(ValueError, match="unknown preset 'tiny'"):
+        TemporalEigenstateConfig.from_preset("tiny")
+    with pytest.raises(ValueError, match="unknown config fields: colour"):
+        TemporalEigenstateConfig.from_dict({"colour": 1})
+
+
+DESIGN_TABLE = {  # the design's section 6, verbatim
+    "nano": (512, 4, 64, 8, 512, False, None, 0.01),
+    "micro": (768, 6, 96, 16, 1024, False, None, 0.01),
+    "small": (1024, 8, 128, 16, 1024, False, None, 0.01),
+    "medium": (1280, 12, 160, 16, 1024, False, None, 0.01),
+    "large": (1536, 16, 192, 8, 1024, True, (1, 2, 4), 0.02),
+    "xlarge": (2048, 20, 256, 8, 2048, True, (1, 2, 4, 8), 0.02),
+}
+
+
+@pytest.mark.parametrize("name", list(DESIGN_TABLE))
+def test_presets_build_on_meta_and_match_the_summary(name):
+    d, layers, k, batch, seq, hten, scales, weight = DESIGN_TABLE[name]
+    preset = PRESETS[name]
+    assert (preset.d_model, preset.n_layers, preset.num_eigenstates, preset.batch_size) == (d, layers, k, batch)
+    assert (preset.max_seq_len, preset.use_hten, preset.energy_reg_weight) == (seq, hten, weight)
+    if scales:
+        assert preset.hten_scales == scales
+    with torch.device("meta"):
+        model = TemporalEigenstateNetwork(TemporalEigenstateConfig.from_preset(name))
+    count = sum(p.numel() for p in model.parameters())
+    # The analytic count of what the model holds: embedding, per block 2 norms, mixer, SwiGLU.
+    hidden = 64 * math.ceil(8 * d / 3 / 64)
+    n_scales = len(scales) if hten else 1
+    per_scale_k = k // n_scales
+    mixer = n_scales * (2 * per_scale_k * d * 3 + 2 * per_scale_k + 4 * (per_scale_k // 4) ** 2)
+    mixer += d * d + d + (n_scales if hten else 0)
+    block = 4 * d + mixer + 3 * d * hidden
+    assert count == 256 * d + layers * block + 2 * d
+    assert model.num_parameters() == count
+    assert f"{count:,} parameters" in model.summary()
+    assert f"energy_reg_weight={weight:g}" in model.summary()
+    assert ("scales " + ",".join(map(str, scales))) in model.summary() if hten else "HTEN: off" in model.summary()
+
+
+def test_initial_timescales_spread_from_one_token_to_max_seq_len():
+    model = TemporalEigenstateNetwork(small_config(use_hten=True, num_eigenstates=48, num_heads=4, max_seq_len=512))
+    for entry in model.eigenstate_analysis():
+        timescale = entry["timescale"].double()
+        longest = 512 / entry["scale"]
+        assert timescale.min() == pytest.approx(1.5, rel=1e-3)
+        assert timescale.max() == pytest.approx(longest, rel=1e-2)
+        for head in timescale.view(4, -1):  # every head spans the range
+            assert head.max() / head.min() > (longest / 1.5) ** 0.5
+        assert entry["coupling_deviation"] < 0.1
+        frequency = entry["frequency"].double()
+        k = frequency.numel()
+        torch.testing.assert_close(frequency, 2 * math.pi * torch.arange(k, dtype=torch.float64) / k, atol=1e-5, rtol=0)
+
+
+def test_summary_reports_components():
+    model = TemporalEigenstateNetwork(small_config(use_hten=True))
+    text = model.summary()
+    for part in ("embedding (tied LM head)", "MLPs (SwiGLU)", "HTEN: scales 1,2,4", "recurrent state per sequence"):
+        assert part in text
+    assert relative_error(torch.tensor(1.0), torch.tensor(1.0)) == 0
