@@ -1,0 +1,321 @@
+"""Core performance of TEN, measured side by side in one run.
+
+1. The recurrence alone (forward + backward): sequential vs chunked vs fft, and the chunked
+   forward's memory bandwidth against a plain tensor copy.
+2. A whole training step of a 2-layer TEN: tokens/s, matmul FLOP/s against a large matmul, and
+   the share of the step spent in the recurrence (torch.profiler).
+3. Generation: time per new token after a short and after a long prompt.
+
+    python benchmarks/bench_core.py [--quick] [--device cpu|cuda] [--json PATH] [--markdown PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity
+from torch.utils.flop_counter import FlopCounterMode
+
+import ten.modules.eigenstate as eigenstate_module
+from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+from ten.ops import MIN_DECAY, scan_chunked, scan_fft, scan_sequential
+
+Table = tuple[str, list[str], list[list[str]]]  # title, headers, rows
+# fmt: off
+SIZES: dict[str, dict[str, Any]] = {
+    "full": dict(batch=8, k=64, lengths=[512, 2048, 8192], copy_mib=256, d_model=512, train_lengths=[512, 2048],
+                 train_batch=4, prompts=[64, 4096], new_tokens=64, reps=5),
+    "quick": dict(batch=2, k=16, lengths=[64, 128, 256], copy_mib=16, d_model=64, train_lengths=[64, 128],
+                  train_batch=2, prompts=[16, 256], new_tokens=8, reps=3),
+}
+# fmt: on
+SLOW_S = 1.0  # a sequential-backend call slower than this is timed once, its warm-up being the measurement
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], Any], device: torch.device, reps: int, slow_s: float = math.inf) -> tuple[float, int]:
+    """Median seconds of ``reps`` calls of fn() after one warm-up call, and the number of calls timed.
+
+    When the warm-up call alone takes longer than ``slow_s``, it is the single measurement.
+    """
+    times: list[float] = []
+    for _ in range(reps + 1):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+        if times[0] > slow_s:
+            return times[0], 1
+    return statistics.median(times[1:]), reps
+
+
+def make_table(title: str, columns: str, template: str, rows: list[dict[str, Any]]) -> Table:
+    """Columns and cell formats separated by '|'; each row dict fills the template."""
+    return title, columns.split("|"), [template.format(**row).split("|") for row in rows]
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads())
+    info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return info
+
+
+def copy_gb_per_s(device: torch.device, mib: int, reps: int) -> float:
+    """GB read + written per second by dst.copy_(src) of ``mib`` MiB of float32."""
+    src = torch.rand(mib * 2**18, device=device)
+    dst = torch.empty_like(src)
+    seconds, _ = timeit(lambda: dst.copy_(src), device, reps)
+    return 2 * src.numel() * 4 / seconds / 1e9
+
+
+def matmul_gflop_per_s(device: torch.device, reps: int, quick: bool) -> float:
+    n = 256 if quick else 4096 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    seconds, _ = timeit(lambda: a @ b, device, reps)
+    return 2 * n**3 / seconds / 1e9
+
+
+# ---- 1. the recurrence
+
+
+def scan_inputs(batch: int, length: int, k: int, selective: bool, device: torch.device) -> tuple[Tensor, ...]:
+    """lam with MIN_DECAY <= |lam| < 1, beta and a cotangent g, complex64."""
+    lam_shape = (batch, length, k) if selective else (k,)
+    magnitude = MIN_DECAY + (1 - MIN_DECAY) * 0.999 * torch.rand(lam_shape, device=device)
+    lam = torch.polar(magnitude, 2 * math.pi * torch.rand(lam_shape, device=device)).requires_grad_()
+    beta = torch.randn(batch, length, k, dtype=torch.complex64, device=device, requires_grad=True)
+    return lam, beta, torch.randn_like(beta)
+
+
+def time_fwd_bwd(fn: Callable, inputs: tuple[Tensor, ...], device: torch.device, reps: int, slow_s: float) -> float:
+    """Seconds of fn(lam, beta).backward(g)."""
+    lam, beta, grad = inputs
+
+    def fwd_bwd() -> None:
+        lam.grad = beta.grad = None
+        fn(lam, beta).backward(grad)
+
+    return timeit(fwd_bwd, device, reps, slow_s)[0]
+
+
+def recurrence_row(sz: dict[str, Any], length: int, selective: bool, device: torch.device, seq_max: int) -> dict:
+    inputs = scan_inputs(sz["batch"], length, sz["k"], selective, device)
+    row: dict[str, Any] = dict(mode="selective" if selective else "time-invariant", T=length)
+    row["chunked_s"] = time_fwd_bwd(scan_chunked, inputs, device, sz["reps"], math.inf)
+    row["fft_s"] = None if selective else time_fwd_bwd(scan_fft, inputs, device, sz["reps"], math.inf)
+    # The sequential backend: one call after a warm-up, or the warm-up alone when it is slow.
+    row["sequential_s"] = time_fwd_bwd(scan_sequential, inputs, device, 1, SLOW_S) if length <= seq_max else None
+    lam, beta, _ = inputs
+    with torch.no_grad():
+        row["chunked_fwd_s"], _ = timeit(lambda: scan_chunked(lam, beta), device, sz["reps"])
+    row["chunked_fwd_gb_per_s"] = (lam.numel() + 2 * beta.numel()) * 8 / row["chunked_fwd_s"] / 1e9  # lam, beta, c
+    return row
+
+
+def recurrence_cells(row: dict[str, Any], copy_bw: float) -> dict[str, str]:
+    def ms(seconds: float | None, missing: str) -> str:
+        return missing if seconds is None else f"{1e3 * seconds:.2f}"
+
+    seq = row["sequential_s"]
+    return dict(mode=row["mode"], T=str(row["T"]), seq=ms(seq, "skipped (too slow)"), chunked=ms(row["chunked_s"], ""),
+                fft=ms(row["fft_s"], "n/a"), ratio=f"{seq / row['chunked_s']:.1f}x" if seq else "-",
+                fwd=ms(row["chunked_fwd_s"], ""), bw=f"{row['chunked_fwd_gb_per_s']:.2f}",
+                pct=f"{100 * row['chunked_fwd_gb_per_s'] / copy_bw:.0f}%")  # fmt: skip
+
+
+def bench_recurrence(sz: dict[str, Any], device: torch.device, seq_max: int, copy_bw: float) -> tuple[dict, list]:
+    rows = [recurrence_row(sz, t, sel, device, seq_max) for sel in (True, False) for t in sz["lengths"]]
+    short, long = sz["lengths"][-2:]
+    chunked = {(r["mode"], r["T"]): r["chunked_s"] for r in rows}
+    growth = [dict(mode=m, ratio=chunked[m, long] / chunked[m, short]) for m in ("selective", "time-invariant")]
+    title = f"Recurrence forward+backward, B={sz['batch']}, K={sz['k']} (copy bandwidth {copy_bw:.1f} GB/s)"
+    columns = "mode|T|sequential ms|chunked ms|fft ms|seq/chunked|chunked fwd ms|fwd GB/s|% of copy"
+    template = "{mode}|{T}|{seq}|{chunked}|{fft}|{ratio}|{fwd}|{bw}|{pct}"
+    growth_cols = f"mode|chunked(T={long}) / chunked(T={short})|linear growth"
+    tables = [
+        make_table(title, columns, template, [recurrence_cells(r, copy_bw) for r in rows]),
+        make_table("Chunked growth", growth_cols, f"{{mode}}|{{ratio:.2f}}|{long / short:.2f}", growth),
+    ]
+    return dict(rows=rows, chunked_growth=growth), tables
+
+
+# ---- 2. a training step
+
+
+def build_model(sz: dict[str, Any], device: torch.device) -> TemporalEigenstateNetwork:
+    config = TemporalEigenstateConfig(
+        vocab_size=256, d_model=sz["d_model"], n_layers=2, num_eigenstates=sz["k"],
+        max_seq_len=max(sz["train_lengths"]), selective=True,
+    )  # fmt: skip
+    return TemporalEigenstateNetwork(config).to(device)
+
+
+def scan_share(step: Callable[[], None], device: torch.device, steps: int) -> float:
+    """Percent of the step in the recurrence: its forward under a ``ten::scan`` range, its backward in
+    the ``_ChunkedScanBackward`` event (CPU time against wall time on CPU; kernel time on CUDA)."""
+    original = eigenstate_module.scan
+
+    def traced_scan(*args: Any, **kwargs: Any) -> Tensor:
+        with torch.profiler.record_function("ten::scan"):
+            return original(*args, **kwargs)
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    eigenstate_module.scan = traced_scan
+    try:
+        with torch.profiler.profile(activities=activities) as prof:
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync(device)
+            wall = time.perf_counter() - start
+    finally:
+        eigenstate_module.scan = original
+    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]  # not GPU-side annotations
+    attr = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    in_scan = sum(getattr(e, attr) for e in events if e.key in ("ten::scan", "_ChunkedScanBackward")) / 1e6
+    total = sum(e.self_device_time_total for e in events) / 1e6 if device.type == "cuda" else wall
+    return 100 * in_scan / total
+
+
+def training_row(model: TemporalEigenstateNetwork, batch: int, length: int, device: torch.device, reps: int) -> dict:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    inputs, targets = torch.randint(0, 256, (2, batch, length), device=device)
+
+    def step() -> None:
+        model.compute_loss(inputs, targets).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds, _ = timeit(step, device, reps)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    gflop = counter.get_total_flops() / 1e9
+    share = scan_share(step, device, 2 if length > 1024 else 3)
+    return dict(T=length, batch=batch, step_ms=1e3 * seconds, tokens_per_s=batch * length / seconds,
+                matmul_gflop=gflop, gflop_6nd=6 * model.num_parameters() * batch * length / 1e9,
+                gflop_per_s=gflop / seconds, recurrence_share_pct=share)  # fmt: skip
+
+
+def bench_training(sz: dict[str, Any], device: torch.device, batch: int, peak: float) -> tuple[list, list]:
+    model = build_model(sz, device)
+    rows = [training_row(model, batch, length, device, sz["reps"]) for length in sz["train_lengths"]]
+    for row in rows:
+        row["pct_of_peak"] = 100 * row["gflop_per_s"] / peak
+    title = (
+        f"Training step (AdamW), 2 layers, d_model={sz['d_model']}, K={sz['k']}, {model.num_parameters() / 1e6:.2f}"
+        f" M parameters (N); matmul FLOPs counted by FlopCounterMode; matmul peak {peak:.1f} GFLOP/s"
+    )
+    columns = "T|batch|step ms|tokens/s|matmul GFLOP/step|6*N*tokens GFLOP|GFLOP/s|% of matmul peak|recurrence share"
+    template = "{T}|{batch}|{step_ms:.1f}|{tokens_per_s:,.0f}|{matmul_gflop:.2f}|{gflop_6nd:.2f}|{gflop_per_s:.1f}"
+    template += "|{pct_of_peak:.0f}%|{recurrence_share_pct:.1f}%"
+    return rows, [make_table(title, columns, template, rows)]
+
+
+# ---- 3. generation
+
+
+@torch.inference_mode()
+def time_decode(model: TemporalEigenstateNetwork, prompt: Tensor, n: int, device: torch.device, reps: int) -> float:
+    """Seconds per token of n greedy steps through model(token, state), after the prompt's pass."""
+    logits, state = model(prompt, return_state=True)
+    first = logits[:, -1:].argmax(-1)
+
+    def decode() -> None:
+        token, s = first, state
+        for _ in range(n):
+            out, s = model(token, state=s, return_state=True)
+            token = out[:, -1:].argmax(-1)
+
+    return timeit(decode, device, reps)[0] / n
+
+
+def generation_row(model: TemporalEigenstateNetwork, prompt_len: int, n: int, device: torch.device, reps: int) -> dict:
+    prompt = torch.randint(0, 256, (1, prompt_len), device=device)
+    full, _ = timeit(lambda: model.generate(prompt, n, temperature=0), device, reps)
+    prefill, _ = timeit(lambda: model.generate(prompt, 0, temperature=0), device, reps)
+    step_ms = 1e3 * time_decode(model, prompt, n, device, reps)
+    return dict(prompt=prompt_len, new_tokens=n, step_ms=step_ms, generate_ms=1e3 * (full - prefill) / n,
+                prefill_ms=1e3 * prefill)  # fmt: skip
+
+
+def bench_generation(sz: dict[str, Any], device: torch.device) -> tuple[list, list]:
+    model = build_model(sz, device).eval()
+    rows = [generation_row(model, p, sz["new_tokens"], device, sz["reps"]) for p in sz["prompts"]]
+    for row in rows:
+        row["vs_first"] = row["step_ms"] / rows[0]["step_ms"]
+    columns = "prompt|new tokens|ms/token (stepped)|vs shortest prompt|ms/token (generate - prefill)|prefill ms"
+    template = "{prompt}|{new_tokens}|{step_ms:.3f}|{vs_first:.2f}x|{generate_ms:.3f}|{prefill_ms:.1f}"
+    return rows, [make_table("Generation, batch 1, greedy, same model", columns, template, rows)]
+
+
+# ---- output
+
+
+def render(table: Table, markdown: bool) -> str:
+    title, heads, rows = table
+    if markdown:
+        lines = [f"**{title}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    widths = [max(len(c) for c in col) for col in zip(heads, *rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join([title, fmt.format(*heads), *(fmt.format(*r) for r in rows)]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch_size", type=int, default=None, help="training-step batch (default 4; quick 2)")
+    parser.add_argument("--sequential_max_len", type=int, default=2048, help="skip the sequential backend above")
+    parser.add_argument("--json", type=Path, default=None, help="write all results here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the tables here as markdown")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    device, sz = torch.device(args.device), SIZES["quick" if args.quick else "full"]
+    machine = machine_info(device)
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()) + "\n", flush=True)
+
+    copy_bw = copy_gb_per_s(device, sz["copy_mib"], sz["reps"])
+    peak = matmul_gflop_per_s(device, sz["reps"], args.quick)
+    results: dict[str, Any] = dict(machine=machine, sizes=sz, copy_gb_per_s=copy_bw, matmul_gflop_per_s=peak)
+    tables: list[Table] = []
+    for name, section in (
+        ("recurrence", lambda: bench_recurrence(sz, device, args.sequential_max_len, copy_bw)),
+        ("training", lambda: bench_training(sz, device, args.batch_size or sz["train_batch"], peak)),
+        ("generation", lambda: bench_generation(sz, device)),
+    ):
+        results[name], new = section()
+        print("\n".join(render(t, False) for t in new), flush=True)
+        tables += new
+
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.markdown:
+        header = "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + "\n\n"
+        args.markdown.write_text(header + "\n".join(render(t, True) for t in tables))
+
+
+if __name__ == "__main__":
+    main()

