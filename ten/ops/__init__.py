@@ -18,7 +18,7 @@ SCAN_BACKENDS = (*BACKENDS, "auto")
 
 
 def resolve_backend(backend: str, lam: Tensor, length: int) -> str:
-    """The backend that ``auto`` picks: measured in benchmarks/bench_scan.py."""
+    """The backend that ``auto`` picks: measured in benchmarks/bench_core.py (fft never wins on CPU)."""
     if backend != "auto":
         return backend
     return "chunked"
