@@ -1,81 +1,266 @@
-"""The `ten` command. Every subcommand's arguments live here; the work lives in the library."""
+"""The `ten` command. Every subcommand's flags live here; the work lives in the library.
+
+A user's mistake ends in one line on stderr and exit code 2; set TEN_DEBUG=1 to see the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
-import time
+from pathlib import Path
+from typing import NoReturn
 
-import torch
+from .config import PRESETS
+from .training.arguments import TrainArguments
 
-from . import TemporalEigenstateConfig, TemporalEigenstateNetwork
+TRAIN_DEFAULTS = TrainArguments()
 
 
 class UserError(Exception):
     """A mistake in what the user asked for: reported in one line, exit code 2."""
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    """Build a small TEN, score real text with it, stream it, and generate."""
-    from .data import ByteTokenizer, WindowSampler, load_corpus, split_train_val
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage text is one `--help` away)."""
 
-    torch.manual_seed(args.seed)
-    tokenizer = ByteTokenizer()
-    text = load_corpus(args.dataset)
-    train, val = split_train_val(tokenizer.encode(text))
-    print(f"corpus {args.dataset!r}: {len(text):,} bytes, {len(train):,} train / {len(val):,} validation tokens")
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
-    config = TemporalEigenstateConfig(
-        vocab_size=tokenizer.vocab_size,
-        d_model=128,
-        n_layers=2,
-        num_eigenstates=32,
-        max_seq_len=256,
-        use_hten=args.use_hten,
-        hten_scales=[1, 2, 4, 8],
-    )
-    model = TemporalEigenstateNetwork(config)
-    print(model.summary())
 
-    inputs, targets = WindowSampler(val, seq_len=256, batch_size=4, seed=args.seed).next_batch()
-    start = time.perf_counter()
-    out = model.compute_loss(inputs, targets, return_dict=True)
-    out["loss"].backward()
-    seconds = time.perf_counter() - start
+# ---------------------------------------------------------------- flag types
+
+
+def scales(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers such as 1,2,4, got {text!r}")
+    values = [int(p) for p in parts]
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"scales must be distinct, got {text!r}")
+    return values
+
+
+def positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------- ten train
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    d = TRAIN_DEFAULTS
+    model = parser.add_argument_group("model (a preset, then overrides)")
+    model.add_argument("--config", default=d.config, choices=list(PRESETS), help="preset (default %(default)s)")
+    model.add_argument("--model", default=d.model, choices=["ten"], help="architecture (default %(default)s)")
+    model.add_argument("--use_hten", action="store_const", const=True, help="hierarchical multi-scale TEN")
+    model.add_argument("--hten_scales", type=scales, help="HTEN scales, e.g. 1,2,4")
+    model.add_argument("--energy_reg_weight", type=non_negative_float, help="weight of the energy loss")
+    model.add_argument("--max_seq_len", type=positive(int), help="training window T")
+    model.add_argument("--d_model", type=positive(int))
+    model.add_argument("--n_layers", type=positive(int))
+    model.add_argument("--num_eigenstates", type=positive(int), help="K eigenstates per layer")
+    model.add_argument("--num_heads", type=positive(int), help="eigenstate heads (blocks of the coupling)")
+    model.add_argument("--no_selective", dest="selective", action="store_const", const=False,
+                       help="eigenvalues independent of the input (time-invariant)")  # fmt: skip
+    model.add_argument("--dropout", type=non_negative_float)
+    model.add_argument("--scan_backend", choices=["auto", "chunked", "fft", "sequential"])
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=positive(float), default=d.epochs, help="default %(default)s")
+    opt.add_argument("--max_steps", type=positive(int), help="optimiser steps (overrides --epochs)")
+    opt.add_argument("--learning_rate", "--lr", type=positive(float), default=d.learning_rate, help="peak, %(default)s")
+    opt.add_argument("--min_lr_ratio", type=non_negative_float, default=d.min_lr_ratio, help="final lr / peak lr")
+    opt.add_argument("--weight_decay", type=non_negative_float, default=d.weight_decay)
+    opt.add_argument("--warmup_steps", type=int, default=d.warmup_steps)
+    opt.add_argument("--batch_size", type=positive(int), help="sequences per micro-batch (default: the preset's)")
+    opt.add_argument("--gradient_accumulation", type=positive(int), default=d.gradient_accumulation)
+    opt.add_argument("--grad_clip", type=non_negative_float, default=d.grad_clip, help="0 turns clipping off")
+    opt.add_argument("--mixed_precision", nargs="?", const="auto", default=d.mixed_precision,
+                     choices=["no", "auto", "bf16", "fp16"],
+                     help="bf16 autocast where supported, else fp16 + scaler on GPUs (flag alone: auto)")  # fmt: skip
+    opt.add_argument("--gradient_checkpointing", action="store_true", help="recompute layers in backward")
+    opt.add_argument("--no_compile", dest="compile", action="store_false", help="do not torch.compile (GPU)")
+    opt.add_argument("--use_8bit_optim", action="store_true", help="bitsandbytes 8-bit AdamW (CUDA)")
+    opt.add_argument("--seed", type=int, default=d.seed)
+    opt.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    opt.add_argument("--time_budget", type=positive(float), help="minutes; stop and save when reached")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=d.dataset,
+                      help="shakespeare (built in), a text file or folder, a token file (.bin/.u32), or a hub name "
+                           "(wikitext-103, tinystories, finewebedu, pg19, openwebtext, imdb, ag_news)")  # fmt: skip
+    data.add_argument("--tokenizer", default=d.tokenizer, help="byte (default), bpe:N, or a hub tokenizer name")
+    data.add_argument("--subset_size", type=positive(int), help="train on the first N windows of the corpus")
+    data.add_argument("--streaming", action="store_true", help="stream a hub dataset instead of downloading it all")
+    data.add_argument("--tokenized_dir", "--pretokenized", dest="tokenized_dir", help="a folder from `ten prepare`")
+    data.add_argument("--num_workers", type=int, default=d.num_workers)
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--output_dir", default=d.output_dir, help="metrics.jsonl and checkpoints/ (default %(default)s)")
+    out.add_argument("--save_steps", type=positive(int), default=d.save_steps)
+    out.add_argument("--eval_steps", type=positive(int), default=d.eval_steps)
+    out.add_argument("--eval_batches", type=positive(int), default=d.eval_batches)
+    out.add_argument("--keep_checkpoints", type=positive(int), default=d.keep_checkpoints, help="step-N ones kept")
+    out.add_argument("--resume", nargs="?", const="", help="continue a run: its latest checkpoint, or PATH")
+    out.add_argument("--hourly_rate", type=non_negative_float, help="$/hour of the machine: show the cost so far")
+    out.add_argument("--sample_tokens", type=int, default=d.sample_tokens, help="tokens sampled at the end")
+
+    mode = parser.add_argument_group("other modes")
+    mode.add_argument("--dry_run", action="store_true", help="summary and the loss of real windows; no training")
+    mode.add_argument("--dry_samples", type=positive(int), default=d.dry_samples)
+    mode.add_argument("--benchmark", action="store_true", help="time training steps and generation; no training")
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the flags the user typed (so a resumed run knows what was asked to change)."""
+    typed = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+    return {a.dest for a in parser._actions if typed.intersection(a.option_strings)}
+
+
+def cmd_train(args: argparse.Namespace, explicit: set[str]) -> None:
+    from .training import Trainer
+
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
+    trainer = Trainer(TrainArguments.from_dict(values), explicit)
+    try:
+        if args.dry_run:
+            trainer.dry_run()
+        elif args.benchmark:
+            trainer.benchmark()
+        else:
+            trainer.train()
+    finally:
+        trainer.close()
+
+
+# ---------------------------------------------------------------- ten generate, ten prepare
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder, or a run folder (then its final, else best, else latest checkpoint)."""
+    from .training import latest_checkpoint
+
+    if (path / "config.json").is_file():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    for name in ("final", "best"):
+        if (folder / name / "config.json").is_file():
+            return folder / name
+    found = latest_checkpoint(folder) if folder.is_dir() else None
+    if found is None:
+        raise UserError(f"--checkpoint {path}: no checkpoint there")
+    return found
+
+
+def cmd_generate(args: argparse.Namespace, explicit: set[str]) -> None:
+    import torch
+
+    from .data import load_tokenizer
+    from .training import load_model
+
+    checkpoint = resolve_checkpoint(Path(args.checkpoint).expanduser())
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA GPU is available here")
+    model = load_model(checkpoint, device).eval()
+    tokenizer = load_tokenizer(checkpoint)
+    prompt = tokenizer.encode(args.prompt)
+    if len(prompt) == 0:
+        raise UserError("--prompt must not be empty")
+    ids = torch.as_tensor(prompt.astype("int64"), device=device).unsqueeze(0)
+    out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, seed=args.seed)  # fmt: skip
+    print(tokenizer.decode(out[0]))
+
+
+def cmd_prepare(args: argparse.Namespace, explicit: set[str]) -> None:
+    from .data import prepare_token_files
+
+    meta = prepare_token_files(args.dataset, args.tokenizer, Path(args.output_dir), streaming=args.streaming,
+                               max_train_tokens=args.max_train_tokens)  # fmt: skip
     print(
-        f"untrained loss on 4 validation windows: ce {out['ce_loss']:.4f} nats/byte (ln 256 = 5.5452), "
-        f"energy {out['energy_loss']:.4f}, total {out['loss']:.4f}; forward+backward {seconds:.2f} s"
+        f"wrote {args.output_dir}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} validation tokens "
+        f"({meta['dtype']}, vocabulary {meta['vocab_size']:,}); train with --tokenized_dir {args.output_dir}"
     )
-    prompt = torch.tensor(tokenizer.encode(args.prompt), dtype=torch.long).unsqueeze(0)
-    sample = model.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=0.8, top_k=50, seed=args.seed)
-    print(f"sample from the untrained model (noise until trained):\n{tokenizer.decode(sample[0])!r}")
+
+
+# ---------------------------------------------------------------- the parser and main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ten", description="Temporal Eigenstate Networks")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="ten", description="Temporal Eigenstate Networks: train, sample, measure")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    demo = commands.add_parser("demo", help="build a model, compute its loss on real text, generate")
-    demo.add_argument("--dataset", default="shakespeare", help="'shakespeare' or a text file or folder")
-    demo.add_argument("--use_hten", action="store_true")
-    demo.add_argument("--prompt", default="ROMEO.")
-    demo.add_argument("--max_new_tokens", type=int, default=80)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=cmd_demo)
+    train = commands.add_parser("train", help="train a model (on Shakespeare by default)")
+    add_train_flags(train)
+    train.set_defaults(run=cmd_train)
+
+    generate = commands.add_parser("generate", help="sample text from a checkpoint")
+    generate.add_argument("--checkpoint", required=True, help="a checkpoint folder or a run's --output_dir")
+    generate.add_argument("--prompt", default="\n")
+    generate.add_argument("--max_new_tokens", type=int, default=200)
+    generate.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 is greedy")
+    generate.add_argument("--top_k", type=positive(int))
+    generate.add_argument("--top_p", type=positive(float))
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--device", default="auto")
+    generate.set_defaults(run=cmd_generate)
+
+    prepare = commands.add_parser("prepare", help="tokenize a corpus into token files for --tokenized_dir")
+    prepare.add_argument("--dataset", default="shakespeare")
+    prepare.add_argument("--tokenizer", default="byte")
+    prepare.add_argument("--output_dir", required=True)
+    prepare.add_argument("--max_train_tokens", type=positive(int))
+    prepare.add_argument("--streaming", action="store_true")
+    prepare.set_defaults(run=cmd_prepare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
+    from .training import TrainingDiverged
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    subparser = parser._subparsers._group_actions[0].choices[args.command]
+    prefix = f"ten {args.command}"
     try:
-        args.run(args)
-    except (UserError, DataError, ValueError, FileNotFoundError) as err:
-        print(f"ten {args.command}: error: {err}", file=sys.stderr)
+        args.run(args, explicit_flags(subparser, argv))
+    except (UserError, DataError, ValueError, FileNotFoundError, PermissionError) as err:
+        if os.environ.get("TEN_DEBUG"):
+            raise
+        print(f"{prefix}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"{prefix}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"ten {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -112,9 +112,11 @@ def test_windows_are_shifted_by_one_and_resume_exactly():
     assert torch.equal(targets[:, 0], inputs[:, 0] + 1)  # consecutive ids: the window is contiguous
     saved = sampler.state_dict()
     expected = [sampler.next_batch()[0] for _ in range(3)]
-    resumed = WindowSampler(tokens, seq_len=16, batch_size=4, seed=999)
+    resumed = WindowSampler(tokens, seq_len=16, batch_size=4, seed=3)
     resumed.load_state_dict(saved)
     assert all(torch.equal(resumed.next_batch()[0], e) for e in expected)
+    other_rank = WindowSampler(tokens, seq_len=16, batch_size=4, seed=3, rank=1)
+    assert not torch.equal(other_rank.batch(1)[0], expected[0])
 
 
 def test_sampler_refuses_a_stream_shorter_than_a_window():

@@ -23,11 +23,12 @@ def split_train_val(tokens: np.ndarray, val_fraction: float = VALIDATION_FRACTIO
 class WindowSampler:
     """Draws `batch_size` windows of `seq_len + 1` tokens; inputs are the first T, targets the last T.
 
-    Its whole state is a numpy generator, saved by state_dict so a resumed run draws the same batches.
+    Batch number i is a pure function of (seed, rank, i), so the data position of a run is one
+    integer: a resumed run draws the same batches, and each data-parallel rank draws its own.
     Windows start anywhere in the stream, so one epoch means len(tokens) // (batch_size * seq_len) batches.
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0) -> None:
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0, rank: int = 0) -> None:
         if seq_len < 1 or batch_size < 1:
             raise DataError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
         if len(tokens) < seq_len + 1:
@@ -35,23 +36,31 @@ class WindowSampler:
         self.tokens = tokens
         self.seq_len = seq_len
         self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.rank = rank
+        self.position = 0  # the number of the batch next_batch() returns
 
     @property
     def batches_per_epoch(self) -> int:
         return max(1, len(self.tokens) // (self.batch_size * self.seq_len))
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch number `index`: (inputs, targets), each (batch_size, seq_len) int64."""
+        rng = np.random.default_rng((self.seed, self.rank, index))
+        starts = rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
         windows = np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int64) for s in starts])
         windows = torch.from_numpy(windows)
         return windows[:, :-1], windows[:, 1:]
 
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.position += 1
+        return self.batch(self.position - 1)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"bit_generator": self.rng.bit_generator.state}
+        return {"position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["bit_generator"]
+        self.position = int(state["position"])
 
 
 def sequential_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None):

@@ -5,7 +5,9 @@ Every source ends as one flat array of token ids; batching (batching.py) never s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,36 +43,125 @@ def read_text_source(path: Path) -> str:
     return "\n\n".join(parts)
 
 
-def load_hub_text(name: str) -> str:
-    """`hf:<dataset>[:<config>]`: the train split's `text` column through the optional `datasets` package."""
+class HubDataset(NamedTuple):
+    """Where a short dataset name lives on the hub: dataset path, config (or None), and its text column."""
+
+    path: str
+    config: str | None
+    column: str
+
+
+HUB_DATASETS: dict[str, HubDataset] = {
+    "wikitext-103": HubDataset("Salesforce/wikitext", "wikitext-103-raw-v1", "text"),
+    "tinystories": HubDataset("roneneldan/TinyStories", None, "text"),
+    "finewebedu": HubDataset("HuggingFaceFW/fineweb-edu", "sample-10BT", "text"),
+    "pg19": HubDataset("deepmind/pg19", None, "text"),
+    "openwebtext": HubDataset("Skylion007/openwebtext", None, "text"),
+    "imdb": HubDataset("stanfordnlp/imdb", None, "text"),
+    "ag_news": HubDataset("fancyzhx/ag_news", None, "text"),
+}
+
+
+def is_hub_dataset(name: str) -> bool:
+    """True for the short names of HUB_DATASETS and for hf:<dataset>[:<config>]."""
+    return name in HUB_DATASETS or name.startswith(HUB_PREFIX)
+
+
+def hub_dataset_spec(name: str) -> HubDataset:
+    """The (path, config, column) of a short name, or of `hf:<dataset>[:<config>]` (column `text`)."""
+    if name in HUB_DATASETS:
+        return HUB_DATASETS[name]
+    dataset_id, _, config = name[len(HUB_PREFIX) :].partition(":")
+    if not dataset_id:
+        raise DataError(f"bad hub dataset {name!r}: give hf:<dataset>[:<config>]")
+    return HubDataset(dataset_id, config or None, "text")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _join_rows(texts: Iterable[Any], max_chars: int | None) -> str:
+    """Rows joined into one stream, reading no row past `max_chars` characters (then cut to exactly that).
+
+    Rows that already end in a newline (wikitext stores one line per row) are joined as they are; other
+    rows are documents and get a blank line between them. Empty rows carry nothing and are skipped.
+    """
+    parts: list[str] = []
+    total = 0
+    for text in texts:
+        if not isinstance(text, str) or not text:
+            continue
+        if parts and not parts[-1].endswith("\n"):
+            parts.append("\n\n")
+            total += 2
+        parts.append(text)
+        total += len(text)
+        if max_chars is not None and total >= max_chars:
+            break
+    joined = "".join(parts)
+    return joined if max_chars is None else joined[:max_chars]
+
+
+def _column_texts(data: Any, column: str, label: str, bounded: bool) -> Iterable[Any]:
+    """The texts of one column: the whole column at once (fast on Arrow), or row by row when bounded."""
+    names = getattr(data, "column_names", None)
+    if names is not None and column not in names:
+        raise DataError(f"hub dataset {label!r} has no {column!r} column (columns: {', '.join(names)})")
+    if not bounded and names is not None:
+        return data[column]
+    return (row[column] for row in data)
+
+
+def load_hub_text(name: str, max_chars: int | None = None, streaming: bool = False) -> str:
+    """The train split of a hub dataset as text, through the optional `datasets` package.
+
+    With streaming=True only the rows needed for `max_chars` characters are downloaded. Any failure of the
+    hub (no network, HF_HUB_OFFLINE, no such dataset, auth) becomes one DataError line naming the dataset.
+    """
+    spec = hub_dataset_spec(name)
+    label = name if name in HUB_DATASETS else spec.path
     try:
         import datasets  # noqa: PLC0415  (optional extra)
     except ImportError:
         raise DataError(f"dataset {name!r} needs the optional extra: pip install 'ten[hub]'") from None
-    dataset_id, _, config = name[len(HUB_PREFIX) :].partition(":")
+    where = spec.path + (f" ({spec.config})" if spec.config else "")
     try:
-        data = datasets.load_dataset(dataset_id, config or None, split="train")
+        data = datasets.load_dataset(spec.path, spec.config, split="train", streaming=streaming)
+        texts = _column_texts(data, spec.column, label, bounded=streaming or max_chars is not None)
+        return _join_rows(texts, max_chars)
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001  (network, auth and naming errors all arrive here)
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot load hub dataset {dataset_id!r}: {first_line}") from None
-    if "text" not in data.column_names:
-        raise DataError(f"hub dataset {dataset_id!r} has no 'text' column (columns: {data.column_names})")
-    return "\n\n".join(data["text"])
-
-
-def load_corpus(name: str) -> str:
-    """Text for a dataset name: 'shakespeare', a local text file or folder, or 'hf:<dataset>[:<config>]'."""
-    if name in BUILTIN_CORPORA:
-        return load_shakespeare()
-    if name.startswith(HUB_PREFIX):
-        return load_hub_text(name)
-    path = Path(name).expanduser()
-    if not path.exists():
         raise DataError(
-            f"unknown dataset {name!r}: give one of {', '.join(BUILTIN_CORPORA)}, a text file or folder, "
-            f"a token file ({', '.join(TOKEN_FILE_DTYPES)}), or hf:<dataset>"
-        )
-    return read_text_source(path)
+            f"cannot load hub dataset {label!r} from {where}: the hub could not be reached or the dataset is "
+            f"unavailable ({_first_line(err)})"
+        ) from None
+
+
+def load_corpus(name: str, max_chars: int | None = None, streaming: bool = False) -> str:
+    """Text for a dataset name: 'shakespeare', a local text file or folder, a hub dataset name or hf:<id>.
+
+    `max_chars` keeps only the first characters of any source (for hub datasets it also stops the download
+    early when streaming). `streaming` only matters for hub datasets.
+    """
+    if max_chars is not None and max_chars < 1:
+        raise DataError(f"max_chars must be positive, got {max_chars}")
+    if is_hub_dataset(name):
+        return load_hub_text(name, max_chars=max_chars, streaming=streaming)
+    if name in BUILTIN_CORPORA:
+        text = load_shakespeare()
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"unknown dataset {name!r}: give one of {', '.join(BUILTIN_CORPORA)}, a text file or folder, "
+                f"a token file ({', '.join(TOKEN_FILE_DTYPES)}), a hub dataset ({', '.join(HUB_DATASETS)}) "
+                "or hf:<dataset>[:<config>]"
+            )
+        text = read_text_source(path)
+    return text if max_chars is None else text[:max_chars]
 
 
 def is_token_file(name: str) -> bool:

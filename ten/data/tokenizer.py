@@ -1,18 +1,92 @@
-"""Byte-level tokenizer: the default, because it needs no vocabulary file and round-trips any text exactly."""
+"""Tokenizers: byte-level (the default), trained byte-level BPE, and hub tokenizers, behind one protocol.
+
+Byte-level is the default because it needs no vocabulary file and round-trips any text exactly. BPE and hub
+tokenizers come from the optional `hub` extra (`tokenizers`, `transformers`) and are imported only when asked
+for, so the core library never depends on them. Every tokenizer saves to plain files (JSON, never pickle)
+next to a `tokenizer_meta.json` that says which kind to load back.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from .atomic import atomic_open
+from .corpus import cache_dir
 from .errors import DataError
+from .jsonfile import read_json, write_json
+
+META_FILE = "tokenizer_meta.json"
+BPE_FILE = "tokenizer.json"
+HUB_SUBDIR = "hub_tokenizer"
+BPE_PREFIX = "bpe:"
+BPE_MIN_VOCAB = 257  # the 256 byte tokens plus at least one merge
+HUB_EXTRA_HINT = "pip install 'ten[hub]'"
+# BPE encodes in pieces of about this many characters (cut only where the cut cannot change the ids), so a
+# corpus of gigabytes never becomes one giant Encoding object and the pieces run on all cores.
+BPE_ENCODE_CHUNK_CHARS = 1 << 20
+# A newline between two non-space characters: the byte-level pre-tokenizer (GPT-2 regex) always ends a
+# pre-token before and after such a newline, so cutting right after it leaves every id unchanged.
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+
+Ids = Sequence[int] | np.ndarray | torch.Tensor
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the trainer and sampler need: text -> ids, ids -> text, a vocabulary size, and saving."""
+
+    name: str
+    vocab_size: int
+
+    def encode(self, text: str) -> np.ndarray: ...
+
+    def decode(self, ids: Ids) -> str: ...
+
+    def save(self, directory: Path) -> None: ...
+
+
+def ids_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+    """uint16 while every id fits (the nanoGPT token-file format, half the memory), else uint32."""
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def _as_id_list(ids: Ids) -> list[int]:
+    """A flat list of Python ints from a list, numpy array or torch tensor (any shape)."""
+    if isinstance(ids, torch.Tensor):
+        return ids.detach().cpu().reshape(-1).tolist()
+    if isinstance(ids, np.ndarray):
+        return ids.reshape(-1).tolist()
+    return [int(i) for i in ids]
+
+
+def _check_ids(ids: list[int], vocab_size: int, name: str) -> None:
+    """Refuse ids outside the vocabulary, which the `tokenizers` library would otherwise drop silently."""
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+        bad = min(ids) if min(ids) < 0 else max(ids)
+        raise DataError(f"tokenizer {name!r} can only decode ids 0..{vocab_size - 1}, got {bad}")
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an exception's message (or its type name), for one-line DataErrors."""
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _write_meta(directory: Path, kind: str, name: str, vocab_size: int) -> None:
+    write_json(Path(directory) / META_FILE, {"kind": kind, "name": name, "vocab_size": int(vocab_size)})
 
 
 class ByteTokenizer:
     """Text <-> UTF-8 bytes, one token per byte (vocab 256)."""
 
+    kind = "byte"
     vocab_size: int = 256
     name: str = "byte"
 
@@ -20,14 +94,243 @@ class ByteTokenizer:
         """Text -> 1-D uint16 token ids. uint16 (not uint8) so the ids share a dtype with token files."""
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
 
-    def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
+    def decode(self, ids: Ids) -> str:
         """Token ids -> text. A cut through a multi-byte character (e.g. a sampled prefix) becomes U+FFFD."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.detach().cpu().reshape(-1).tolist()
-        elif isinstance(ids, np.ndarray):
-            ids = ids.reshape(-1).tolist()
         try:
-            raw = bytes(int(i) for i in ids)
+            raw = bytes(_as_id_list(ids))
         except ValueError as err:
             raise DataError(f"byte tokenizer can only decode ids 0..255: {err}") from None
         return raw.decode("utf-8", errors="replace")
+
+    def save(self, directory: Path) -> None:
+        """Only the meta file: the byte tokenizer has no vocabulary to store."""
+        _write_meta(directory, self.kind, self.name, self.vocab_size)
+
+
+def _import_tokenizers(spec: str) -> Any:
+    try:
+        import tokenizers  # noqa: PLC0415  (optional extra)
+    except ImportError:
+        raise DataError(f"tokenizer {spec!r} needs the optional extra: {HUB_EXTRA_HINT}") from None
+    return tokenizers
+
+
+def _safe_chunks(text: str, size: int = BPE_ENCODE_CHUNK_CHARS) -> Iterator[str]:
+    """Pieces of about `size` characters, cut only at newlines where the BPE ids cannot change."""
+    start = 0
+    while len(text) - start > size:
+        cut = _SAFE_CUT.search(text, start + size)
+        if cut is None:
+            break
+        yield text[start : cut.start()]
+        start = cut.start()
+    yield text[start:]
+
+
+class BPETokenizer:
+    """Byte-level BPE trained with the `tokenizers` library: every text round-trips, no unknown tokens.
+
+    `vocab_size` is the trained vocabulary, which is the requested size unless the training text was too
+    small to find that many merges. `name` is the spec it was built from, e.g. "bpe:4096".
+    """
+
+    kind = "bpe"
+
+    def __init__(self, backend: Any, name: str) -> None:
+        self.backend = backend
+        self.name = name
+        self.vocab_size = int(backend.get_vocab_size())
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> BPETokenizer:
+        """Learn merges on `text` over the 256-byte alphabet (no special tokens: the model sees one stream)."""
+        name = f"{BPE_PREFIX}{vocab_size}"
+        tk = _import_tokenizers(name)
+        if vocab_size < BPE_MIN_VOCAB:
+            raise DataError(f"tokenizer {name!r}: the BPE vocabulary must be at least {BPE_MIN_VOCAB}")
+        if not text:
+            raise DataError(f"tokenizer {name!r} needs non-empty training text")
+        backend = tk.Tokenizer(tk.models.BPE())
+        backend.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = tk.decoders.ByteLevel()
+        trainer = tk.trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=[],
+            show_progress=False,
+        )
+        backend.train_from_iterator(_safe_chunks(text), trainer=trainer)
+        return cls(backend, name)
+
+    @classmethod
+    def from_file(cls, path: Path, name: str) -> BPETokenizer:
+        """Read a `tokenizer.json`; a missing or garbled file is a DataError, not a Rust panic message."""
+        tk = _import_tokenizers(name)
+        try:
+            backend = tk.Tokenizer.from_str(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"no BPE tokenizer file at {path}") from None
+        except Exception as err:  # noqa: BLE001  (the tokenizers library raises plain Exception)
+            raise DataError(f"cannot read BPE tokenizer {path}: {_one_line(err)}") from None
+        return cls(backend, name)
+
+    def encode(self, text: str) -> np.ndarray:
+        chunks = list(_safe_chunks(text))
+        encodings = self.backend.encode_batch(chunks) if len(chunks) > 1 else [self.backend.encode(chunks[0])]
+        dtype = ids_dtype(self.vocab_size)
+        parts = [np.asarray(e.ids, dtype=dtype) for e in encodings]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    def decode(self, ids: Ids) -> str:
+        id_list = _as_id_list(ids)
+        _check_ids(id_list, self.vocab_size, self.name)
+        return self.backend.decode(id_list)
+
+    def to_json(self) -> str:
+        return self.backend.to_str()
+
+    def save_json(self, path: Path) -> None:
+        with atomic_open(Path(path)) as handle:
+            handle.write(self.to_json().encode("utf-8"))
+
+    def save(self, directory: Path) -> None:
+        self.save_json(Path(directory) / BPE_FILE)
+        _write_meta(directory, self.kind, self.name, self.vocab_size)
+
+
+def _import_auto_tokenizer(name: str) -> Any:
+    try:
+        from transformers import AutoTokenizer  # noqa: PLC0415  (optional extra)
+    except ImportError:
+        raise DataError(f"tokenizer {name!r} needs the optional extra: {HUB_EXTRA_HINT}") from None
+    return AutoTokenizer
+
+
+class HubTokenizer:
+    """A pretrained tokenizer from the hub through `transformers.AutoTokenizer` (e.g. "gpt2").
+
+    Special tokens are never added: the model trains on one flat stream of text, like the other tokenizers.
+    """
+
+    kind = "hub"
+
+    def __init__(self, backend: Any, name: str) -> None:
+        self.backend = backend
+        self.name = name
+        self.vocab_size = int(len(backend))  # len() counts added tokens; .vocab_size does not
+        # The stream is encoded in one call, far beyond any model_max_length; silence that warning.
+        if hasattr(backend, "model_max_length"):
+            backend.model_max_length = 1 << 62
+
+    @classmethod
+    def from_pretrained(cls, name: str, source: str | Path | None = None) -> HubTokenizer:
+        """Load `source` (a hub name or a saved folder; default `name`) as a one-line DataError on failure."""
+        auto = _import_auto_tokenizer(name)
+        try:
+            backend = auto.from_pretrained(str(source if source is not None else name))
+        except Exception as err:  # noqa: BLE001  (network, auth and naming errors all arrive here)
+            raise DataError(
+                f"cannot load hub tokenizer {name!r}: the hub could not be reached or has no such tokenizer "
+                f"({_one_line(err)})"
+            ) from None
+        return cls(backend, name)
+
+    def encode(self, text: str) -> np.ndarray:
+        ids = self.backend.encode(text, add_special_tokens=False)
+        return np.asarray(ids, dtype=ids_dtype(self.vocab_size))
+
+    def decode(self, ids: Ids) -> str:
+        id_list = _as_id_list(ids)
+        _check_ids(id_list, self.vocab_size, self.name)
+        return self.backend.decode(id_list, clean_up_tokenization_spaces=False)
+
+    def save(self, directory: Path) -> None:
+        """The name, plus the tokenizer's own files (a few MB) so it loads again without the hub."""
+        directory = Path(directory)
+        try:
+            self.backend.save_pretrained(str(directory / HUB_SUBDIR))
+        except Exception as err:  # noqa: BLE001
+            raise DataError(f"cannot save hub tokenizer {self.name!r} to {directory}: {_one_line(err)}") from None
+        _write_meta(directory, self.kind, self.name, self.vocab_size)
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
+    """Write `tokenizer_meta.json` plus the tokenizer's own files into `directory` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(directory)
+
+
+def load_tokenizer(directory: Path) -> Tokenizer:
+    """The tokenizer saved in `directory` by save_tokenizer; no meta file or a garbled one is a DataError."""
+    directory = Path(directory).expanduser()
+    meta = read_json(directory / META_FILE, "tokenizer meta file")
+    kind, name, vocab_size = meta.get("kind"), meta.get("name"), meta.get("vocab_size")
+    if not isinstance(name, str) or not isinstance(vocab_size, int):
+        raise DataError(f"tokenizer meta file {directory / META_FILE} lacks a name or vocab_size")
+    tokenizer: Tokenizer
+    if kind == ByteTokenizer.kind:
+        tokenizer = ByteTokenizer()
+    elif kind == BPETokenizer.kind:
+        tokenizer = BPETokenizer.from_file(directory / BPE_FILE, name)
+    elif kind == HubTokenizer.kind:
+        saved = directory / HUB_SUBDIR
+        tokenizer = HubTokenizer.from_pretrained(name, saved if saved.is_dir() else None)
+    else:
+        raise DataError(f"tokenizer meta file {directory / META_FILE} has unknown kind {kind!r}")
+    if tokenizer.vocab_size != vocab_size:
+        raise DataError(f"tokenizer in {directory} has {tokenizer.vocab_size} tokens, its meta file says {vocab_size}")
+    return tokenizer
+
+
+def parse_bpe_spec(spec: str) -> int:
+    """N from "bpe:N", or a one-line DataError for anything else after the prefix."""
+    raw = spec[len(BPE_PREFIX) :]
+    if not raw.isdigit() or int(raw) < BPE_MIN_VOCAB:
+        raise DataError(f"bad tokenizer {spec!r}: give bpe:N with N an integer >= {BPE_MIN_VOCAB}, e.g. bpe:4096")
+    return int(raw)
+
+
+def text_digest(text: str) -> str:
+    """First 16 hex digits of the text's sha256: the cache key that ties a trained BPE to its text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def bpe_cache_path(vocab_size: int, train_text: str, cache: Path | None = None) -> Path:
+    root = Path(cache if cache is not None else cache_dir()).expanduser()
+    return root / "tokenizers" / f"bpe-{vocab_size}-{text_digest(train_text)}.json"
+
+
+def cached_bpe(vocab_size: int, train_text: str, cache: Path | None = None) -> BPETokenizer:
+    """The BPE for this (size, text) from the cache, else trained once and cached (a bad cache is retrained)."""
+    name = f"{BPE_PREFIX}{vocab_size}"
+    path = bpe_cache_path(vocab_size, train_text, cache)
+    if path.is_file():
+        try:
+            return BPETokenizer.from_file(path, name)
+        except DataError:
+            pass  # garbled cache (e.g. disk trouble): train again and overwrite it
+    tokenizer = BPETokenizer.train(train_text, vocab_size)
+    tokenizer.save_json(path)
+    return tokenizer
+
+
+def build_tokenizer(spec: str = "byte", train_text: str | None = None, cache: Path | None = None) -> Tokenizer:
+    """A tokenizer from its spec: "byte", "bpe:N" (trained on train_text, cached), or a hub tokenizer name.
+
+    A folder holding a saved tokenizer (tokenizer_meta.json) also works, so a run can reuse the tokenizer of
+    a prepared dataset or checkpoint. `cache` replaces cache_dir() as the root of the BPE cache.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise DataError("empty tokenizer spec: give 'byte', 'bpe:N' or a hub tokenizer name")
+    if spec == ByteTokenizer.name:
+        return ByteTokenizer()
+    if spec == "bpe" or spec.startswith(BPE_PREFIX):
+        vocab_size = parse_bpe_spec(spec)
+        if not train_text:
+            raise DataError(f"tokenizer {spec!r} is trained on the corpus, but no training text was given")
+        return cached_bpe(vocab_size, train_text, cache)
+    if (Path(spec).expanduser() / META_FILE).is_file():
+        return load_tokenizer(Path(spec))
+    return HubTokenizer.from_pretrained(spec)

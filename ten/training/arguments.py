@@ -1,0 +1,100 @@
+"""Every setting of a training run, with its default: the one place the CLI and the trainer read them from."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Settings a resumed run may change; the rest define the run and must match its checkpoint.
+RESUMABLE_OVERRIDES = frozenset(
+    {"max_steps", "epochs", "time_budget", "save_steps", "eval_steps", "eval_batches", "output_dir", "hourly_rate",
+     "device", "num_workers", "keep_checkpoints", "sample_tokens", "compile", "resume"}
+)  # fmt: skip
+
+
+@dataclass
+class TrainArguments:
+    # model: a preset, then any of these overrides (None keeps the preset's value)
+    config: str = "nano"
+    model: str = "ten"
+    use_hten: bool | None = None
+    hten_scales: list[int] | None = None
+    energy_reg_weight: float | None = None
+    max_seq_len: int | None = None
+    d_model: int | None = None
+    n_layers: int | None = None
+    num_eigenstates: int | None = None
+    num_heads: int | None = None
+    selective: bool | None = None
+    dropout: float | None = None
+    scan_backend: str | None = None
+    # optimisation
+    epochs: float = 1.0
+    max_steps: int | None = None
+    learning_rate: float = 6e-4
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    batch_size: int | None = None  # None: the preset's
+    gradient_accumulation: int = 1
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"  # no | auto | bf16 | fp16
+    gradient_checkpointing: bool = False
+    compile: bool = True
+    use_8bit_optim: bool = False
+    seed: int = 42
+    device: str = "auto"
+    time_budget: float | None = None  # minutes
+    # data
+    dataset: str = "shakespeare"
+    tokenizer: str = "byte"
+    subset_size: int | None = None  # training windows of max_seq_len tokens
+    streaming: bool = False
+    tokenized_dir: str | None = None
+    num_workers: int = 0
+    # output
+    output_dir: str = "runs/ten"
+    save_steps: int = 500
+    eval_steps: int = 250
+    eval_batches: int = 20
+    keep_checkpoints: int = 2
+    resume: str | None = None  # "" = the latest checkpoint in output_dir
+    hourly_rate: float | None = None
+    sample_tokens: int = 200
+    # other modes
+    dry_run: bool = False
+    dry_samples: int = 2
+    benchmark: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainArguments:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting a run cannot start with."""
+        always = ("learning_rate", "epochs", "gradient_accumulation", "save_steps", "eval_steps", "eval_batches",
+                  "dry_samples", "keep_checkpoints")  # fmt: skip
+        when_given = ("batch_size", "max_steps", "max_seq_len", "subset_size", "time_budget", "d_model", "n_layers",
+                      "num_eigenstates", "num_heads")  # fmt: skip
+        positive = {name: getattr(self, name) for name in always}
+        positive.update({name: getattr(self, name) for name in when_given if getattr(self, name) is not None})
+        for name, value in positive.items():
+            if not value > 0 or value != value or value == float("inf"):
+                raise ValueError(f"--{name} must be a positive number, got {value}")
+        for name in ("weight_decay", "warmup_steps", "num_workers", "sample_tokens", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"--min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.mixed_precision not in ("no", "auto", "bf16", "fp16"):
+            raise ValueError(f"--mixed_precision must be no, auto, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.hourly_rate is not None and not self.hourly_rate >= 0:
+            raise ValueError(f"--hourly_rate must be >= 0, got {self.hourly_rate}")

@@ -1,0 +1,458 @@
+"""The training loop, in one place: set up, then step, evaluate and checkpoint until done or stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import PRESETS, TemporalEigenstateConfig
+from ..data import DataError, WindowSampler, load_token_data
+from ..model import TemporalEigenstateNetwork
+from .arguments import RESUMABLE_OVERRIDES, TrainArguments
+from .checkpoint import (
+    TrainerState,
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_step_checkpoints,
+    read_trainer_state,
+    save_checkpoint,
+)
+from .distributed import DistributedContext, weights_fingerprint
+from .optimizer import build_optimizer
+from .precision import Precision, resolve_precision
+from .schedule import learning_rate_at
+
+MODEL_OVERRIDES = ("use_hten", "hten_scales", "energy_reg_weight", "max_seq_len", "d_model", "n_layers",
+                   "num_eigenstates", "num_heads", "selective", "dropout", "scan_backend")  # fmt: skip
+EVAL_SEED = 1234  # the same validation windows at every evaluation, so the figures compare
+LOG_EVERY = 10
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being a finite number."""
+
+
+@dataclass
+class RunResult:
+    status: str  # finished | time_budget | stopped (SIGINT/SIGTERM)
+    step: int
+    checkpoint: Path | None
+    eval: dict[str, float] = field(default_factory=dict)
+    sample: str = ""
+
+
+class LanguageModelingObjective(nn.Module):
+    """forward = compute_loss, so DDP and torch.compile see the whole training computation as one call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.compute_loss(inputs, targets, return_dict=True)
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request the loop honours at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.reason = signal.Signals(signum).name
+
+    def __enter__(self) -> StopRequest:
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def resolve_device(request: str, context: DistributedContext) -> torch.device:
+    if request == "auto":
+        request = "cuda" if torch.cuda.is_available() else "cpu"
+    if request.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {request}: no CUDA GPU is available here (use --device cpu)")
+    if request == "cuda":
+        return torch.device("cuda", context.local_rank)
+    return torch.device(request)
+
+
+def build_model_config(args: TrainArguments, vocab_size: int) -> TemporalEigenstateConfig:
+    overrides = {name: getattr(args, name) for name in MODEL_OVERRIDES if getattr(args, name) is not None}
+    return TemporalEigenstateConfig.from_preset(args.config, vocab_size=vocab_size, **overrides)
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--output_dir {folder} cannot be written: {err.strerror or err}") from None
+
+
+def find_resume_checkpoint(args: TrainArguments) -> Path:
+    """`--resume` alone: the latest checkpoint of --output_dir; with a path: that checkpoint or run folder."""
+    target = Path(args.resume or args.output_dir).expanduser()
+    if (target / "trainer_state.json").is_file() or (target.is_dir() and not (target / "checkpoints").is_dir()):
+        return target
+    found = latest_checkpoint(target / "checkpoints")
+    if found is None:
+        raise ValueError(f"--resume: no checkpoint in {target / 'checkpoints'}")
+    return found
+
+
+def merge_resumed_arguments(saved: dict[str, Any], args: TrainArguments, explicit: set[str]) -> TrainArguments:
+    """The saved run's arguments, with the few a resumed run may change taken from the command line."""
+    merged = TrainArguments.from_dict(saved)
+    for name in explicit:
+        value, before = getattr(args, name), getattr(merged, name)
+        if name in RESUMABLE_OVERRIDES:
+            setattr(merged, name, value)
+        elif value != before:
+            raise ValueError(f"--{name} {value} differs from the resumed run's {before}; a resumed run keeps it")
+    return merged
+
+
+@torch.no_grad()
+def evaluate(
+    model: TemporalEigenstateNetwork, sampler: WindowSampler, batches: int, precision: Precision, device: torch.device
+) -> dict[str, float]:
+    """Mean CE (nats/token) and raw energy over fixed validation windows; perplexity and bits."""
+    was_training = model.training
+    model.eval()
+    ce = energy = 0.0
+    for index in range(batches):
+        inputs, targets = (t.to(device) for t in sampler.batch(index))
+        with precision.autocast():
+            out = model.compute_loss(inputs, targets, return_dict=True)
+        ce += float(out["ce_loss"]) / batches
+        energy += float(out["energy_loss"]) / batches
+    model.train(was_training)
+    return {"val_ce": ce, "val_ppl": math.exp(min(ce, 80.0)), "val_bits_per_token": ce / math.log(2),
+            "val_energy": energy}  # fmt: skip
+
+
+class Trainer:
+    def __init__(self, args: TrainArguments, explicit: set[str] | frozenset[str] = frozenset()) -> None:
+        args.validate()
+        self.context = DistributedContext.from_environment(args.device)
+        self.device = resolve_device(args.device, self.context)
+        self.resume_from: Path | None = None
+        self.saved_state: dict[str, Any] | None = None
+        if args.resume is not None:
+            self.resume_from = find_resume_checkpoint(args)
+            self.saved_state = read_trainer_state(self.resume_from)
+            args = merge_resumed_arguments(self.saved_state["args"], args, set(explicit))
+            args.validate()
+        self.args = args
+        self.output_dir = Path(args.output_dir).expanduser()
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        if self.context.is_main and not args.dry_run:
+            check_writable(self.checkpoint_dir)
+        torch.manual_seed(args.seed)
+
+    # ------------------------------------------------------------------ set-up
+
+    def log(self, message: str) -> None:
+        if self.context.is_main:
+            tqdm.write(message)
+
+    def record(self, **values: Any) -> None:
+        """One line of output_dir/metrics.jsonl (rank 0 only)."""
+        if self.context.is_main and not self.args.dry_run:
+            with (self.output_dir / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps(values) + "\n")
+
+    def load_data(self) -> None:
+        args = self.args
+        if self.resume_from is not None:
+            self.seq_len = TemporalEigenstateConfig.load(self.resume_from / "config.json").max_seq_len
+        else:
+            self.seq_len = build_model_config(args, 256).max_seq_len
+        max_tokens = None if args.subset_size is None else args.subset_size * self.seq_len + 1
+        tokenized = Path(args.tokenized_dir) if args.tokenized_dir else None
+        self.data = load_token_data(
+            args.dataset, args.tokenizer, max_train_tokens=max_tokens, streaming=args.streaming, tokenized_dir=tokenized
+        )
+        for split, tokens in (("training", self.data.train), ("validation", self.data.val)):
+            if len(tokens) < self.seq_len + 1:
+                raise DataError(
+                    f"the {split} split of {args.dataset!r} has {len(tokens):,} tokens, fewer than one window of "
+                    f"{self.seq_len + 1}; give a longer corpus or a smaller --max_seq_len"
+                )
+
+    def build(self) -> None:
+        args = self.args
+        if self.resume_from is not None:
+            config = TemporalEigenstateConfig.load(self.resume_from / "config.json")
+        else:
+            config = build_model_config(args, self.data.tokenizer.vocab_size)
+            config.max_seq_len = self.seq_len
+        if config.vocab_size < self.data.tokenizer.vocab_size:
+            raise ValueError(f"the model's vocabulary ({config.vocab_size}) is smaller than the tokenizer's")
+        self.model = TemporalEigenstateNetwork(config).to(self.device)
+        self.model.gradient_checkpointing = args.gradient_checkpointing
+        self.precision = resolve_precision(args.mixed_precision, self.device)
+        self.scaler = self.precision.grad_scaler()
+        self.optimizer = build_optimizer(self.model, args.learning_rate, args.weight_decay, args.use_8bit_optim)
+        self.batch_size = args.batch_size or PRESETS[args.config].batch_size
+        self.state = TrainerState(args=args.to_dict())
+        if self.resume_from is not None:
+            self.state = load_checkpoint(self.resume_from, self.model, self.optimizer)
+            self.state.args = args.to_dict()
+            if self.state.scaler:
+                self.scaler.load_state_dict(self.state.scaler)
+        self.tokens_per_step = self.batch_size * self.seq_len * args.gradient_accumulation * self.context.world_size
+        self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
+        self.total_steps = args.max_steps or max(1, math.ceil(args.epochs * self.steps_per_epoch))
+        self.warmup_steps = min(args.warmup_steps, self.total_steps // 5)  # a short run still gets its decay
+        self.train_sampler = WindowSampler(
+            self.data.train, self.seq_len, self.batch_size, seed=args.seed, rank=self.context.rank
+        )
+        self.eval_sampler = WindowSampler(self.data.val, self.seq_len, self.batch_size, seed=EVAL_SEED)
+        self.objective: nn.Module = LanguageModelingObjective(self.model)
+        if self.context.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
+        self.objective = self.maybe_compile(self.objective)
+
+    def maybe_compile(self, module: nn.Module) -> nn.Module:
+        if not self.args.compile or self.args.dry_run:
+            return module
+        if self.device.type != "cuda":
+            self.log("torch.compile: skipped on CPU, where it does not speed these complex-valued kernels up")
+            return module
+        try:
+            return torch.compile(module)
+        except Exception as err:  # noqa: BLE001  (any backend failure means: run eagerly)
+            self.log(f"torch.compile: unavailable here ({type(err).__name__}); running eagerly")
+            return module
+
+    def describe(self) -> None:
+        args, model = self.args, self.model
+        self.log(model.summary())
+        threads = f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else ""
+        world = f" x {self.context.world_size} processes" if self.context.enabled else ""
+        self.log(f"device: {self.device}{threads}{world}   precision: {self.precision.name}")
+        if self.precision.note:
+            self.log(self.precision.note)
+        self.log(f"data: {self.data.description}")
+        self.log(
+            f"steps: {self.total_steps:,} ({self.steps_per_epoch:,} per epoch), "
+            f"{self.tokens_per_step:,} tokens per step = batch {self.batch_size} x seq {self.seq_len} "
+            f"x accumulation {args.gradient_accumulation}{world}; "
+            f"lr {args.learning_rate:g}, warm-up {self.warmup_steps}, cosine to {args.min_lr_ratio:g} x lr"
+        )
+        if args.num_workers:
+            self.log("note: batches are slices of an in-memory token array, so --num_workers has nothing to do")
+        if self.resume_from is not None:
+            self.log(f"resuming from {self.resume_from} at step {self.state.step:,}")
+
+    # ------------------------------------------------------------------ modes
+
+    def dry_run(self) -> dict[str, float]:
+        """Summary, then the loss of a few real windows, without training."""
+        self.load_data()
+        self.build()
+        self.describe()
+        sampler = WindowSampler(self.data.train, self.seq_len, self.args.dry_samples, seed=self.args.seed)
+        inputs, targets = (t.to(self.device) for t in sampler.batch(0))
+        with torch.no_grad(), self.precision.autocast():
+            out = self.model.compute_loss(inputs, targets, return_dict=True)
+        values = {k: float(v) for k, v in out.items()}
+        self.log(
+            f"dry run on {self.args.dry_samples} windows of {self.seq_len} tokens: ce_loss {values['ce_loss']:.4f}  "
+            f"energy_loss {values['energy_loss']:.4f} (raw)  loss {values['loss']:.4f} "
+            f"(= ce + {self.model.config.energy_reg_weight:g} x energy)"
+        )
+        return values
+
+    def benchmark(self, steps: int = 10, new_tokens: int = 64) -> dict[str, float]:
+        """Speed of this configuration on this device: training steps and per-token generation, nothing saved."""
+        self.load_data()
+        self.build()
+        self.describe()
+        for _ in range(2):  # warm-up: allocator, kernels, compilation
+            self.train_step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.train_step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        step_s = (time.perf_counter() - start) / steps
+        prompt = torch.as_tensor(self.data.val[:64].astype("int64"), device=self.device).unsqueeze(0)
+        self.model.generate(prompt, 4, temperature=0)
+        start = time.perf_counter()
+        self.model.generate(prompt, new_tokens, temperature=0)
+        generate_s = time.perf_counter() - start
+        start = time.perf_counter()
+        self.model.generate(prompt, 0, temperature=0)
+        per_token_ms = 1e3 * (generate_s - (time.perf_counter() - start)) / new_tokens
+        results = {"step_ms": 1e3 * step_s, "tokens_per_s": self.tokens_per_step / step_s,
+                   "generate_ms_per_token": per_token_ms}  # fmt: skip
+        if self.device.type == "cuda":
+            results["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.log("benchmark: " + "  ".join(f"{k} {v:,.2f}" for k, v in results.items()))
+        return results
+
+    def train(self) -> RunResult:
+        self.load_data()
+        self.build()
+        self.describe()
+        self.record(event="start", step=self.state.step, total_steps=self.total_steps,
+                    fingerprint=weights_fingerprint(self.model), world_size=self.context.world_size)  # fmt: skip
+        with StopRequest() as stop:
+            status = self.loop(stop)
+        return self.finish(status)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train_step(self) -> list[float]:
+        """One optimiser step over `gradient_accumulation` micro-batches; returns loss, ce, energy, grad norm."""
+        args, step = self.args, self.state.step
+        totals = torch.zeros(3, device=self.device)
+        for micro in range(args.gradient_accumulation):
+            inputs, targets = self.train_sampler.batch(step * args.gradient_accumulation + micro)
+            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            last = micro == args.gradient_accumulation - 1
+            no_sync = self.objective.no_sync() if self.context.enabled and not last else contextlib.nullcontext()
+            with no_sync, self.precision.autocast():
+                out = self.objective(inputs, targets)
+            with no_sync:
+                self.scaler.scale(out["loss"] / args.gradient_accumulation).backward()
+            parts = torch.stack([out["loss"], out["ce_loss"], out["energy_loss"]]).detach().float()
+            totals += parts / args.gradient_accumulation
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip or float("inf"))
+        values = self.context.mean(torch.cat([totals, norm.reshape(1).float()])).tolist()
+        if not math.isfinite(values[0]):
+            raise TrainingDiverged(
+                f"the loss became {values[0]} at step {step + 1} (ce {values[1]}, energy {values[2]}); "
+                "lower --learning_rate or use --mixed_precision no; the last good checkpoint is kept"
+            )
+        lr = learning_rate_at(step, args.learning_rate, self.total_steps, self.warmup_steps, args.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens_seen += self.tokens_per_step
+        return [*values, lr]
+
+    def loop(self, stop: StopRequest) -> str:
+        args = self.args
+        budget_s = args.time_budget * 60 if args.time_budget else math.inf
+        start = time.perf_counter()
+        elapsed_before = self.state.elapsed_s
+        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.context.is_main,
+                   dynamic_ncols=True, desc="train", unit="step")  # fmt: skip
+        rate = None
+        status = "finished"
+        while self.state.step < self.total_steps:
+            step_start = time.perf_counter()
+            loss, ce, energy, grad_norm, lr = self.train_step()
+            now = time.perf_counter()
+            self.state.elapsed_s = elapsed_before + now - start
+            speed = self.tokens_per_step / (now - step_start)
+            rate = speed if rate is None else 0.9 * rate + 0.1 * speed
+            postfix = {"loss": f"{loss:.4f}", "ce": f"{ce:.4f}", "energy": f"{energy:.3f}", "lr": f"{lr:.2e}",
+                       "tok/s": f"{rate:,.0f}"}  # fmt: skip
+            if args.hourly_rate is not None:
+                postfix["cost"] = f"${args.hourly_rate * self.state.elapsed_s / 3600:.2f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update()
+            step = self.state.step
+            if step % LOG_EVERY == 0 or step == 1:
+                self.record(event="train", step=step, tokens=self.state.tokens_seen, loss=loss, ce=ce, energy=energy,
+                            lr=lr, grad_norm=grad_norm, tokens_per_s=rate, elapsed_s=self.state.elapsed_s)  # fmt: skip
+            if step % args.eval_steps == 0 and step < self.total_steps:
+                self.evaluate_and_keep_best()
+            if step % args.save_steps == 0 and step < self.total_steps:
+                self.save(checkpoint_name(step))
+            out_of_time = now - start >= budget_s
+            if self.context.any(stop.reason is not None or out_of_time, self.device):
+                status = "time_budget" if out_of_time and stop.reason is None else "stopped"
+                self.log(f"{stop.reason or 'time budget reached'}: stopping at step {step:,}")
+                break
+        bar.close()
+        return status
+
+    # ------------------------------------------------------------------ evaluation, checkpoints, the end
+
+    def evaluate_and_keep_best(self) -> dict[str, float]:
+        metrics = evaluate(self.model, self.eval_sampler, self.args.eval_batches, self.precision, self.device)
+        if self.data.tokenizer.name == "byte":
+            metrics["val_bits_per_byte"] = metrics["val_bits_per_token"]
+        self.record(event="eval", step=self.state.step, tokens=self.state.tokens_seen, elapsed_s=self.state.elapsed_s,
+                    **metrics)  # fmt: skip
+        bpb = f"  bits/byte {metrics['val_bits_per_byte']:.3f}" if "val_bits_per_byte" in metrics else ""
+        self.log(
+            f"step {self.state.step:,}: validation ce {metrics['val_ce']:.4f}  ppl {metrics['val_ppl']:.2f}{bpb}  "
+            f"energy {metrics['val_energy']:.3f}"
+        )
+        best = self.state.best_val_loss
+        if best is None or metrics["val_ce"] < best:
+            self.state.best_val_loss = metrics["val_ce"]
+            self.save("best", prune=False)
+        return metrics
+
+    def save(self, name: str, prune: bool = True) -> Path | None:
+        """Rank 0 writes; every rank waits, so no rank runs ahead of a checkpoint that may be resumed."""
+        path = None
+        if self.context.is_main:
+            self.state.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
+            path = save_checkpoint(self.checkpoint_dir / name, self.model, self.optimizer, self.state,
+                                   self.data.tokenizer)  # fmt: skip
+            if prune:
+                prune_step_checkpoints(self.checkpoint_dir, self.args.keep_checkpoints)
+        self.context.barrier()
+        return path
+
+    def finish(self, status: str) -> RunResult:
+        metrics = self.evaluate_and_keep_best()
+        name = "final" if status == "finished" else checkpoint_name(self.state.step)
+        path = self.save(name)
+        fingerprints = self.context.gather_floats(weights_fingerprint(self.model))
+        self.record(event="end", status=status, step=self.state.step, fingerprints=fingerprints, **metrics)
+        if len(set(fingerprints)) > 1:
+            raise RuntimeError(f"data-parallel ranks ended with different weights: {fingerprints}")
+        sample = self.sample() if self.context.is_main and self.args.sample_tokens else ""
+        if path is not None:
+            resume = "" if status == "finished" else f"; continue with: ten train --resume {self.output_dir}"
+            self.log(f"checkpoint: {path}{resume}")
+        return RunResult(status, self.state.step, path, metrics, sample)
+
+    def sample(self) -> str:
+        prompt = torch.as_tensor(self.data.val[:32].astype("int64"), device=self.device).unsqueeze(0)
+        ids = self.model.generate(prompt, self.args.sample_tokens, temperature=0.8, top_k=50, seed=self.args.seed)
+        text = self.data.tokenizer.decode(ids[0])
+        self.log(f"sample ({self.args.sample_tokens} new tokens after a 32-token validation prompt):\n{text}")
+        return text
+
+    def close(self) -> None:
+        self.context.close()

@@ -1,0 +1,268 @@
+"""`ten train` and friends: exact resume, atomic checkpoints, signals, data parallelism, error messages."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+from ten.cli import main
+from ten.training import TrainArguments, Trainer
+from ten.training import checkpoint as checkpoint_module
+from ten.training.optimizer import parameter_groups
+from ten.training.precision import cpu_supports_bf16, resolve_precision
+from ten.training.schedule import learning_rate_at
+
+TINY = ["--d_model", "32", "--n_layers", "1", "--num_eigenstates", "8", "--max_seq_len", "32", "--batch_size", "2",
+        "--eval_batches", "1", "--sample_tokens", "0"]  # fmt: skip
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text("Now is the winter of our discontent made glorious summer by this sun of York.\n" * 60)
+    return path
+
+
+def tiny_arguments(corpus: Path, output: Path, **overrides) -> TrainArguments:
+    values = dict(dataset=str(corpus), d_model=32, n_layers=1, num_eigenstates=8, max_seq_len=32, batch_size=2,
+                  eval_batches=1, sample_tokens=0, output_dir=str(output), eval_steps=1000,
+                  save_steps=1000)  # fmt: skip
+    return TrainArguments(**{**values, **overrides})
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def records(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop what earlier steps of the test printed
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------- the pieces
+
+
+def test_schedule_warms_up_linearly_then_decays_to_the_floor():
+    rates = [learning_rate_at(s, 1.0, total_steps=110, warmup_steps=10, min_ratio=0.1) for s in range(110)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert rates[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_no_weight_decay_on_norms_biases_and_eigenvalue_parameters():
+    model = TemporalEigenstateNetwork(TemporalEigenstateConfig(d_model=32, n_layers=1, num_eigenstates=8))
+    decay, no_decay = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert {n for n in names.values() if "decay_logit" in n or "frequency" in n or "coupling" in n} <= no_decay_names
+    assert all(p.dim() >= 2 for p in decay["params"]) and "embedding.weight" not in no_decay_names
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+
+
+def test_precision_requests_that_cannot_be_met_are_errors():
+    cpu = torch.device("cpu")
+    assert resolve_precision("no", cpu).dtype is None
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", cpu)
+    expected = torch.bfloat16 if cpu_supports_bf16() else None
+    assert resolve_precision("auto", cpu).dtype == expected
+
+
+# ---------------------------------------------------------------- training runs
+
+
+def test_training_lowers_the_validation_loss_and_logs_every_figure(corpus, tmp_path):
+    output = tmp_path / "run"
+    result = Trainer(tiny_arguments(corpus, output, max_steps=40, eval_steps=20, learning_rate=3e-3)).train()
+    assert result.status == "finished" and result.step == 40
+    assert result.eval["val_ce"] < math.log(256) - 1.0  # well below the uniform guess
+    lines = records(output)
+    assert [r["event"] for r in lines][0] == "start" and lines[-1]["event"] == "end"
+    train = [r for r in lines if r["event"] == "train"]
+    assert {"loss", "ce", "energy", "lr", "tokens_per_s", "grad_norm"} <= set(train[0])
+    assert all(r["loss"] == pytest.approx(r["ce"] + 0.01 * r["energy"], rel=1e-5) for r in train)
+    evals = [r for r in lines if r["event"] == "eval"]
+    assert {"val_ce", "val_ppl", "val_bits_per_byte"} <= set(evals[0])
+    assert {p.name for p in (output / "checkpoints").iterdir()} == {"best", "final"}
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
+    """4 steps, SIGTERM, resume for 4 more == 8 steps straight (with dropout, so random state matters too)."""
+    straight = Trainer(tiny_arguments(corpus, tmp_path / "a", max_steps=8, dropout=0.1)).train()
+
+    original_step = Trainer.train_step
+
+    def step_then_signal(self):
+        values = original_step(self)
+        if self.state.step == 4:
+            signal.raise_signal(signal.SIGTERM)  # the real handler: stop at this step boundary and save
+        return values
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    first = Trainer(tiny_arguments(corpus, tmp_path / "b", max_steps=8, dropout=0.1)).train()
+    assert first.status == "stopped" and first.step == 4 and first.checkpoint.name == "step-0000004"
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+
+    resumed = Trainer(tiny_arguments(corpus, tmp_path / "b", max_steps=8, dropout=0.1, resume="")).train()
+    assert resumed.status == "finished" and resumed.step == 8
+    a, b = weights(straight.checkpoint), weights(resumed.checkpoint)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_crash_while_saving_leaves_no_half_checkpoint(corpus, tmp_path, monkeypatch):
+    output = tmp_path / "run"
+    trainer = Trainer(tiny_arguments(corpus, output, max_steps=2))
+    trainer.train()
+    final = output / "checkpoints" / "final"
+    before = weights(final)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "save_tokenizer", crash)  # fails after the weights were written
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save("final")
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["best", "final"]
+    assert all(torch.equal(before[k], v) for k, v in weights(final).items())
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda p: (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:100]), "corrupt"),
+        (lambda p: (p / "trainer_state.json").write_text("{"), "corrupt"),
+        (lambda p: (p / "optimizer.safetensors").unlink(), "missing optimizer.safetensors"),
+        (lambda p: (p / "trainer_state.json").write_text('{"format": "other"}'), "not a ten checkpoint"),
+    ],
+)
+def test_a_damaged_checkpoint_is_a_one_line_error(corpus, tmp_path, capsys, damage, message):
+    output = tmp_path / "run"
+    Trainer(tiny_arguments(corpus, output, max_steps=1)).train()
+    damage(output / "checkpoints" / "final")
+    code, _, err = run_cli(["train", "--dataset", str(corpus), *TINY, "--output_dir", str(output), "--resume"], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "ten", "train", "--dataset", str(corpus), *TINY, "--max_steps", "100000",
+               "--output_dir", str(output)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ((output / "metrics.jsonl").exists() and "train" in (output / "metrics.jsonl").read_text()):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "SIGTERM: stopping at step" in out + err and "Traceback" not in err
+    saved = [p for p in (output / "checkpoints").iterdir() if p.name.startswith("step-")]
+    assert len(saved) == 1 and (saved[0] / "trainer_state.json").is_file()
+
+
+def test_generate_prints_text_from_a_checkpoint_deterministically(corpus, tmp_path, capsys):
+    output = tmp_path / "run"
+    Trainer(tiny_arguments(corpus, output, max_steps=2)).train()
+    argv = ["generate", "--checkpoint", str(output), "--prompt", "Now is", "--max_new_tokens", "20", "--seed", "3"]
+    code, first, _ = run_cli(argv, capsys)
+    assert code == 0 and first.startswith("Now is") and len(first) > len("Now is")
+    assert run_cli(argv, capsys)[1] == first
+
+
+def test_dry_run_prints_the_losses_and_writes_nothing(corpus, tmp_path, capsys):
+    output = tmp_path / "run"
+    code, out, err = run_cli(["train", "--dataset", str(corpus), *TINY, "--output_dir", str(output), "--dry_run",
+                              "--dry_samples", "2"], capsys)  # fmt: skip
+    text = out + err
+    assert code == 0 and "ce_loss" in text and "energy_loss" in text and "parameters" in text
+    assert not output.exists()
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
+def test_bf16_autocast_training_runs_on_cpu(corpus, tmp_path):
+    result = Trainer(tiny_arguments(corpus, tmp_path / "run", max_steps=3, mixed_precision="bf16")).train()
+    assert math.isfinite(result.eval["val_ce"])
+
+
+def test_torchrun_two_cpu_ranks_stay_in_step(corpus, tmp_path):
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ten",
+               "train", "--dataset", str(corpus), *TINY, "--max_steps", "3", "--device", "cpu",
+               "--output_dir", str(output)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = records(output)
+    start = next(r for r in lines if r["event"] == "start")
+    end = next(r for r in lines if r["event"] == "end")
+    assert start["world_size"] == 2 and len(end["fingerprints"]) == 2
+    assert end["fingerprints"][0] == end["fingerprints"][1] != start["fingerprint"]
+    assert done.stdout.count("TemporalEigenstateNetwork:") == 1  # only rank 0 prints
+
+
+# ---------------------------------------------------------------- user mistakes: exit 2, one line
+
+
+def bad_inputs(tmp_path: Path, corpus: Path) -> list[tuple[list[str], str]]:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    data = ["--dataset", str(corpus)]
+    cases = [
+        (["--config", "huge"], "invalid choice: 'huge'"),
+        (["--hten_scales", "1,a"], "--hten_scales"),
+        (["--hten_scales", "0,2"], "positive"),
+        (["--hten_scales", "2,2"], "distinct"),
+        (["--hten_scales", ""], "--hten_scales"),
+        (["--energy_reg_weight", "-1"], "--energy_reg_weight"),
+        (["--energy_reg_weight", "nan"], "--energy_reg_weight"),
+        (["--energy_reg_weight", "inf"], "--energy_reg_weight"),
+        (["--learning_rate", "0"], "--learning_rate"),
+        (["--learning_rate", "-1e-3"], "--learning_rate"),
+        (["--batch_size", "0"], "--batch_size"),
+        (["--max_seq_len", "-5"], "--max_seq_len"),
+        (["--max_steps", "0"], "--max_steps"),
+        (["--dataset", str(tmp_path / "missing.txt")], "unknown dataset"),
+        (["--dataset", str(empty)], "empty"),
+        (["--dataset", str(binary)], "not UTF-8"),
+        (["--dataset", str(short)], "fewer than one window"),
+        ([*data, "--resume", str(tmp_path / "nothing")], "no checkpoint"),
+        ([*data, "--output_dir", str(blocker / "run")], "--output_dir"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([*data, "--device", "cuda"], "no CUDA GPU"))
+    return cases
+
+
+def test_every_user_mistake_is_one_line_and_exit_code_2(corpus, tmp_path, capsys):
+    for flags, message in bad_inputs(tmp_path, corpus):
+        argv = ["train", *TINY, "--max_steps", "1", "--output_dir", str(tmp_path / "out"), *flags]
+        try:
+            code, _, err = run_cli(argv, capsys)
+        except SystemExit as exit_:  # argparse's own errors
+            code, err = exit_.code, capsys.readouterr().err
+        assert code == 2, (flags, err)
+        assert message in err, (flags, err)
+        assert err.count("\n") == 1 and "Traceback" not in err, (flags, err)
