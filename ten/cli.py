@@ -126,6 +126,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--eval_batches", type=positive(int), default=d.eval_batches)
     out.add_argument("--keep_checkpoints", type=positive(int), default=d.keep_checkpoints, help="step-N ones kept")
     out.add_argument("--resume", nargs="?", const="", help="continue a run: its latest checkpoint, or PATH")
+    out.add_argument("--overwrite", action="store_true", help="start over in an --output_dir that holds a run")
     out.add_argument("--hourly_rate", type=non_negative_float, help="$/hour of the machine: show the cost so far")
     out.add_argument("--sample_tokens", type=int, default=d.sample_tokens, help="tokens sampled at the end")
 

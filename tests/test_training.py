@@ -229,6 +229,8 @@ def bad_inputs(tmp_path: Path, corpus: Path) -> list[tuple[list[str], str]]:
     short.write_text("too short")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    earlier_run = tmp_path / "earlier"
+    (earlier_run / "checkpoints" / "final").mkdir(parents=True)
     data = ["--dataset", str(corpus)]
     cases = [
         (["--config", "huge"], "invalid choice: 'huge'"),
@@ -250,6 +252,7 @@ def bad_inputs(tmp_path: Path, corpus: Path) -> list[tuple[list[str], str]]:
         (["--dataset", str(short)], "fewer than one window"),
         ([*data, "--resume", str(tmp_path / "nothing")], "no checkpoint"),
         ([*data, "--output_dir", str(blocker / "run")], "--output_dir"),
+        ([*data, "--output_dir", str(earlier_run)], "holds an earlier run"),
     ]
     if not torch.cuda.is_available():
         cases.append(([*data, "--device", "cuda"], "no CUDA GPU"))

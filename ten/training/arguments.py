@@ -60,6 +60,7 @@ class TrainArguments:
     eval_batches: int = 20
     keep_checkpoints: int = 2
     resume: str | None = None  # "" = the latest checkpoint in output_dir
+    overwrite: bool = False  # start over in an output_dir that holds an earlier run
     hourly_rate: float | None = None
     sample_tokens: int = 200
     # other modes

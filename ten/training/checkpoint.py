@@ -42,6 +42,7 @@ class CheckpointError(ValueError):
 @dataclass
 class TrainerState:
     step: int = 0  # optimiser steps taken
+    total_steps: int | None = None  # the schedule's length, once fitted to a time budget
     tokens_seen: int = 0
     best_val_loss: float | None = None
     elapsed_s: float = 0.0

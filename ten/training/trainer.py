@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ MODEL_OVERRIDES = ("use_hten", "hten_scales", "energy_reg_weight", "max_seq_len"
                    "num_eigenstates", "num_heads", "selective", "dropout", "scan_backend")  # fmt: skip
 EVAL_SEED = 1234  # the same validation windows at every evaluation, so the figures compare
 LOG_EVERY = 10
+FIT_AFTER_STEPS = 10  # steps timed before fitting the schedule to a time budget
+FIT_MARGIN = 0.95  # of the time left, leaving room for evaluations and the final checkpoint
 
 
 class TrainingDiverged(RuntimeError):
@@ -99,6 +102,10 @@ def resolve_device(request: str, context: DistributedContext) -> torch.device:
 def build_model_config(args: TrainArguments, vocab_size: int) -> TemporalEigenstateConfig:
     overrides = {name: getattr(args, name) for name in MODEL_OVERRIDES if getattr(args, name) is not None}
     return TemporalEigenstateConfig.from_preset(args.config, vocab_size=vocab_size, **overrides)
+
+
+def any_in(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def check_writable(folder: Path) -> None:
@@ -168,11 +175,24 @@ class Trainer:
         self.args = args
         self.output_dir = Path(args.output_dir).expanduser()
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        if self.context.is_main and not args.dry_run:
+        if self.context.is_main and not (args.dry_run or args.benchmark):
+            if self.resume_from is None:
+                self.claim_output_dir()
             check_writable(self.checkpoint_dir)
         torch.manual_seed(args.seed)
 
     # ------------------------------------------------------------------ set-up
+
+    def claim_output_dir(self) -> None:
+        """A new run never writes over an earlier one unless told to: that would lose its checkpoints."""
+        earlier = [p for p in (self.checkpoint_dir, self.output_dir / "metrics.jsonl") if p.is_file() or any_in(p)]
+        if earlier and not self.args.overwrite:
+            raise ValueError(
+                f"--output_dir {self.output_dir} holds an earlier run: continue it with --resume, "
+                "start over with --overwrite, or choose another --output_dir"
+            )
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     def log(self, message: str) -> None:
         if self.context.is_main:
@@ -226,7 +246,9 @@ class Trainer:
         self.tokens_per_step = self.batch_size * self.seq_len * args.gradient_accumulation * self.context.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
         self.total_steps = args.max_steps or max(1, math.ceil(args.epochs * self.steps_per_epoch))
-        self.warmup_steps = min(args.warmup_steps, self.total_steps // 5)  # a short run still gets its decay
+        if self.state.total_steps and not args.max_steps:
+            self.total_steps = self.state.total_steps  # fitted to the time budget of the run being resumed
+        self.set_warmup()
         self.train_sampler = WindowSampler(
             self.data.train, self.seq_len, self.batch_size, seed=args.seed, rank=self.context.rank
         )
@@ -236,6 +258,17 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
         self.objective = self.maybe_compile(self.objective)
+
+    def set_warmup(self) -> None:
+        self.warmup_steps = min(self.args.warmup_steps, self.total_steps // 5)  # a short run still decays
+
+    def fit_schedule_to_budget(self, seconds_per_step: float, seconds_left: float) -> None:
+        """With --time_budget and no --max_steps, the cosine schedule spans the steps the budget allows."""
+        fitted = self.state.step + int(FIT_MARGIN * seconds_left / seconds_per_step)
+        if fitted < self.total_steps:
+            self.total_steps = self.state.total_steps = max(fitted, self.state.step + 1)
+            self.set_warmup()
+            self.log(f"time budget: about {self.total_steps:,} steps fit; the schedule now ends there")
 
     def maybe_compile(self, module: nn.Module) -> nn.Module:
         if not self.args.compile or self.args.dry_run:
@@ -373,6 +406,8 @@ class Trainer:
                    dynamic_ncols=True, desc="train", unit="step")  # fmt: skip
         rate = None
         status = "finished"
+        fit = args.time_budget is not None and not args.max_steps and not self.state.total_steps
+        first_step = self.state.step
         while self.state.step < self.total_steps:
             step_start = time.perf_counter()
             loss, ce, energy, grad_norm, lr = self.train_step()
@@ -387,6 +422,9 @@ class Trainer:
             bar.set_postfix(postfix, refresh=False)
             bar.update()
             step = self.state.step
+            if fit and step - first_step == FIT_AFTER_STEPS:
+                self.fit_schedule_to_budget((now - start) / FIT_AFTER_STEPS, budget_s - (now - start))
+                bar.total = self.total_steps
             if step % LOG_EVERY == 0 or step == 1:
                 self.record(event="train", step=step, tokens=self.state.tokens_seen, loss=loss, ce=ce, energy=energy,
                             lr=lr, grad_norm=grad_norm, tokens_per_s=rate, elapsed_s=self.state.elapsed_s)  # fmt: skip
