@@ -120,7 +120,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--num_workers", type=int, default=d.num_workers)
 
     out = parser.add_argument_group("output")
-    out.add_argument("--output_dir", default=d.output_dir, help="metrics.jsonl and checkpoints/ (default %(default)s)")
+    out.add_argument("--output_dir", help="metrics.jsonl and checkpoints/ (default runs/<config>[-hten], numbered)")
     out.add_argument("--save_steps", type=positive(int), default=d.save_steps)
     out.add_argument("--eval_steps", type=positive(int), default=d.eval_steps)
     out.add_argument("--eval_batches", type=positive(int), default=d.eval_batches)

@@ -126,6 +126,17 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(corpus, tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_default_output_dirs_are_numbered_and_resume_finds_the_latest(corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    values = dict(output_dir=None, config="nano")
+    first = Trainer(tiny_arguments(corpus, tmp_path, max_steps=1, **values)).train()
+    second = Trainer(tiny_arguments(corpus, tmp_path, max_steps=1, **values)).train()
+    assert first.checkpoint.parent.parent == Path("runs/nano")
+    assert second.checkpoint.parent.parent == Path("runs/nano-2")
+    resumed = Trainer(tiny_arguments(corpus, tmp_path, max_steps=2, resume="", **values)).train()
+    assert resumed.checkpoint.parent.parent == Path("runs/nano-2") and resumed.step == 2
+
+
 def test_a_crash_while_saving_leaves_no_half_checkpoint(corpus, tmp_path, monkeypatch):
     output = tmp_path / "run"
     trainer = Trainer(tiny_arguments(corpus, output, max_steps=2))

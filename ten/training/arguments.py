@@ -54,7 +54,7 @@ class TrainArguments:
     tokenized_dir: str | None = None
     num_workers: int = 0
     # output
-    output_dir: str = "runs/ten"
+    output_dir: str | None = None  # None: runs/<config>[-hten], numbered -2, -3... when taken
     save_steps: int = 500
     eval_steps: int = 250
     eval_batches: int = 20

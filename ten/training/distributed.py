@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -50,6 +51,14 @@ class DistributedContext:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
             values /= self.world_size
         return values
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's value on every rank (e.g. a folder chosen by looking at the file system)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def gather_floats(self, value: float) -> list[float]:
         if not self.enabled:

@@ -118,15 +118,47 @@ def check_writable(folder: Path) -> None:
         raise ValueError(f"--output_dir {folder} cannot be written: {err.strerror or err}") from None
 
 
-def find_resume_checkpoint(args: TrainArguments) -> Path:
-    """`--resume` alone: the latest checkpoint of --output_dir; with a path: that checkpoint or run folder."""
-    target = Path(args.resume or args.output_dir).expanduser()
+def find_resume_checkpoint(target: Path) -> Path:
+    """A checkpoint folder as given, or the latest checkpoint of a run folder."""
+    target = target.expanduser()
     if (target / "trainer_state.json").is_file() or (target.is_dir() and not (target / "checkpoints").is_dir()):
         return target
     found = latest_checkpoint(target / "checkpoints")
     if found is None:
         raise ValueError(f"--resume: no checkpoint in {target / 'checkpoints'}")
     return found
+
+
+def default_run_dir(args: TrainArguments) -> Path:
+    """runs/<preset>[-hten]: where a run goes when --output_dir is not given."""
+    return Path("runs") / (args.config + ("-hten" if args.use_hten else ""))
+
+
+def numbered_run_dirs(base: Path) -> list[Path]:
+    """base, base-2, base-3, ... as they exist, in order."""
+    numbered = [p for p in base.parent.glob(f"{base.name}-*") if p.name[len(base.name) + 1 :].isdigit()]
+    return [base, *sorted(numbered, key=lambda p: int(p.name[len(base.name) + 1 :]))]
+
+
+def holds_run(folder: Path) -> bool:
+    return (folder / "metrics.jsonl").is_file() or any_in(folder / "checkpoints")
+
+
+def next_free_run_dir(base: Path) -> Path:
+    """base if it holds no run, else the first free base-N: a new run never lands on an old one."""
+    if not holds_run(base):
+        return base
+    number = 2
+    while holds_run(base.parent / f"{base.name}-{number}"):
+        number += 1
+    return base.parent / f"{base.name}-{number}"
+
+
+def latest_run_dir(base: Path) -> Path:
+    runs = [p for p in numbered_run_dirs(base) if any_in(p / "checkpoints")]
+    if not runs:
+        raise ValueError(f"--resume: no run in {base} (or {base}-N) to continue; name one with --resume PATH")
+    return max(runs, key=lambda p: (p / "checkpoints").stat().st_mtime)
 
 
 def merge_resumed_arguments(saved: dict[str, Any], args: TrainArguments, explicit: set[str]) -> TrainArguments:
@@ -161,17 +193,27 @@ def evaluate(
 
 
 class Trainer:
-    def __init__(self, args: TrainArguments, explicit: set[str] | frozenset[str] = frozenset()) -> None:
+    def __init__(self, args: TrainArguments, explicit: set[str] | None = None) -> None:
+        """`explicit`: the settings the user gave (the CLI knows); None takes those that differ from the defaults."""
         args.validate()
+        if explicit is None:
+            defaults = TrainArguments()
+            explicit = {name for name, value in vars(args).items() if value != getattr(defaults, name)}
         self.context = DistributedContext.from_environment(args.device)
         self.device = resolve_device(args.device, self.context)
         self.resume_from: Path | None = None
         self.saved_state: dict[str, Any] | None = None
         if args.resume is not None:
-            self.resume_from = find_resume_checkpoint(args)
+            target = args.resume or args.output_dir or self.context.broadcast(latest_run_dir(default_run_dir(args)))
+            self.resume_from = find_resume_checkpoint(Path(target))
             self.saved_state = read_trainer_state(self.resume_from)
             args = merge_resumed_arguments(self.saved_state["args"], args, set(explicit))
             args.validate()
+        elif args.output_dir is None:
+            base = default_run_dir(args)
+            args.output_dir = str(self.context.broadcast(next_free_run_dir(base)))
+            if Path(args.output_dir) != base and not (args.dry_run or args.benchmark):
+                self.log(f"{base} holds an earlier run; this one goes to {args.output_dir}")
         self.args = args
         self.output_dir = Path(args.output_dir).expanduser()
         self.checkpoint_dir = self.output_dir / "checkpoints"
@@ -186,7 +228,7 @@ class Trainer:
     def claim_output_dir(self) -> None:
         """A new run never writes over an earlier one unless told to: that would lose its checkpoints."""
         earlier = [p for p in (self.checkpoint_dir, self.output_dir / "metrics.jsonl") if p.is_file() or any_in(p)]
-        if earlier and not self.args.overwrite:
+        if earlier and not self.args.overwrite:  # only an explicit --output_dir can point at an earlier run
             raise ValueError(
                 f"--output_dir {self.output_dir} holds an earlier run: continue it with --resume, "
                 "start over with --overwrite, or choose another --output_dir"
