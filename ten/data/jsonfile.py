@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_open
+from ..atomic import atomic_open
 from .errors import DataError
 
 

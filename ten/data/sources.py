@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .atomic import atomic_open
+from ..atomic import atomic_open
 from .corpus import load_shakespeare
 from .errors import DataError
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .atomic import atomic_open
+from ..atomic import atomic_open
 from .corpus import cache_dir
 from .errors import DataError
 from .jsonfile import read_json, write_json

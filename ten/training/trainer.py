@@ -514,14 +514,17 @@ class Trainer:
         return path
 
     def finish(self, status: str) -> RunResult:
-        metrics = self.evaluate_and_keep_best()
-        name = "final" if status == "finished" else checkpoint_name(self.state.step)
-        path = self.save(name)
+        metrics: dict[str, float] = {}
+        if status == "stopped":  # a signal: save at once (a preempted job has seconds, not an evaluation's minutes)
+            path = self.save(checkpoint_name(self.state.step))
+        else:
+            metrics = self.evaluate_and_keep_best()
+            path = self.save("final" if status == "finished" else checkpoint_name(self.state.step))
         fingerprints = self.context.gather_floats(weights_fingerprint(self.model))
         self.record(event="end", status=status, step=self.state.step, fingerprints=fingerprints, **metrics)
         if len(set(fingerprints)) > 1:
             raise RuntimeError(f"data-parallel ranks ended with different weights: {fingerprints}")
-        sample = self.sample() if self.context.is_main and self.args.sample_tokens else ""
+        sample = self.sample() if self.context.is_main and self.args.sample_tokens and metrics else ""
         if path is not None:
             resume = "" if status == "finished" else f"; continue with: ten train --resume {self.output_dir}"
             self.log(f"checkpoint: {path}{resume}")
