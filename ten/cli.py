@@ -154,8 +154,10 @@ def cmd_train(args: argparse.Namespace, explicit: set[str]) -> None:
             trainer.benchmark()
         else:
             trainer.train()
-    finally:
-        trainer.close()
+    except BaseException:
+        trainer.close(wait_for_peers=False)  # a peer may never arrive: do not wait for it
+        raise
+    trainer.close()
 
 
 # ---------------------------------------------------------------- ten generate, ten prepare

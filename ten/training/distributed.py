@@ -75,8 +75,11 @@ class DistributedContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
-    def close(self) -> None:
+    def close(self, wait_for_peers: bool = True) -> None:
+        """Leave the process group; after a clean run, only once every rank has finished with it."""
         if self.enabled and dist.is_initialized():
+            if wait_for_peers:
+                dist.barrier()  # tearing down while a peer still talks aborts it ("terminate called...")
             dist.destroy_process_group()
 
 

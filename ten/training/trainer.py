@@ -537,5 +537,5 @@ class Trainer:
         self.log(f"sample ({self.args.sample_tokens} new tokens after a 32-token validation prompt):\n{text}")
         return text
 
-    def close(self) -> None:
-        self.context.close()
+    def close(self, wait_for_peers: bool = True) -> None:
+        self.context.close(wait_for_peers)
