@@ -75,7 +75,12 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     d = TRAIN_DEFAULTS
     model = parser.add_argument_group("model (a preset, then overrides)")
     model.add_argument("--config", default=d.config, choices=list(PRESETS), help="preset (default %(default)s)")
-    model.add_argument("--model", default=d.model, choices=["ten"], help="architecture (default %(default)s)")
+    model.add_argument(
+        "--model",
+        default=d.model,
+        choices=["ten", "transformer"],
+        help="architecture: TEN, or the attention baseline of the same size (default %(default)s)",
+    )
     model.add_argument("--use_hten", action="store_const", const=True, help="hierarchical multi-scale TEN")
     model.add_argument("--hten_scales", type=scales, help="HTEN scales, e.g. 1,2,4")
     model.add_argument("--energy_reg_weight", type=non_negative_float, help="weight of the energy loss")
@@ -211,6 +216,22 @@ def cmd_prepare(args: argparse.Namespace, explicit: set[str]) -> None:
     )
 
 
+def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
+    from .experiments.compare import parse_variants, run_comparison, token_budget_steps, write_outputs
+
+    names = parse_variants(args.variants)
+    if (args.time_budget is None) == (args.tokens is None):
+        raise UserError("give the budget of each variant: --time_budget MINUTES or --tokens N (one of them)")
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "run", "variants", "tokens")}
+    base = TrainArguments.from_dict(values)
+    if args.tokens is not None:
+        base.max_steps = token_budget_steps(args.tokens, base)
+    output = Path(args.output_dir or "runs/compare")
+    rows = run_comparison(base, names, output)
+    write_outputs(rows, base, output)
+    print(f"\n{(output / 'results.md').read_text()}\nwritten: {output}/results.md, results.json, validation_loss.png")
+
+
 # ---------------------------------------------------------------- the parser and main
 
 
@@ -232,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int)
     generate.add_argument("--device", default="auto")
     generate.set_defaults(run=cmd_generate)
+
+    compare = commands.add_parser("compare", help="train variants on the same data and budget; table and plot")
+    add_train_flags(compare)
+    compare.add_argument("--variants", default="ten,ten+energy,hten,hten+energy,transformer,ten-nonselective",
+                         help="comma-separated, from: ten, ten+energy, hten, hten+energy, transformer, "
+                              "ten-nonselective (default: all)")  # fmt: skip
+    compare.add_argument("--tokens", type=positive(int), help="training tokens per variant (instead of --time_budget)")
+    compare.set_defaults(run=cmd_compare)
 
     prepare = commands.add_parser("prepare", help="tokenize a corpus into token files for --tokenized_dir")
     prepare.add_argument("--dataset", default="shakespeare")

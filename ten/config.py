@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .modules.block import default_mlp_width
 from .ops import MAX_CHUNK_SIZE, SCAN_BACKENDS
 
 
@@ -71,7 +72,7 @@ class TemporalEigenstateConfig:
     def mlp_width(self) -> int:
         if self.mlp_hidden is not None:
             return self.mlp_hidden
-        return 64 * math.ceil(8 * self.d_model / 3 / 64)
+        return default_mlp_width(self.d_model)
 
     @property
     def scales(self) -> list[int]:

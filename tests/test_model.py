@@ -197,7 +197,7 @@ def test_save_and_load_round_trip(tmp_path, use_hten):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a saved TEN model"):
+    with pytest.raises(FileNotFoundError, match="not a saved model"):
         TemporalEigenstateNetwork.from_pretrained(tmp_path)
     model = make_model((False, [1], True, "auto"))
     model.save_pretrained(tmp_path / "m")

@@ -8,9 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .eigenstate import EigenstateLayer
-from .hierarchical import HierarchicalEigenstateLayer
-
 
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, hidden: int, residual_gain: float = 1.0) -> None:
@@ -30,16 +27,18 @@ class SwiGLU(nn.Module):
         return self.down(value * F.silu(gate))
 
 
+def default_mlp_width(d_model: int) -> int:
+    """SwiGLU hidden width: 8/3 d (the parameters of a 4d GELU MLP), rounded up to a multiple of 64."""
+    return 64 * math.ceil(8 * d_model / 3 / 64)
+
+
 class Block(nn.Module):
-    def __init__(self, config) -> None:
+    def __init__(self, config, mixer: nn.Module, residual_gain: float) -> None:
         super().__init__()
-        # GPT-2's scaling of the layers that write into the residual stream: 1 / sqrt(2 n_layers).
-        gain = 1 / math.sqrt(2 * config.n_layers)
-        mixer = HierarchicalEigenstateLayer if config.use_hten else EigenstateLayer
         self.mixer_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.mixer = mixer(config, residual_gain=gain)
+        self.mixer = mixer
         self.mlp_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.mlp = SwiGLU(config.d_model, config.mlp_width, residual_gain=gain)
+        self.mlp = SwiGLU(config.d_model, config.mlp_width, residual_gain=residual_gain)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, state=None):

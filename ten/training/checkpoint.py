@@ -1,7 +1,7 @@
 """Training checkpoints: a folder of safetensors and JSON, written whole or not at all.
 
     step-000500/
-        model.safetensors, config.json      the model (TemporalEigenstateNetwork.from_pretrained reads these)
+        model.safetensors, config.json      the model (LanguageModel.from_pretrained reads these)
         optimizer.safetensors               optimiser tensors (AdamW moments, step counts)
         rng.safetensors                     torch random generator states (CPU, CUDA)
         trainer_state.json                  step, tokens, best loss, arguments, optimiser hyperparameters
@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..data import load_tokenizer, save_tokenizer
-from ..model import TemporalEigenstateNetwork
+from ..lm import LanguageModel
 
 FORMAT = "ten-checkpoint"
 FORMAT_VERSION = 1
@@ -77,7 +77,7 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
 
 def save_checkpoint(
     path: Path,
-    model: TemporalEigenstateNetwork,
+    model: LanguageModel,
     optimizer: torch.optim.Optimizer,
     trainer_state: TrainerState,
     tokenizer: Any,
@@ -145,14 +145,14 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file} is truncated or corrupt: {err}") from None
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> TemporalEigenstateNetwork:
+def load_model(path: Path, device: torch.device | str = "cpu") -> LanguageModel:
     try:
-        return TemporalEigenstateNetwork.from_pretrained(path, device=device)
+        return LanguageModel.from_pretrained(path, device=device)
     except (ValueError, FileNotFoundError) as err:
         raise CheckpointError(f"cannot load the model of {path}: {err}") from None
 
 
-def load_checkpoint(path: Path, model: TemporalEigenstateNetwork, optimizer: torch.optim.Optimizer) -> TrainerState:
+def load_checkpoint(path: Path, model: LanguageModel, optimizer: torch.optim.Optimizer) -> TrainerState:
     """Restore weights, optimiser and random generators in place; return the trainer state."""
     path = Path(path)
     state = read_trainer_state(path)

@@ -16,8 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..baselines import TransformerConfig, TransformerLM
 from ..config import PRESETS, TemporalEigenstateConfig
 from ..data import DataError, WindowSampler, load_token_data
+from ..lm import ARCHITECTURES, LanguageModel, load_config
 from ..model import TemporalEigenstateNetwork
 from .arguments import RESUMABLE_OVERRIDES, TrainArguments
 from .checkpoint import (
@@ -34,8 +36,8 @@ from .optimizer import build_optimizer
 from .precision import Precision, resolve_precision
 from .schedule import learning_rate_at
 
-MODEL_OVERRIDES = ("use_hten", "hten_scales", "energy_reg_weight", "max_seq_len", "d_model", "n_layers",
-                   "num_eigenstates", "num_heads", "selective", "dropout", "scan_backend")  # fmt: skip
+SHARED_OVERRIDES = ("max_seq_len", "d_model", "n_layers", "num_heads", "dropout")
+TEN_OVERRIDES = ("use_hten", "hten_scales", "energy_reg_weight", "num_eigenstates", "selective", "scan_backend")
 EVAL_SEED = 1234  # the same validation windows at every evaluation, so the figures compare
 LOG_EVERY = 10
 FIT_AFTER_STEPS = 10  # steps timed before fitting the schedule to a time budget
@@ -99,9 +101,23 @@ def resolve_device(request: str, context: DistributedContext) -> torch.device:
     return torch.device(request)
 
 
-def build_model_config(args: TrainArguments, vocab_size: int) -> TemporalEigenstateConfig:
-    overrides = {name: getattr(args, name) for name in MODEL_OVERRIDES if getattr(args, name) is not None}
-    return TemporalEigenstateConfig.from_preset(args.config, vocab_size=vocab_size, **overrides)
+def build_model(args: TrainArguments, vocab_size: int) -> LanguageModel:
+    """The --model architecture at the --config preset's size, with the command line's overrides."""
+    shared = {name: getattr(args, name) for name in SHARED_OVERRIDES if getattr(args, name) is not None}
+    if args.model == "transformer":
+        given = [f"--{name}" for name in TEN_OVERRIDES if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to TEN, not to --model transformer")
+        preset = PRESETS[args.config]
+        values = {"d_model": preset.d_model, "n_layers": preset.n_layers, "max_seq_len": preset.max_seq_len, **shared}
+        return TransformerLM(TransformerConfig(vocab_size=vocab_size, **values))
+    ten_only = {name: getattr(args, name) for name in TEN_OVERRIDES if getattr(args, name) is not None}
+    config = TemporalEigenstateConfig.from_preset(args.config, vocab_size=vocab_size, **shared, **ten_only)
+    return TemporalEigenstateNetwork(config)
+
+
+def window_length(args: TrainArguments) -> int:
+    return args.max_seq_len or PRESETS[args.config].max_seq_len
 
 
 def any_in(folder: Path) -> bool:
@@ -175,7 +191,7 @@ def merge_resumed_arguments(saved: dict[str, Any], args: TrainArguments, explici
 
 @torch.no_grad()
 def evaluate(
-    model: TemporalEigenstateNetwork, sampler: WindowSampler, batches: int, precision: Precision, device: torch.device
+    model: LanguageModel, sampler: WindowSampler, batches: int, precision: Precision, device: torch.device
 ) -> dict[str, float]:
     """Mean CE (nats/token) and raw energy over fixed validation windows; perplexity and bits."""
     was_training = model.training
@@ -249,9 +265,9 @@ class Trainer:
     def load_data(self) -> None:
         args = self.args
         if self.resume_from is not None:
-            self.seq_len = TemporalEigenstateConfig.load(self.resume_from / "config.json").max_seq_len
+            self.seq_len = load_config(self.resume_from / "config.json")[1].max_seq_len
         else:
-            self.seq_len = build_model_config(args, 256).max_seq_len
+            self.seq_len = window_length(args)
         max_tokens = None if args.subset_size is None else args.subset_size * self.seq_len + 1
         tokenized = Path(args.tokenized_dir) if args.tokenized_dir else None
         self.data = load_token_data(
@@ -267,13 +283,13 @@ class Trainer:
     def build(self) -> None:
         args = self.args
         if self.resume_from is not None:
-            config = TemporalEigenstateConfig.load(self.resume_from / "config.json")
+            architecture, config = load_config(self.resume_from / "config.json")
+            model = ARCHITECTURES[architecture](config)
         else:
-            config = build_model_config(args, self.data.tokenizer.vocab_size)
-            config.max_seq_len = self.seq_len
-        if config.vocab_size < self.data.tokenizer.vocab_size:
-            raise ValueError(f"the model's vocabulary ({config.vocab_size}) is smaller than the tokenizer's")
-        self.model = TemporalEigenstateNetwork(config).to(self.device)
+            model = build_model(args, self.data.tokenizer.vocab_size)
+        if model.config.vocab_size < self.data.tokenizer.vocab_size:
+            raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's")
+        self.model = model.to(self.device)
         self.model.gradient_checkpointing = args.gradient_checkpointing
         self.precision = resolve_precision(args.mixed_precision, self.device)
         self.scaler = self.precision.grad_scaler()
@@ -359,7 +375,7 @@ class Trainer:
         self.log(
             f"dry run on {self.args.dry_samples} windows of {self.seq_len} tokens: ce_loss {values['ce_loss']:.4f}  "
             f"energy_loss {values['energy_loss']:.4f} (raw)  loss {values['loss']:.4f} "
-            f"(= ce + {self.model.config.energy_reg_weight:g} x energy)"
+            f"(= ce + {self.model.energy_reg_weight:g} x energy)"
         )
         return values
 

@@ -1,0 +1,1 @@
+"""Measurements `ten` makes of itself: speed against attention (bench) and training results (compare)."""

@@ -1,0 +1,218 @@
+"""What every language model here shares: embedding, pre-norm blocks, final norm, tied head; the loss,
+streaming through an explicit state, generation, saving and loading.
+
+The models differ only in their sequence mixer (`make_mixer`): the eigenstate recurrence
+(ten/model.py) or causal attention (ten/baselines/transformer.py), so comparisons isolate it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .atomic import atomic_write
+from .modules.block import Block
+from .sampling import check_sampling_args, sample_next_token
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ARCHITECTURES: dict[str, type[LanguageModel]] = {}  # filled by each subclass's `architecture`
+
+
+@dataclass
+class RecurrentState:
+    """Everything a model carries from one call to the next: one entry per layer.
+
+    For TEN its size does not grow with the context, which is what makes each generated token O(1);
+    for the transformer baseline it is the KV cache, which does.
+    """
+
+    layers: list[Any] = field(default_factory=list)
+
+
+def load_config(path: Path) -> tuple[str, Any]:
+    """(architecture, config) from a config.json; files without the key are TEN's (the first format)."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a valid JSON config: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} does not hold a config object")
+    architecture = values.pop("architecture", "ten")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    return architecture, ARCHITECTURES[architecture].config_class.from_dict(values)
+
+
+class LanguageModel(nn.Module):
+    architecture: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ARCHITECTURES[cls.architecture] = cls
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        # GPT-2's scaling of the layers that write into the residual stream: 1 / sqrt(2 n_layers).
+        gain = 1 / math.sqrt(2 * config.n_layers)
+        self.blocks = nn.ModuleList(
+            Block(config, self.make_mixer(config, residual_gain=gain), residual_gain=gain)
+            for _ in range(config.n_layers)
+        )
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.gradient_checkpointing = False
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def make_mixer(self, config: Any, residual_gain: float) -> nn.Module:
+        """The sequence mixer of one block: forward(x, state) -> (y, new_state, energy)."""
+        raise NotImplementedError
+
+    def energy_loss_from(self, energies: list[Tensor]) -> Tensor:
+        return torch.stack(energies).mean()
+
+    @property
+    def energy_reg_weight(self) -> float:
+        return getattr(self.config, "energy_reg_weight", 0.0)
+
+    # ------------------------------------------------------------------ forward and loss
+
+    def check_token_ids(self, ids: Tensor) -> None:
+        if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}")
+        if ids.dim() != 2:
+            raise ValueError(f"token ids must have shape (batch, time), got {tuple(ids.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {self.config.vocab_size}), got values in "
+                f"[{int(ids.min())}, {int(ids.max())}]"
+            )
+
+    def _run(self, ids: Tensor, state: RecurrentState | None) -> tuple[Tensor, RecurrentState, Tensor]:
+        """Logits, the new state, and the raw energy loss (see energy_loss_from)."""
+        x = self.dropout(self.embedding(ids.long()))
+        new_state, energies = RecurrentState(), []
+        for i, block in enumerate(self.blocks):
+            layer_state = None if state is None else state.layers[i]
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, layer_state, layer_energy = checkpoint(block, x, layer_state, use_reentrant=False)
+            else:
+                x, layer_state, layer_energy = block(x, layer_state)
+            new_state.layers.append(layer_state)
+            energies.append(layer_energy)
+        logits = F.linear(self.final_norm(x), self.embedding.weight)  # head tied to the embedding
+        return logits, new_state, self.energy_loss_from(energies)
+
+    def forward(
+        self, ids: Tensor, state: RecurrentState | None = None, return_state: bool = False
+    ) -> Tensor | tuple[Tensor, RecurrentState]:
+        """Logits (B, T, vocab). With ``return_state``, also the state to pass to the next call."""
+        self.check_token_ids(ids)
+        if state is not None and len(state.layers) != len(self.blocks):
+            raise ValueError(f"state has {len(state.layers)} layers, the model {len(self.blocks)}")
+        logits, new_state, _ = self._run(ids, state)
+        return (logits, new_state) if return_state else logits
+
+    def compute_loss(self, inputs: Tensor, targets: Tensor, return_dict: bool = False) -> Tensor | dict[str, Tensor]:
+        """loss = ce_loss + energy_reg_weight * energy_loss; targets of -100 are ignored."""
+        self.check_token_ids(inputs)
+        if targets.shape != inputs.shape:
+            raise ValueError(f"targets {tuple(targets.shape)} must match inputs {tuple(inputs.shape)}")
+        logits, _, energy_loss = self._run(inputs, None)
+        ce_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().long(), ignore_index=-100)
+        loss = ce_loss + self.energy_reg_weight * energy_loss
+        if not return_dict:
+            return loss
+        return {"loss": loss, "ce_loss": ce_loss, "energy_loss": energy_loss}
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()  # not inference_mode: the returned ids may feed a training step
+    def generate(
+        self,
+        prompt_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Tensor:
+        """Prompt plus ``max_new_tokens`` sampled tokens, (B, T + max_new_tokens).
+
+        The prompt is read in one parallel pass; each new token is then one step through the state
+        (for TEN, the same cost at any context length). ``temperature=0`` is greedy.
+        """
+        check_sampling_args(temperature, top_k, top_p)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        ids = prompt_ids.unsqueeze(0) if prompt_ids.dim() == 1 else prompt_ids
+        if ids.shape[-1] == 0:
+            raise ValueError("the prompt must hold at least one token")
+        self.check_token_ids(ids)
+        ids = ids.long()
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=ids.device).manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            logits, state, _ = self._run(ids, None)
+            new_tokens = []
+            for _ in range(max_new_tokens):
+                token = sample_next_token(logits[:, -1], temperature, top_k, top_p, generator)
+                new_tokens.append(token)
+                logits, state, _ = self._run(token, state)
+        finally:
+            self.train(was_training)
+        return torch.cat([ids, *new_tokens], dim=1)
+
+    # ------------------------------------------------------------------ saving and loading
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """config.json (with the architecture's name) and model.safetensors, each written atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"architecture": self.architecture, **self.config.to_dict()}, indent=2) + "\n"
+        atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(text))
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_model(self, str(p)))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
+        """Load a saved model; on LanguageModel itself, of whichever architecture config.json names."""
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory} holds no {name}: not a saved model")
+        architecture, config = load_config(directory / CONFIG_FILE)
+        model_class = ARCHITECTURES[architecture]
+        if not issubclass(model_class, cls):
+            raise ValueError(f"{directory} holds a {architecture!r} model, not a {cls.__name__}")
+        model = model_class(config)
+        try:
+            missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False, device=str(device))
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise ValueError(f"{directory / WEIGHTS_FILE} is not a readable weights file: {err}") from err
+        if missing or unexpected:
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE} does not match its config: "
+                f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
+            )
+        return model.to(device)
+
+    # ------------------------------------------------------------------ reports
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

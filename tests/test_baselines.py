@@ -1,0 +1,85 @@
+"""The transformer baseline: causal, streams through its KV cache, and shares TEN's interface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ten import LanguageModel, TemporalEigenstateNetwork, TransformerConfig, TransformerLM
+
+from .conftest import relative_error
+
+
+def tiny(dropout: float = 0.0) -> TransformerLM:
+    return TransformerLM(TransformerConfig(vocab_size=64, d_model=32, n_layers=2, num_heads=2, dropout=dropout)).eval()
+
+
+def test_changing_later_tokens_leaves_earlier_logits_unchanged():
+    model = tiny()
+    ids = torch.randint(0, 64, (2, 40))
+    changed = ids.clone()
+    changed[:, 25:] = torch.randint(0, 64, (2, 15))
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    assert torch.equal(a[:, :25], b[:, :25])
+    assert not torch.allclose(a[:, 25:], b[:, 25:])
+
+
+def test_the_kv_cache_streams_whole_in_pieces_and_token_by_token():
+    model = tiny()
+    ids = torch.randint(0, 64, (2, 30))
+    with torch.no_grad():
+        whole = model(ids)
+        logits, state = model(ids[:, :11], return_state=True)
+        rest, _ = model(ids[:, 11:], state=state, return_state=True)
+        pieces = torch.cat([logits, rest], dim=1)
+        state, steps = None, []
+        for t in range(ids.shape[1]):
+            step, state = model(ids[:, t : t + 1], state=state, return_state=True)
+            steps.append(step)
+    assert relative_error(pieces, whole) < 1e-5
+    assert relative_error(torch.cat(steps, dim=1), whole) < 1e-5
+
+
+def test_loss_has_no_energy_term_and_ignores_minus_100():
+    model = tiny()
+    ids = torch.randint(0, 64, (2, 16))
+    targets = ids.roll(-1, dims=1)
+    targets[:, -1] = -100
+    out = model.compute_loss(ids, targets, return_dict=True)
+    assert float(out["energy_loss"]) == 0.0 and torch.equal(out["loss"], out["ce_loss"])
+    logits = model(ids)
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, :-1].flatten())
+    assert float(out["ce_loss"]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_save_load_and_architecture_dispatch(tmp_path):
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    loaded = LanguageModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, TransformerLM)
+    ids = torch.randint(0, 64, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(model(ids), loaded.eval()(ids))
+    with pytest.raises(ValueError, match="holds a 'transformer' model, not a TemporalEigenstateNetwork"):
+        TemporalEigenstateNetwork.from_pretrained(tmp_path)
+
+
+def test_generate_is_deterministic_with_a_seed_and_matches_greedy_full_recompute():
+    model = tiny()
+    prompt = torch.randint(0, 64, (1, 5))
+    first, second = (model.generate(prompt, 8, temperature=0.9, seed=1) for _ in range(2))
+    assert torch.equal(first, second)
+    greedy = model.generate(prompt, 6, temperature=0)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(6):  # without the cache: the whole sequence each time
+            ids = torch.cat([ids, model(ids)[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(greedy, ids)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        TransformerConfig(d_model=30, num_heads=4)
+    with pytest.raises(ValueError, match="n_layers"):
+        TransformerConfig(n_layers=0)
