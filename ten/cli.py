@@ -232,6 +232,30 @@ def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
     print(f"\n{(output / 'results.md').read_text()}\nwritten: {output}/results.md, results.json, validation_loss.png")
 
 
+def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
+    import torch
+
+    from .experiments.bench import BenchSettings, growth, markdown, parse_lengths, run_bench, write_outputs
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA GPU is available here")
+    settings = BenchSettings(
+        d_model=args.d_model, n_layers=args.n_layers, num_eigenstates=args.num_eigenstates,
+        lengths=parse_lengths(args.lengths), contexts=parse_lengths(args.contexts),
+        tokens_per_batch=args.tokens_per_batch,
+        new_tokens=args.new_tokens, reps=args.reps, max_step_seconds=args.max_step_seconds, device=device,
+        dtype=args.dtype,
+    )  # fmt: skip
+    results = run_bench(settings)
+    output = Path(args.output_dir)
+    write_outputs(results, output)
+    exponents = {name: growth(results, name, "forward_peak_mib_b1") for name in ("ten", "transformer")}
+    print("\n" + markdown(results))
+    print("forward peak memory ~ T^p: " + ", ".join(f"{n} p = {e:.2f}" for n, e in exponents.items() if e is not None))
+    print(f"written: {output}/bench.md, bench.json, bench_scaling.png")
+
+
 # ---------------------------------------------------------------- the parser and main
 
 
@@ -261,6 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
                               "ten-nonselective (default: all)")  # fmt: skip
     compare.add_argument("--tokens", type=positive(int), help="training tokens per variant (instead of --time_budget)")
     compare.set_defaults(run=cmd_compare)
+
+    bench = commands.add_parser("bench", help="TEN vs the transformer baseline: time, memory, generation")
+    bench.add_argument("--d_model", type=positive(int), default=512)
+    bench.add_argument("--n_layers", type=positive(int), default=4)
+    bench.add_argument("--num_eigenstates", type=positive(int), default=64)
+    bench.add_argument("--lengths", default="256,512,1024,2048,4096,8192,16384", help="sequence lengths T")
+    bench.add_argument("--tokens_per_batch", type=positive(int), default=8192, help="batch = this / T (at least 1)")
+    bench.add_argument("--contexts", default="128,1024,8192", help="contexts for per-token generation time")
+    bench.add_argument("--new_tokens", type=positive(int), default=32)
+    bench.add_argument("--reps", type=positive(int), default=3)
+    bench.add_argument("--max_step_seconds", type=positive(float), default=60.0, help="stop growing T past this")
+    bench.add_argument("--dtype", choices=["float32", "bf16", "fp16"], default="float32", help="autocast dtype")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--output_dir", default="runs/bench")
+    bench.set_defaults(run=cmd_bench)
 
     prepare = commands.add_parser("prepare", help="tokenize a corpus into token files for --tokenized_dir")
     prepare.add_argument("--dataset", default="shakespeare")

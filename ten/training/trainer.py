@@ -40,6 +40,7 @@ SHARED_OVERRIDES = ("max_seq_len", "d_model", "n_layers", "num_heads", "dropout"
 TEN_OVERRIDES = ("use_hten", "hten_scales", "energy_reg_weight", "num_eigenstates", "selective", "scan_backend")
 EVAL_SEED = 1234  # the same validation windows at every evaluation, so the figures compare
 LOG_EVERY = 10
+UNBOUNDED_EPOCHS = 1000
 FIT_AFTER_STEPS = 10  # steps timed before fitting the schedule to a time budget
 FIT_MARGIN = 0.95  # of the time left, leaving room for evaluations and the final checkpoint
 
@@ -231,6 +232,7 @@ class Trainer:
             if Path(args.output_dir) != base and not (args.dry_run or args.benchmark):
                 self.log(f"{base} holds an earlier run; this one goes to {args.output_dir}")
         self.args = args
+        self.explicit = set(explicit)
         self.output_dir = Path(args.output_dir).expanduser()
         self.checkpoint_dir = self.output_dir / "checkpoints"
         if self.context.is_main and not (args.dry_run or args.benchmark):
@@ -303,7 +305,10 @@ class Trainer:
                 self.scaler.load_state_dict(self.state.scaler)
         self.tokens_per_step = self.batch_size * self.seq_len * args.gradient_accumulation * self.context.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
-        self.total_steps = args.max_steps or max(1, math.ceil(args.epochs * self.steps_per_epoch))
+        epochs = args.epochs
+        if args.time_budget and "epochs" not in self.explicit:
+            epochs = UNBOUNDED_EPOCHS  # the budget decides the length (the schedule is fitted to it)
+        self.total_steps = args.max_steps or max(1, math.ceil(epochs * self.steps_per_epoch))
         if self.state.total_steps and not args.max_steps:
             self.total_steps = self.state.total_steps  # fitted to the time budget of the run being resumed
         self.set_warmup()
@@ -349,8 +354,10 @@ class Trainer:
         if self.precision.note:
             self.log(self.precision.note)
         self.log(f"data: {self.data.description}")
+        bounded = self.total_steps < UNBOUNDED_EPOCHS * self.steps_per_epoch
+        steps = f"{self.total_steps:,}" if bounded else f"as many as {args.time_budget:g} minutes allow"
         self.log(
-            f"steps: {self.total_steps:,} ({self.steps_per_epoch:,} per epoch), "
+            f"steps: {steps} ({self.steps_per_epoch:,} per epoch), "
             f"{self.tokens_per_step:,} tokens per step = batch {self.batch_size} x seq {self.seq_len} "
             f"x accumulation {args.gradient_accumulation}{world}; "
             f"lr {args.learning_rate:g}, warm-up {self.warmup_steps}, cosine to {args.min_lr_ratio:g} x lr"

@@ -1,0 +1,334 @@
+"""`ten bench`: TEN against the transformer baseline of the same width and depth, side by side.
+
+For each sequence length: forward time, training-step time (forward, backward, AdamW), peak
+memory and tokens per second; then the time per generated token at several context lengths
+(TEN from its recurrent state, the transformer from its KV cache). Every ratio compares two
+measurements taken in the same run, one after the other.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..baselines import TransformerConfig, TransformerLM
+from ..config import TemporalEigenstateConfig
+from ..lm import LanguageModel
+from ..model import TemporalEigenstateNetwork
+
+MODELS = ("ten", "transformer")
+
+
+@dataclass
+class BenchSettings:
+    d_model: int = 512
+    n_layers: int = 4
+    num_eigenstates: int = 64
+    lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384)
+    tokens_per_batch: int = 8192  # batch = tokens_per_batch // T (at least 1): the same work per step
+    contexts: tuple[int, ...] = (128, 1024, 8192)
+    new_tokens: int = 32
+    reps: int = 3
+    max_step_seconds: float = 60.0  # a model whose step takes longer stops growing T
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
+    """Median of `reps` timed calls after one warm-up call (CUDA events on a GPU)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def _proc_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Peak memory fn() adds: max_memory_allocated on CUDA; on Linux CPUs the rise of peak RSS
+    (VmHWM, reset through /proc/self/clear_refs). None where neither is available."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    before = _proc_kib("VmRSS")
+    fn()
+    peak = _proc_kib("VmHWM")
+    return None if before is None or peak is None else max(0, peak - before) / 1024
+
+
+def build(name: str, settings: BenchSettings, max_len: int, device: torch.device) -> LanguageModel:
+    common = dict(vocab_size=256, d_model=settings.d_model, n_layers=settings.n_layers, max_seq_len=max_len)
+    if name == "ten":
+        config = TemporalEigenstateConfig(num_eigenstates=settings.num_eigenstates, **common)
+        return TemporalEigenstateNetwork(config).to(device)
+    return TransformerLM(TransformerConfig(**common)).to(device)
+
+
+def autocast(settings: BenchSettings, device: torch.device):
+    dtype = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.dtype]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def measure_length(model: LanguageModel, length: int, settings: BenchSettings, device: torch.device) -> dict:
+    batch = max(1, settings.tokens_per_batch // length)
+    ids = torch.randint(0, 256, (batch, length + 1), device=device)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def forward() -> None:
+        with torch.inference_mode(), autocast(settings, device):
+            model(inputs)
+
+    def train_step() -> None:
+        with autocast(settings, device):
+            loss = model.compute_loss(inputs, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    row: dict[str, Any] = {"T": length, "batch": batch}
+    row["forward_ms"] = 1e3 * seconds(forward, device, settings.reps)
+    row["train_step_ms"] = 1e3 * seconds(train_step, device, settings.reps)
+    row["tokens_per_s"] = batch * length / (row["train_step_ms"] / 1e3)
+    row["train_peak_mib"] = peak_memory_mib(train_step, device)
+    one = inputs[:1]
+
+    def forward_one() -> None:
+        with torch.inference_mode(), autocast(settings, device):
+            model(one)
+
+    row["forward_peak_mib_b1"] = peak_memory_mib(forward_one, device)
+    return row
+
+
+def measure_generation(model: LanguageModel, context: int, settings: BenchSettings, device: torch.device) -> float:
+    """ms per new token after `context` tokens, stepping through the model's state (greedy)."""
+    prompt = torch.randint(0, 256, (1, context), device=device)
+    with torch.inference_mode(), autocast(settings, device):
+        logits, state = model(prompt, return_state=True)
+        first = logits[:, -1:].argmax(-1)
+
+        def decode() -> None:
+            token, carried = first, state
+            for _ in range(settings.new_tokens):
+                out, carried = model(token, state=carried, return_state=True)
+                token = out[:, -1:].argmax(-1)
+
+        return 1e3 * seconds(decode, device, settings.reps) / settings.new_tokens
+
+
+def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    device = torch.device(settings.device)
+    torch.manual_seed(0)
+    results: dict[str, Any] = {"settings": settings.__dict__, "machine": machine(device), "lengths": [],
+                               "generation": [], "stopped": {}}  # fmt: skip
+    models = {name: build(name, settings, max(settings.lengths), device) for name in MODELS}
+    for name, model in models.items():
+        log(f"{name}: {model.num_parameters():,} parameters")
+    active = set(MODELS)
+    for length in settings.lengths:
+        row: dict[str, Any] = {"T": length}
+        for name in MODELS:
+            if name not in active:
+                continue
+            try:
+                measured = measure_length(models[name].train(), length, settings, device)
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if "memory" not in str(err).lower():
+                    raise
+                active.discard(name)
+                results["stopped"][name] = f"out of memory at T = {length}"
+                log(f"{name}: out of memory at T = {length}; no longer measured")
+                continue
+            row[name] = measured
+            if measured["train_step_ms"] / 1e3 > settings.max_step_seconds:
+                active.discard(name)
+                results["stopped"][name] = f"step over {settings.max_step_seconds:g} s at T = {length}"
+        results["lengths"].append(row)
+        log(format_length_row(row))
+        if not active:
+            break
+    for context in settings.contexts:
+        row = {"context": context}
+        for name in MODELS:
+            row[name] = measure_generation(models[name].eval(), context, settings, device)
+        results["generation"].append(row)
+        log(f"generation after {context:,} tokens: ten {row['ten']:.2f} ms/token, transformer "
+            f"{row['transformer']:.2f} ms/token")  # fmt: skip
+    return results
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    info = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+        info["threads"] = torch.get_num_threads()
+        names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
+        info["cpu"] = names[0] if names else info["cpu"]
+    return info
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def ratio(row: dict, key: str) -> str:
+    if "ten" in row and "transformer" in row:
+        return f"{row['ten'][key] / row['transformer'][key]:.2f}"
+    return "-"
+
+
+def format_length_row(row: dict[str, Any]) -> str:
+    parts = [f"T={row['T']:>6}"]
+    for name in MODELS:
+        if name in row:
+            m = row[name]
+            speed = f"{m['tokens_per_s']:,.0f} tok/s"
+            parts.append(f"{name}: fwd {m['forward_ms']:.1f} ms, step {m['train_step_ms']:.1f} ms, {speed}")
+    return "  ".join(parts)
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "| T | batch | TEN fwd ms | attn fwd ms | fwd ratio | TEN step ms | attn step ms | step ratio | TEN tok/s "
+        "| attn tok/s | TEN step MiB | attn step MiB | TEN fwd MiB (B=1) | attn fwd MiB (B=1) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["lengths"]:
+        ten, attn = row.get("ten"), row.get("transformer")
+        batch = (ten or attn)["batch"]
+
+        def cell(model: dict | None, key: str, fmt: str = "{:,.1f}") -> str:
+            if model is None:
+                return "stopped"
+            value = model[key]
+            return _mib(value) if key.endswith("mib") or key.endswith("b1") else fmt.format(value)
+
+        lines.append(
+            f"| {row['T']:,} | {batch} | {cell(ten, 'forward_ms')} | {cell(attn, 'forward_ms')} "
+            f"| {ratio(row, 'forward_ms')} | {cell(ten, 'train_step_ms')} | {cell(attn, 'train_step_ms')} "
+            f"| {ratio(row, 'train_step_ms')} | {cell(ten, 'tokens_per_s', '{:,.0f}')} "
+            f"| {cell(attn, 'tokens_per_s', '{:,.0f}')} | {cell(ten, 'train_peak_mib')} "
+            f"| {cell(attn, 'train_peak_mib')} "
+            f"| {cell(ten, 'forward_peak_mib_b1')} | {cell(attn, 'forward_peak_mib_b1')} |"
+        )
+    lines += ["", "| context | TEN ms/token | transformer ms/token | transformer / TEN |", "|---:|---:|---:|---:|"]
+    for row in results["generation"]:
+        lines.append(
+            f"| {row['context']:,} | {row['ten']:.2f} | {row['transformer']:.2f} "
+            f"| {row['transformer'] / row['ten']:.2f}x |"
+        )
+    for name, why in results["stopped"].items():
+        lines.append(f"\n{name}: stopped, {why}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], output_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("forward_ms", "forward (ms)"), ("train_step_ms", "training step (ms)"),
+              ("forward_peak_mib_b1", "forward peak memory, batch 1 (MiB)")]  # fmt: skip
+    figure, axes = plt.subplots(1, len(panels), figsize=(15, 4.5))
+    for axis, (key, label) in zip(axes, panels, strict=True):
+        for name in MODELS:
+            points = [(r["T"], r[name][key]) for r in results["lengths"] if name in r and r[name][key]]
+            if points:
+                axis.loglog(*zip(*points, strict=True), marker="o", label=name, base=2)
+        axis.set_xlabel("sequence length T")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3, which="both")
+        if axis.get_lines():
+            axis.legend()
+    figure.suptitle(f"TEN vs transformer, d={results['settings']['d_model']}, {results['settings']['n_layers']} layers")
+    figure.tight_layout()
+    path = output_dir / "bench_scaling.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [path]
+
+
+def write_outputs(results: dict[str, Any], output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "bench.json").write_text(json.dumps(results, indent=1) + "\n")
+    (output_dir / "bench.md").write_text(markdown(results))
+    plot(results, output_dir)
+
+
+def parse_lengths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def growth(results: dict[str, Any], name: str, key: str) -> float | None:
+    """Exponent p in cost ~ T^p between the first and last measured lengths."""
+    points = [(r["T"], r[name][key]) for r in results["lengths"] if name in r and r[name][key]]
+    if len(points) < 2:
+        return None
+    (t0, v0), (t1, v1) = points[0], points[-1]
+    return math.log(v1 / v0) / math.log(t1 / t0)
