@@ -27,6 +27,7 @@ from ..lm import LanguageModel
 from ..model import TemporalEigenstateNetwork
 
 MODELS = ("ten", "transformer")
+SLOW_S = 5.0
 
 
 @dataclass
@@ -53,8 +54,16 @@ def sync(device: torch.device) -> None:
 
 
 def seconds(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
-    """Median of `reps` timed calls after one warm-up call (CUDA events on a GPU)."""
+    """Median of `reps` timed calls after one warm-up call (CUDA events on a GPU).
+
+    A warm-up slower than SLOW_S seconds leaves one timed call: long calls vary little, and a
+    16k-token attention step repeated would take minutes.
+    """
+    begin = time.perf_counter()
     fn()
+    sync(device)
+    if time.perf_counter() - begin > SLOW_S:
+        reps = 1
     times = []
     for _ in range(reps):
         if device.type == "cuda":

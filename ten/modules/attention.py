@@ -28,10 +28,37 @@ def rotate(x: Tensor, start: int) -> Tensor:
 
 @dataclass
 class KVCache:
-    """Keys and values of every position so far, (B, heads, T, head_dim): grows by one per token."""
+    """Keys and values of every position so far, in buffers of (B, heads, capacity, head_dim).
+
+    Appending writes in place and doubles the capacity when full, so a generated token costs one
+    read of the cache, not a copy of it (what torch.cat would do). The cost per token still grows
+    with the context: that is attention's, and what the benchmark measures. Writing in place means
+    two continuations of one cache share its buffer: copy the cache to branch.
+    """
 
     keys: Tensor
     values: Tensor
+    length: int
+
+    @classmethod
+    def start(cls, keys: Tensor, values: Tensor) -> KVCache:
+        """A full cache of the given positions: no copy (training never appends; the first append does)."""
+        return cls(keys, values, keys.shape[2])
+
+    def append(self, keys: Tensor, values: Tensor) -> KVCache:
+        needed = self.length + keys.shape[2]
+        buffers = self.keys, self.values
+        if needed > self.keys.shape[2]:
+            capacity = max(needed, 2 * self.keys.shape[2])
+            buffers = tuple(b.new_empty(*b.shape[:2], capacity, b.shape[3]) for b in buffers)
+            for new, old in zip(buffers, (self.keys, self.values), strict=True):
+                new[:, :, : self.length] = old[:, :, : self.length]
+        buffers[0][:, :, self.length : needed] = keys
+        buffers[1][:, :, self.length : needed] = values
+        return KVCache(buffers[0], buffers[1], needed)
+
+    def contents(self) -> tuple[Tensor, Tensor]:
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
 
 class CausalSelfAttention(nn.Module):
@@ -50,18 +77,18 @@ class CausalSelfAttention(nn.Module):
         """(output, cache including these positions, zero energy): the mixer interface of a Block."""
         batch, length, width = x.shape
         q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
-        past = 0 if cache is None else cache.keys.shape[2]
+        past = 0 if cache is None else cache.length
         q, k = rotate(q, past), rotate(k, past)
-        if cache is not None:
-            k = torch.cat([cache.keys, k], dim=2)
-            v = torch.cat([cache.values, v], dim=2)
-        # With a cache, the new queries are the last `length` positions: mask only among themselves.
-        if cache is None or length == 1:
+        cache = KVCache.start(k, v) if cache is None else cache.append(k, v)
+        if past:
+            k, v = cache.contents()
+        # After a cache, the new queries are the last `length` positions: mask only among themselves.
+        if not past or length == 1:
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=cache is None and length > 1, dropout_p=self.dropout if self.training else 0.0
+                q, k, v, is_causal=not past and length > 1, dropout_p=self.dropout if self.training else 0.0
             )
         else:
             allowed = torch.ones(length, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         y = self.out(y.transpose(1, 2).reshape(batch, length, width))
-        return y, KVCache(k, v), x.new_zeros(())
+        return y, cache, x.new_zeros(())
