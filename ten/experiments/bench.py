@@ -8,7 +8,6 @@ measurements taken in the same run, one after the other.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import platform
@@ -80,35 +79,59 @@ def seconds(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
     return statistics.median(times)
 
 
-def _proc_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def _cpu_peak_in_fresh_process(name: str, settings: BenchSettings, length: int, batch: int, train: bool, out) -> None:
+    """Runs in a spawned process: the rise of peak RSS (VmHWM: ru_maxrss would carry the parent's
+    peak across fork and exec) over the RSS after building model and inputs."""
+    torch.manual_seed(0)
+    model = build(name, settings, length, torch.device("cpu"))
+    ids = torch.randint(0, 256, (batch, length + 1))
+    baseline_kib = _status_kib("VmRSS")
+    if train:
+        with autocast(settings, torch.device("cpu")):
+            loss = model.compute_loss(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+    else:
+        with torch.inference_mode(), autocast(settings, torch.device("cpu")):
+            model(ids[:, :-1])
+    out.put(max(0, _status_kib("VmHWM") - baseline_kib) / 1024)
 
 
-def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float | None:
-    """Peak memory fn() adds: max_memory_allocated on CUDA; on Linux CPUs the rise of peak RSS
-    (VmHWM, reset through /proc/self/clear_refs). None where neither is available."""
-    gc.collect()
+def _status_kib(field: str) -> int:
+    return int(Path("/proc/self/status").read_text().split(f"{field}:")[1].split()[0])
+
+
+def peak_memory_mib(name: str, settings: BenchSettings, length: int, batch: int, train: bool) -> float | None:
+    """Peak memory of one forward (or forward + backward) pass.
+
+    CUDA: max_memory_allocated. CPU: in a fresh process, because a process that has run other sizes
+    keeps freed memory mapped and would hide the rise (Linux only; None elsewhere).
+    """
+    device = torch.device(settings.device)
     if device.type == "cuda":
+        model = build(name, settings, length, device)
+        ids = torch.randint(0, 256, (batch, length + 1), device=device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
+        if train:
+            with autocast(settings, device):
+                model.compute_loss(ids[:, :-1], ids[:, 1:]).backward()
+        else:
+            with torch.inference_mode(), autocast(settings, device):
+                model(ids[:, :-1])
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        del model
+        return peak
+    if not Path("/proc/self/status").exists():
         return None
-    before = _proc_kib("VmRSS")
-    fn()
-    peak = _proc_kib("VmHWM")
-    return None if before is None or peak is None else max(0, peak - before) / 1024
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_cpu_peak_in_fresh_process, args=(name, settings, length, batch, train, queue))
+    process.start()
+    process.join()
+    return queue.get() if process.exitcode == 0 else None
 
 
 def build(name: str, settings: BenchSettings, max_len: int, device: torch.device) -> LanguageModel:
@@ -145,14 +168,9 @@ def measure_length(model: LanguageModel, length: int, settings: BenchSettings, d
     row["forward_ms"] = 1e3 * seconds(forward, device, settings.reps)
     row["train_step_ms"] = 1e3 * seconds(train_step, device, settings.reps)
     row["tokens_per_s"] = batch * length / (row["train_step_ms"] / 1e3)
-    row["train_peak_mib"] = peak_memory_mib(train_step, device)
-    one = inputs[:1]
-
-    def forward_one() -> None:
-        with torch.inference_mode(), autocast(settings, device):
-            model(one)
-
-    row["forward_peak_mib_b1"] = peak_memory_mib(forward_one, device)
+    name = "ten" if isinstance(model, TemporalEigenstateNetwork) else "transformer"
+    row["train_peak_mib"] = peak_memory_mib(name, settings, length, batch, train=True)
+    row["forward_peak_mib_b1"] = peak_memory_mib(name, settings, length, 1, train=False)
     return row
 
 
@@ -258,7 +276,7 @@ def _mib(value: float | None) -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "| T | batch | TEN fwd ms | attn fwd ms | fwd ratio | TEN step ms | attn step ms | step ratio | TEN tok/s "
-        "| attn tok/s | TEN step MiB | attn step MiB | TEN fwd MiB (B=1) | attn fwd MiB (B=1) |",
+        "| attn tok/s | TEN fwd+bwd MiB | attn fwd+bwd MiB | TEN fwd MiB (B=1) | attn fwd MiB (B=1) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["lengths"]:
@@ -335,9 +353,9 @@ def parse_lengths(text: str) -> tuple[int, ...]:
 
 
 def growth(results: dict[str, Any], name: str, key: str) -> float | None:
-    """Exponent p in cost ~ T^p between the first and last measured lengths."""
+    """Exponent p in cost ~ T^p between the two longest measured lengths (where fixed costs matter least)."""
     points = [(r["T"], r[name][key]) for r in results["lengths"] if name in r and r[name][key]]
     if len(points) < 2:
         return None
-    (t0, v0), (t1, v1) = points[0], points[-1]
+    (t0, v0), (t1, v1) = points[-2], points[-1]
     return math.log(v1 / v0) / math.log(t1 / t0)

@@ -354,8 +354,9 @@ class Trainer:
         if self.precision.note:
             self.log(self.precision.note)
         self.log(f"data: {self.data.description}")
-        bounded = self.total_steps < UNBOUNDED_EPOCHS * self.steps_per_epoch
-        steps = f"{self.total_steps:,}" if bounded else f"as many as {args.time_budget:g} minutes allow"
+        unbounded = self.total_steps >= UNBOUNDED_EPOCHS * self.steps_per_epoch
+        by_budget = args.time_budget and not args.max_steps and unbounded
+        steps = f"as many as {args.time_budget:g} minutes allow" if by_budget else f"{self.total_steps:,}"
         self.log(
             f"steps: {steps} ({self.steps_per_epoch:,} per epoch), "
             f"{self.tokens_per_step:,} tokens per step = batch {self.batch_size} x seq {self.seq_len} "
