@@ -161,6 +161,21 @@ def test_energy_loss_is_mean_energy_per_eigenstate():
     torch.testing.assert_close(out["energy_loss"], torch.stack(per_layer).mean())
 
 
+def test_readout_couples_few_states_like_it_folds_the_coupling_into_the_weight():
+    core = make_model((False, [1], True, "chunked")).blocks[0].mixer.core
+    with torch.no_grad():
+        core.coupling.normal_(0, 0.3)  # far from the identity, so a wrong R shows
+    states = torch.randn(3, 40, core.num_eigenstates, dtype=torch.complex64)  # 120 rows: the folded weight
+    assert states[..., 0].numel() >= core.out_proj.out_features
+    with torch.no_grad():
+        whole = core.readout(states)
+        one_by_one = torch.cat([core.readout(states[:, t : t + 1]) for t in range(states.shape[1])], dim=1)
+        pairs = torch.view_as_real(states @ core.coupling_matrix().T.to(states.dtype)).flatten(-2)
+        reference = core.out_proj(pairs)
+    assert relative_error(one_by_one, whole) < 1e-5
+    assert relative_error(whole, reference) < 1e-5
+
+
 def test_autocast_bf16_keeps_state_in_float32():
     model = make_model((True, [1, 2, 4], True, "chunked"))
     ids = torch.randint(0, 64, (2, 24))

@@ -40,6 +40,7 @@ class BenchSettings:
     new_tokens: int = 32
     reps: int = 3
     max_step_seconds: float = 60.0  # a model whose step takes longer stops growing T
+    weight_read_mib: int = 128  # more than any CPU cache
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -147,7 +148,8 @@ def autocast(settings: BenchSettings, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def measure_length(model: LanguageModel, length: int, settings: BenchSettings, device: torch.device) -> dict:
+def step_functions(model: LanguageModel, length: int, settings: BenchSettings, device: torch.device):
+    """A forward pass (inference) and a training step (forward, backward, AdamW) on a random batch."""
     batch = max(1, settings.tokens_per_batch // length)
     ids = torch.randint(0, 256, (batch, length + 1), device=device)
     inputs, targets = ids[:, :-1], ids[:, 1:]
@@ -164,6 +166,18 @@ def measure_length(model: LanguageModel, length: int, settings: BenchSettings, d
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return batch, forward, train_step
+
+
+def warm_up(model: LanguageModel, length: int, settings: BenchSettings, device: torch.device) -> None:
+    """One untimed measurement: a fresh process runs its first steps 10-30% slow (heap growth)."""
+    _, forward, train_step = step_functions(model, length, settings, device)
+    seconds(forward, device, settings.reps)
+    seconds(train_step, device, settings.reps)
+
+
+def measure_length(model: LanguageModel, length: int, settings: BenchSettings, device: torch.device) -> dict:
+    batch, forward, train_step = step_functions(model, length, settings, device)
     row: dict[str, Any] = {"T": length, "batch": batch}
     row["forward_ms"] = 1e3 * seconds(forward, device, settings.reps)
     row["train_step_ms"] = 1e3 * seconds(train_step, device, settings.reps)
@@ -190,6 +204,29 @@ def measure_generation(model: LanguageModel, context: int, settings: BenchSettin
         return 1e3 * seconds(decode, device, settings.reps) / settings.new_tokens
 
 
+def weight_read_rates(settings: BenchSettings, device: torch.device) -> dict[str, float]:
+    """GB/s at which a batch-1 matmul reads its weights, beside a plain read of the same bytes.
+
+    Generating one token reads every weight once, through matrix-vector products; on a CPU
+    that is the floor of the time per token.
+    """
+    d = settings.d_model
+    count = max(1, settings.weight_read_mib * 2**20 // (4 * d * 4 * d))
+    weights = [torch.randn(4 * d, d, device=device) for _ in range(count)]
+    x = torch.randn(1, d, device=device)
+    gigabytes = count * weights[0].numel() * 4 / 1e9
+
+    def matvec() -> None:
+        for w in weights:
+            torch.nn.functional.linear(x, w)
+
+    def read() -> None:
+        for w in weights:
+            w.sum()
+
+    return {"matvec_gbps": gigabytes / seconds(matvec, device, 5), "read_gbps": gigabytes / seconds(read, device, 5)}
+
+
 def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     device = torch.device(settings.device)
     torch.manual_seed(0)
@@ -198,6 +235,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     models = {name: build(name, settings, max(settings.lengths), device) for name in MODELS}
     for name, model in models.items():
         log(f"{name}: {model.num_parameters():,} parameters")
+        warm_up(model.train(), settings.lengths[0], settings, device)
     active = set(MODELS)
     for length in settings.lengths:
         row: dict[str, Any] = {"T": length}
@@ -228,7 +266,21 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         results["generation"].append(row)
         log(f"generation after {context:,} tokens: ten {row['ten']:.2f} ms/token, transformer "
             f"{row['transformer']:.2f} ms/token")  # fmt: skip
+    results["weight_reads"] = weight_read_rates(settings, device)
+    results["weight_mib"] = {name: model.num_parameters() * 4 / 2**20 for name, model in models.items()}
+    log(weight_read_line(results))
     return results
+
+
+def weight_read_line(results: dict[str, Any]) -> str:
+    rates, mib = results["weight_reads"], results["weight_mib"]
+    floor = {name: 2**20 * size / 1e9 / rates["matvec_gbps"] * 1e3 for name, size in mib.items()}
+    return (
+        f"batch-1 matmuls read weights at {rates['matvec_gbps']:.1f} GB/s "
+        f"(a plain read: {rates['read_gbps']:.1f} GB/s); "
+        f"reading every weight once per token takes {floor['ten']:.2f} ms for TEN ({mib['ten']:.0f} MiB), "
+        f"{floor['transformer']:.2f} ms for the transformer ({mib['transformer']:.0f} MiB)"
+    )
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -303,6 +355,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['context']:,} | {row['ten']:.2f} | {row['transformer']:.2f} "
             f"| {row['transformer'] / row['ten']:.2f}x |"
         )
+    if "weight_reads" in results:
+        lines.append(f"\n{weight_read_line(results)}.")
     for name, why in results["stopped"].items():
         lines.append(f"\n{name}: stopped, {why}.")
     return "\n".join(lines) + "\n"

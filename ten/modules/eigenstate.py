@@ -120,12 +120,17 @@ class EigenstateCore(nn.Module):
         # The state accumulates in float32 whatever the autocast dtype.
         beta = torch.view_as_complex(self.in_proj(u).float().unflatten(-1, (-1, 2)))
         states = scan(lam, beta, initial_state, self.scan_backend, self.chunk_size)
-        # W_out [Re Rc; Im Rc] = (W_out (R (x) I_2)) view_as_real(c): fold R into the weight,
-        # a (d, 2K) x (2K, 2K) product, instead of a pass over every state.
-        coupled = torch.kron(self.coupling_matrix(), torch.eye(2, device=u.device, dtype=self.coupling.dtype))
-        weight = self.out_proj.weight @ coupled.to(self.out_proj.weight.dtype)
-        h = F.linear(torch.view_as_real(states).flatten(-2), weight)
-        return h, states
+        return self.readout(states), states
+
+    def readout(self, states: Tensor) -> Tensor:
+        """h = W_out view_as_real(R c), applying the coupling R where it costs least."""
+        pairs = torch.view_as_real(states)  # (..., K, 2): R is real, so it acts on re and im alike
+        if states[..., 0].numel() < self.out_proj.out_features:
+            # Few positions (generation): couple the states, B T (2K)^2 work.
+            return self.out_proj(torch.einsum("jk,...kc->...jc", self.coupling_matrix(), pairs).flatten(-2))
+        # Many positions: fold R into the weight, W_out (R (x) I_2), d (2K)^2 work once.
+        coupled = torch.kron(self.coupling_matrix(), torch.eye(2, device=states.device, dtype=self.coupling.dtype))
+        return F.linear(pairs.flatten(-2), self.out_proj.weight @ coupled.to(self.out_proj.weight.dtype))
 
 
 def energy(states: Tensor) -> Tensor:
