@@ -97,7 +97,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=positive(float), default=d.epochs, help="default %(default)s")
     opt.add_argument("--max_steps", type=positive(int), help="optimiser steps (overrides --epochs)")
-    opt.add_argument("--learning_rate", "--lr", type=positive(float), default=d.learning_rate, help="peak, %(default)s")
+    opt.add_argument("--learning_rate", "--lr", type=positive(float), help="peak (default: the preset's)")
     opt.add_argument("--min_lr_ratio", type=non_negative_float, default=d.min_lr_ratio, help="final lr / peak lr")
     opt.add_argument("--weight_decay", type=non_negative_float, default=d.weight_decay)
     opt.add_argument("--warmup_steps", type=int, default=d.warmup_steps)

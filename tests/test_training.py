@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+from ten import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
 from ten.cli import main
 from ten.training import TrainArguments, Trainer
 from ten.training import checkpoint as checkpoint_module
@@ -101,6 +101,14 @@ def test_training_lowers_the_validation_loss_and_logs_every_figure(corpus, tmp_p
     evals = [r for r in lines if r["event"] == "eval"]
     assert {"val_ce", "val_ppl", "val_bits_per_byte"} <= set(evals[0])
     assert {p.name for p in (output / "checkpoints").iterdir()} == {"best", "final"}
+
+
+@pytest.mark.parametrize("preset, given", [("medium", None), ("nano", None), ("nano", 3e-3)])
+def test_the_peak_learning_rate_is_the_presets_unless_given(corpus, tmp_path, preset, given):
+    args = tiny_arguments(corpus, tmp_path / "run", config=preset, learning_rate=given, max_steps=2, warmup_steps=0)
+    Trainer(args).train()
+    first = next(r for r in records(tmp_path / "run") if r["event"] == "train")
+    assert first["lr"] == pytest.approx(given or PRESETS[preset].learning_rate)
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(corpus, tmp_path, monkeypatch):

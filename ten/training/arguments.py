@@ -32,7 +32,7 @@ class TrainArguments:
     # optimisation
     epochs: float = 1.0
     max_steps: int | None = None
-    learning_rate: float = 6e-4
+    learning_rate: float | None = None  # None: the preset's
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     warmup_steps: int = 100
@@ -79,10 +79,10 @@ class TrainArguments:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting a run cannot start with."""
-        always = ("learning_rate", "epochs", "gradient_accumulation", "save_steps", "eval_steps", "eval_batches",
+        always = ("epochs", "gradient_accumulation", "save_steps", "eval_steps", "eval_batches",
                   "dry_samples", "keep_checkpoints")  # fmt: skip
-        when_given = ("batch_size", "max_steps", "max_seq_len", "subset_size", "time_budget", "d_model", "n_layers",
-                      "num_eigenstates", "num_heads")  # fmt: skip
+        when_given = ("learning_rate", "batch_size", "max_steps", "max_seq_len", "subset_size", "time_budget",
+                      "d_model", "n_layers", "num_eigenstates", "num_heads")  # fmt: skip
         positive = {name: getattr(self, name) for name in always}
         positive.update({name: getattr(self, name) for name in when_given if getattr(self, name) is not None})
         for name, value in positive.items():

@@ -295,7 +295,8 @@ class Trainer:
         self.model.gradient_checkpointing = args.gradient_checkpointing
         self.precision = resolve_precision(args.mixed_precision, self.device)
         self.scaler = self.precision.grad_scaler()
-        self.optimizer = build_optimizer(self.model, args.learning_rate, args.weight_decay, args.use_8bit_optim)
+        self.learning_rate = args.learning_rate or PRESETS[args.config].learning_rate
+        self.optimizer = build_optimizer(self.model, self.learning_rate, args.weight_decay, args.use_8bit_optim)
         self.batch_size = args.batch_size or PRESETS[args.config].batch_size
         self.state = TrainerState(args=args.to_dict())
         if self.resume_from is not None:
@@ -361,7 +362,7 @@ class Trainer:
             f"steps: {steps} ({self.steps_per_epoch:,} per epoch), "
             f"{self.tokens_per_step:,} tokens per step = batch {self.batch_size} x seq {self.seq_len} "
             f"x accumulation {args.gradient_accumulation}{world}; "
-            f"lr {args.learning_rate:g}, warm-up {self.warmup_steps}, cosine to {args.min_lr_ratio:g} x lr"
+            f"lr {self.learning_rate:g}, warm-up {self.warmup_steps}, cosine to {args.min_lr_ratio:g} x lr"
         )
         if args.num_workers:
             self.log("note: batches are slices of an in-memory token array, so --num_workers has nothing to do")
@@ -453,7 +454,7 @@ class Trainer:
                 f"the loss became {values[0]} at step {step + 1} (ce {values[1]}, energy {values[2]}); "
                 "lower --learning_rate or use --mixed_precision no; the last good checkpoint is kept"
             )
-        lr = learning_rate_at(step, args.learning_rate, self.total_steps, self.warmup_steps, args.min_lr_ratio)
+        lr = learning_rate_at(step, self.learning_rate, self.total_steps, self.warmup_steps, args.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.step(self.optimizer)
