@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .modules.block import default_mlp_width
 from .ops import MAX_CHUNK_SIZE, SCAN_BACKENDS
@@ -49,8 +47,26 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+ConfigT = TypeVar("ConfigT", bound="ConfigDict")
+
+
+class ConfigDict:
+    """A dataclass config <-> the dict of its config.json; unknown keys are an error, not ignored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], values: dict[str, Any]) -> ConfigT:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**values)
+
+
 @dataclass
-class TemporalEigenstateConfig:
+class TemporalEigenstateConfig(ConfigDict):
     vocab_size: int = 256
     d_model: int = 512
     n_layers: int = 4
@@ -132,27 +148,3 @@ class TemporalEigenstateConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name].model_fields(), **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TemporalEigenstateConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
-        return cls(**values)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> TemporalEigenstateConfig:
-        try:
-            values = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not a valid JSON config: {err}") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} does not hold a config object")
-        return cls.from_dict(values)

@@ -3,12 +3,11 @@ attention as the mixer. Generation goes through a KV cache, the standard way to 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
+from ..config import ConfigDict
 from ..lm import LanguageModel
 from ..modules.attention import CausalSelfAttention
 from ..modules.block import default_mlp_width
@@ -17,7 +16,7 @@ HEAD_DIM = 64
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(ConfigDict):
     vocab_size: int = 256
     d_model: int = 512
     n_layers: int = 4
@@ -42,17 +41,6 @@ class TransformerConfig:
     @property
     def mlp_width(self) -> int:
         return self.mlp_hidden if self.mlp_hidden is not None else default_mlp_width(self.d_model)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TransformerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
-        return cls(**values)
 
 
 class TransformerLM(LanguageModel):
