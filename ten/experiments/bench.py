@@ -368,12 +368,14 @@ def plot(results: dict[str, Any], output_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("forward_ms", "forward (ms)"), ("train_step_ms", "training step (ms)"),
-              ("forward_peak_mib_b1", "forward peak memory, batch 1 (MiB)")]  # fmt: skip
+    # Time per token, not per call: the batch shrinks as T grows, down to 1 past tokens_per_batch.
+    panels = [("forward_ms", "forward, us per token", True), ("train_step_ms", "training step, us per token", True),
+              ("forward_peak_mib_b1", "forward peak memory, batch 1 (MiB)", False)]  # fmt: skip
     figure, axes = plt.subplots(1, len(panels), figsize=(15, 4.5))
-    for axis, (key, label) in zip(axes, panels, strict=True):
+    for axis, (key, label, per_token) in zip(axes, panels, strict=True):
         for name in MODELS:
-            points = [(r["T"], r[name][key]) for r in results["lengths"] if name in r and r[name][key]]
+            measured = [(r["T"], r[name]) for r in results["lengths"] if name in r and r[name][key]]
+            points = [(t, 1e3 * m[key] / (m["batch"] * t) if per_token else m[key]) for t, m in measured]
             if points:
                 axis.loglog(*zip(*points, strict=True), marker="o", label=name, base=2)
         axis.set_xlabel("sequence length T")
