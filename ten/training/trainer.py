@@ -25,7 +25,6 @@ from .arguments import RESUMABLE_OVERRIDES, TrainArguments
 from .checkpoint import (
     TrainerState,
     checkpoint_name,
-    latest_checkpoint,
     load_checkpoint,
     prune_step_checkpoints,
     read_trainer_state,
@@ -34,6 +33,7 @@ from .checkpoint import (
 from .distributed import DistributedContext, weights_fingerprint
 from .optimizer import build_optimizer
 from .precision import Precision, resolve_precision
+from .run_dirs import any_in, check_writable, default_run_dir, find_resume_checkpoint, latest_run_dir, next_free_run_dir
 from .schedule import learning_rate_at
 
 SHARED_OVERRIDES = ("max_seq_len", "d_model", "n_layers", "num_heads", "dropout")
@@ -119,63 +119,6 @@ def build_model(args: TrainArguments, vocab_size: int) -> LanguageModel:
 
 def window_length(args: TrainArguments) -> int:
     return args.max_seq_len or PRESETS[args.config].max_seq_len
-
-
-def any_in(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.iterdir())
-
-
-def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"--output_dir {folder} cannot be written: {err.strerror or err}") from None
-
-
-def find_resume_checkpoint(target: Path) -> Path:
-    """A checkpoint folder as given, or the latest checkpoint of a run folder."""
-    target = target.expanduser()
-    if (target / "trainer_state.json").is_file() or (target.is_dir() and not (target / "checkpoints").is_dir()):
-        return target
-    found = latest_checkpoint(target / "checkpoints")
-    if found is None:
-        raise ValueError(f"--resume: no checkpoint in {target / 'checkpoints'}")
-    return found
-
-
-def default_run_dir(args: TrainArguments) -> Path:
-    """runs/<preset>[-hten]: where a run goes when --output_dir is not given."""
-    return Path("runs") / (args.config + ("-hten" if args.use_hten else ""))
-
-
-def numbered_run_dirs(base: Path) -> list[Path]:
-    """base, base-2, base-3, ... as they exist, in order."""
-    numbered = [p for p in base.parent.glob(f"{base.name}-*") if p.name[len(base.name) + 1 :].isdigit()]
-    return [base, *sorted(numbered, key=lambda p: int(p.name[len(base.name) + 1 :]))]
-
-
-def holds_run(folder: Path) -> bool:
-    return (folder / "metrics.jsonl").is_file() or any_in(folder / "checkpoints")
-
-
-def next_free_run_dir(base: Path) -> Path:
-    """base if it holds no run, else the first free base-N: a new run never lands on an old one."""
-    if not holds_run(base):
-        return base
-    number = 2
-    while holds_run(base.parent / f"{base.name}-{number}"):
-        number += 1
-    return base.parent / f"{base.name}-{number}"
-
-
-def latest_run_dir(base: Path) -> Path:
-    runs = [p for p in numbered_run_dirs(base) if any_in(p / "checkpoints")]
-    if not runs:
-        raise ValueError(f"--resume: no run in {base} (or {base}-N) to continue; name one with --resume PATH")
-    return max(runs, key=lambda p: (p / "checkpoints").stat().st_mtime)
 
 
 def merge_resumed_arguments(saved: dict[str, Any], args: TrainArguments, explicit: set[str]) -> TrainArguments:
