@@ -148,7 +148,9 @@ def autocast(settings: BenchSettings, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def step_functions(model: LanguageModel, length: int, settings: BenchSettings, device: torch.device):
+def step_functions(
+    model: LanguageModel, length: int, settings: BenchSettings, device: torch.device
+) -> tuple[int, Callable[[], None], Callable[[], None]]:
     """A forward pass (inference) and a training step (forward, backward, AdamW) on a random batch."""
     batch = max(1, settings.tokens_per_batch // length)
     ids = torch.randint(0, 256, (batch, length + 1), device=device)
