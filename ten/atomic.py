@@ -6,12 +6,28 @@ flush it to disk, then rename it over the target. On any error the temporary fil
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+
+class WriteError(RuntimeError):
+    """A file could not be written (a full disk, a lost mount): not the user's mistake, so exit code 1."""
+
+
+def write_failure(err: BaseException) -> str:
+    """Why a write failed, in a few words: the OS's reason ("No space left on device"), also out of
+    safetensors, which reports it as SafetensorError("... I/O error: No space left on device (os error 28)")."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err)
+    if f"os error {errno.ENOSPC}" in text:
+        return os.strerror(errno.ENOSPC)
+    return text.split("I/O error: ")[-1]
 
 
 def _default_mode() -> int:

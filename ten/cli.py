@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from .config import PRESETS
+from .experiments.compare import VARIANTS
+from .lm import ARCHITECTURES
+from .ops import SCAN_BACKENDS
 from .training.arguments import TrainArguments
 
 TRAIN_DEFAULTS = TrainArguments()
@@ -32,16 +35,12 @@ class OneLineParser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- flag types
 
 
-def scales(text: str) -> list[int]:
-    parts = [p.strip() for p in text.split(",")]
-    if not text.strip() or not all(p.isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers such as 1,2,4, got {text!r}")
-    values = [int(p) for p in parts]
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"scales must be distinct, got {text!r}")
-    return values
+def integer_list(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; what the values must satisfy is the model config's to say."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers such as 1,2,4, got {text!r}") from None
 
 
 def positive(kind: type):
@@ -78,11 +77,11 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--model",
         default=d.model,
-        choices=["ten", "transformer"],
+        choices=list(ARCHITECTURES),
         help="architecture: TEN, or the attention baseline of the same size (default %(default)s)",
     )
     model.add_argument("--use_hten", action="store_const", const=True, help="hierarchical multi-scale TEN")
-    model.add_argument("--hten_scales", type=scales, help="HTEN scales, e.g. 1,2,4")
+    model.add_argument("--hten_scales", type=integer_list, help="HTEN scales, e.g. 1,2,4")
     model.add_argument("--energy_reg_weight", type=non_negative_float, help="weight of the energy loss")
     model.add_argument("--max_seq_len", type=positive(int), help="training window T")
     model.add_argument("--d_model", type=positive(int))
@@ -92,10 +91,11 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--no_selective", dest="selective", action="store_const", const=False,
                        help="eigenvalues independent of the input (time-invariant)")  # fmt: skip
     model.add_argument("--dropout", type=non_negative_float)
-    model.add_argument("--scan_backend", choices=["auto", "chunked", "fft", "sequential"])
+    model.add_argument("--scan_backend", choices=list(SCAN_BACKENDS))
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=positive(float), default=d.epochs, help="default %(default)s")
+    opt.add_argument("--epochs", type=positive(float), help="passes over the training split (default 1, or as "
+                     "many as --time_budget allows)")
     opt.add_argument("--max_steps", type=positive(int), help="optimiser steps (overrides --epochs)")
     opt.add_argument("--learning_rate", "--lr", type=positive(float), help="peak (default: the preset's)")
     opt.add_argument("--min_lr_ratio", type=non_negative_float, default=d.min_lr_ratio, help="final lr / peak lr")
@@ -112,7 +112,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--use_8bit_optim", action="store_true", help="bitsandbytes 8-bit AdamW (CUDA)")
     opt.add_argument("--seed", type=int, default=d.seed)
     opt.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    opt.add_argument("--time_budget", type=positive(float), help="minutes; stop and save when reached")
+    opt.add_argument("--time_budget", type=positive(float),
+                     help="minutes for the whole run, final evaluation and checkpoint included; with no --epochs "
+                          "or --max_steps the schedule ends with it")  # fmt: skip
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default=d.dataset,
@@ -122,7 +124,6 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--subset_size", type=positive(int), help="train on the first N windows of the corpus")
     data.add_argument("--streaming", action="store_true", help="stream a hub dataset instead of downloading it all")
     data.add_argument("--tokenized_dir", "--pretokenized", dest="tokenized_dir", help="a folder from `ten prepare`")
-    data.add_argument("--num_workers", type=int, default=d.num_workers)
 
     out = parser.add_argument_group("output")
     out.add_argument("--output_dir", help="metrics.jsonl and checkpoints/ (default runs/<config>[-hten], numbered)")
@@ -151,7 +152,7 @@ def cmd_train(args: argparse.Namespace, explicit: set[str]) -> None:
     from .training import Trainer
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
-    trainer = Trainer(TrainArguments.from_dict(values), explicit)
+    trainer = Trainer(TrainArguments.from_dict(values), explicit)  # cleans up after itself if it fails
     try:
         if args.dry_run:
             trainer.dry_run()
@@ -168,29 +169,13 @@ def cmd_train(args: argparse.Namespace, explicit: set[str]) -> None:
 # ---------------------------------------------------------------- ten generate, ten prepare
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder, or a run folder (then its final, else best, else latest checkpoint)."""
-    from .training import latest_checkpoint
-
-    if (path / "config.json").is_file():
-        return path
-    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    for name in ("final", "best"):
-        if (folder / name / "config.json").is_file():
-            return folder / name
-    found = latest_checkpoint(folder) if folder.is_dir() else None
-    if found is None:
-        raise UserError(f"--checkpoint {path}: no checkpoint there")
-    return found
-
-
 def cmd_generate(args: argparse.Namespace, explicit: set[str]) -> None:
     import torch
 
     from .data import load_tokenizer
-    from .training import load_model
+    from .training import find_checkpoint, load_model
 
-    checkpoint = resolve_checkpoint(Path(args.checkpoint).expanduser())
+    checkpoint = find_checkpoint(Path(args.checkpoint))
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: no CUDA GPU is available here")
@@ -225,7 +210,7 @@ def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
     values = {k: v for k, v in vars(args).items() if k not in ("command", "run", "variants", "tokens")}
     base = TrainArguments.from_dict(values)
     if args.tokens is not None:
-        base.max_steps = token_budget_steps(args.tokens, base)
+        base = TrainArguments.from_dict({**values, "max_steps": token_budget_steps(args.tokens, base)})
     output = Path(args.output_dir or "runs/compare")
     rows = run_comparison(base, names, output)
     write_outputs(rows, base, output)
@@ -280,9 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="train variants on the same data and budget; table and plot")
     add_train_flags(compare)
-    compare.add_argument("--variants", default="ten,ten+energy,hten,hten+energy,transformer,ten-nonselective",
-                         help="comma-separated, from: ten, ten+energy, hten, hten+energy, transformer, "
-                              "ten-nonselective (default: all)")  # fmt: skip
+    compare.add_argument("--variants", default=",".join(VARIANTS),
+                         help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all)")
     compare.add_argument("--tokens", type=positive(int), help="training tokens per variant (instead of --time_budget)")
     compare.set_defaults(run=cmd_compare)
 
@@ -312,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .atomic import WriteError
     from .data import DataError
     from .training import TrainingDiverged
 
@@ -327,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{prefix}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    except TrainingDiverged as err:
-        print(f"{prefix}: {err}", file=sys.stderr)
+    except (TrainingDiverged, WriteError) as err:  # not the user's mistake: exit code 1
+        if os.environ.get("TEN_DEBUG"):
+            raise
+        print(f"{prefix}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from ten import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
+from ten.atomic import WriteError
 from ten.cli import main
 from ten.training import TrainArguments, Trainer
 from ten.training import checkpoint as checkpoint_module
@@ -156,7 +157,7 @@ def test_a_crash_while_saving_leaves_no_half_checkpoint(corpus, tmp_path, monkey
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module, "save_tokenizer", crash)  # fails after the weights were written
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match="disk full"):
         trainer.save("final")
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["best", "final"]
     assert all(torch.equal(before[k], v) for k, v in weights(final).items())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -38,11 +36,6 @@ class WindowSampler:
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
-        self.position = 0  # the number of the batch next_batch() returns
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return max(1, len(self.tokens) // (self.batch_size * self.seq_len))
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch number `index`: (inputs, targets), each (batch_size, seq_len) int64."""
@@ -51,16 +44,6 @@ class WindowSampler:
         windows = np.stack([np.asarray(self.tokens[s : s + self.seq_len + 1], dtype=np.int64) for s in starts])
         windows = torch.from_numpy(windows)
         return windows[:, :-1], windows[:, 1:]
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        self.position += 1
-        return self.batch(self.position - 1)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position = int(state["position"])
 
 
 def sequential_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = None):

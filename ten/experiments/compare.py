@@ -12,19 +12,22 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..lm import ARCHITECTURES
 from ..training import TrainArguments, Trainer
-from ..training.trainer import TEN_OVERRIDES
+from ..training.arguments import MODEL_FIELDS
+from ..training.plan import batch_shape, model_plan
 
-# name -> overrides of the shared arguments. "energy" variants take the run's --energy_reg_weight.
+# name -> overrides of the shared arguments. The "+energy" variants keep the run's --energy_reg_weight
+# (the preset's when not given); the others turn the energy loss off.
+PLAIN_TEN = {"use_hten": False, "hten_scales": None}  # also on the presets that default to HTEN
 VARIANTS: dict[str, dict[str, Any]] = {
-    "ten": {"energy_reg_weight": 0.0},
-    "ten+energy": {},
+    "ten": {**PLAIN_TEN, "energy_reg_weight": 0.0},
+    "ten+energy": PLAIN_TEN,
     "hten": {"use_hten": True, "energy_reg_weight": 0.0},
     "hten+energy": {"use_hten": True},
-    "transformer": {"model": "transformer", "energy_reg_weight": None},
-    "ten-nonselective": {"selective": False, "energy_reg_weight": 0.0},
+    "transformer": {"model": "transformer"},
+    "ten-nonselective": {**PLAIN_TEN, "selective": False, "energy_reg_weight": 0.0},
 }
-DEFAULT_ENERGY_WEIGHT = 0.01
 
 
 def parse_variants(text: str) -> list[str]:
@@ -37,12 +40,9 @@ def parse_variants(text: str) -> list[str]:
 
 
 def variant_arguments(base: TrainArguments, name: str, output_dir: Path) -> TrainArguments:
-    values = base.to_dict()
-    if values["energy_reg_weight"] is None:
-        values["energy_reg_weight"] = DEFAULT_ENERGY_WEIGHT
-    if VARIANTS[name].get("model") == "transformer":  # the eigenstate settings do not apply to it
-        values.update({key: None for key in TEN_OVERRIDES})
-    values.update(VARIANTS[name])
+    values = {**base.to_dict(), **VARIANTS[name]}
+    fields = {f.name for f in dataclasses.fields(ARCHITECTURES[values["model"]].config_class)}
+    values.update({key: None for key in MODEL_FIELDS if key not in fields})  # settings of another architecture
     values.update(output_dir=str(output_dir / name), resume=None, overwrite=True)
     return TrainArguments.from_dict(values)
 
@@ -78,7 +78,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         bits = r.get("val_bits_per_byte", r["val_bits_per_token"])
-        energy = f"{r['val_energy']:.3f}" if r["variant"] != "transformer" else "-"
+        energy = f"{r['val_energy']:.3f}" if "val_energy" in r else "-"  # models without an energy loss
         lines.append(
             f"| {r['variant']} | {r['parameters'] / 1e6:.2f} M | {r['val_ce']:.4f} | {bits:.3f} | {r['val_ppl']:.2f} "
             f"| {100 * (r['val_ce'] / best - 1):+.1f}% | {r['tokens_per_s']:,.0f} | {r['tokens'] / 1e6:.1f} M "
@@ -110,16 +110,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_outputs(rows: list[dict[str, Any]], base: TrainArguments, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in dataclasses.asdict(base).items() if v is not None and k != "extra"}
+    settings = {k: v for k, v in base.to_dict().items() if v is not None}
     (output_dir / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     (output_dir / "results.md").write_text(markdown_table(rows))
     plot(rows, output_dir / "validation_loss.png")
 
 
 def token_budget_steps(tokens: int, base: TrainArguments) -> int:
-    """--tokens as optimiser steps for this batch and window (the same for every variant)."""
-    from ..config import PRESETS
-
-    window = base.max_seq_len or PRESETS[base.config].max_seq_len
-    batch = base.batch_size or PRESETS[base.config].batch_size
-    return max(1, math.ceil(tokens / (window * batch * base.gradient_accumulation)))
+    """--tokens as optimiser steps for the run's window and batch (the same for every variant)."""
+    seq_len, batch_size = batch_shape(base, model_plan(base))
+    return max(1, math.ceil(tokens / (seq_len * batch_size * base.gradient_accumulation)))

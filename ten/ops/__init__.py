@@ -17,7 +17,7 @@ BACKENDS = {"sequential": scan_sequential, "chunked": scan_chunked, "fft": scan_
 SCAN_BACKENDS = (*BACKENDS, "auto")
 
 
-def resolve_backend(backend: str, lam: Tensor, length: int) -> str:
+def resolve_backend(backend: str) -> str:
     """The backend that ``auto`` picks: measured in benchmarks/bench_core.py (fft never wins on CPU)."""
     if backend != "auto":
         return backend
@@ -36,7 +36,7 @@ def scan(
         raise ValueError(f"scan backend must be one of {SCAN_BACKENDS}, got {backend!r}")
     if backend == "auto" and beta.shape[1] == 1 and initial_state is not None:
         return lam.reshape(-1, 1, beta.shape[-1]) * initial_state.unsqueeze(1) + beta  # one step
-    backend = resolve_backend(backend, lam, beta.shape[1])
+    backend = resolve_backend(backend)
     if backend == "chunked":
         return scan_chunked(lam, beta, initial_state, chunk_size)
     return BACKENDS[backend](lam, beta, initial_state)

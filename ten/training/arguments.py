@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # Settings a resumed run may change; the rest define the run and must match its checkpoint.
 RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "epochs", "time_budget", "save_steps", "eval_steps", "eval_batches", "output_dir", "hourly_rate",
-     "device", "num_workers", "keep_checkpoints", "sample_tokens", "compile", "resume"}
+    {"max_steps", "epochs", "time_budget", "save_steps", "eval_steps", "eval_batches", "output_dir", "overwrite",
+     "hourly_rate", "device", "keep_checkpoints", "sample_tokens", "compile", "resume"}
 )  # fmt: skip
+# The settings that override a preset's model: each applies to the architectures whose config has it.
+MODEL_FIELDS = ("use_hten", "hten_scales", "energy_reg_weight", "max_seq_len", "d_model", "n_layers",
+                "num_eigenstates", "num_heads", "selective", "dropout", "scan_backend")  # fmt: skip
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainArguments:
     # model: a preset, then any of these overrides (None keeps the preset's value)
     config: str = "nano"
@@ -30,7 +33,7 @@ class TrainArguments:
     dropout: float | None = None
     scan_backend: str | None = None
     # optimisation
-    epochs: float = 1.0
+    epochs: float | None = None  # None: one epoch, or as many steps as --time_budget allows
     max_steps: int | None = None
     learning_rate: float | None = None  # None: the preset's
     min_lr_ratio: float = 0.1
@@ -45,14 +48,13 @@ class TrainArguments:
     use_8bit_optim: bool = False
     seed: int = 42
     device: str = "auto"
-    time_budget: float | None = None  # minutes
+    time_budget: float | None = None  # minutes of wall time for the whole run, final evaluation included
     # data
     dataset: str = "shakespeare"
     tokenizer: str = "byte"
     subset_size: int | None = None  # training windows of max_seq_len tokens
     streaming: bool = False
     tokenized_dir: str | None = None
-    num_workers: int = 0
     # output
     output_dir: str | None = None  # None: runs/<config>[-hten], numbered -2, -3... when taken
     save_steps: int = 500
@@ -67,7 +69,6 @@ class TrainArguments:
     dry_run: bool = False
     dry_samples: int = 2
     benchmark: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,16 +80,16 @@ class TrainArguments:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting a run cannot start with."""
-        always = ("epochs", "gradient_accumulation", "save_steps", "eval_steps", "eval_batches",
-                  "dry_samples", "keep_checkpoints")  # fmt: skip
-        when_given = ("learning_rate", "batch_size", "max_steps", "max_seq_len", "subset_size", "time_budget",
-                      "d_model", "n_layers", "num_eigenstates", "num_heads")  # fmt: skip
+        always = ("gradient_accumulation", "save_steps", "eval_steps", "eval_batches", "dry_samples",
+                  "keep_checkpoints")  # fmt: skip
+        when_given = ("epochs", "learning_rate", "batch_size", "max_steps", "max_seq_len", "subset_size",
+                      "time_budget", "d_model", "n_layers", "num_eigenstates", "num_heads")  # fmt: skip
         positive = {name: getattr(self, name) for name in always}
         positive.update({name: getattr(self, name) for name in when_given if getattr(self, name) is not None})
         for name, value in positive.items():
             if not value > 0 or value != value or value == float("inf"):
                 raise ValueError(f"--{name} must be a positive number, got {value}")
-        for name in ("weight_decay", "warmup_steps", "num_workers", "sample_tokens", "grad_clip"):
+        for name in ("weight_decay", "warmup_steps", "sample_tokens", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:

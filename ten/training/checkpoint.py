@@ -7,8 +7,8 @@
         trainer_state.json                  step, tokens, best loss, arguments, optimiser hyperparameters
         tokenizer_meta.json, ...            the tokenizer, so `ten generate` needs nothing else
 
-A checkpoint is written into a hidden temporary folder and renamed into place, so a crash leaves
-either the previous checkpoint or the new one. Nothing is ever unpickled.
+A checkpoint is written into a hidden temporary folder and renamed into place, so a crash or a
+full disk leaves either the previous checkpoint or the new one. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -24,15 +24,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..data import load_tokenizer, save_tokenizer
-from ..lm import LanguageModel
+from ..atomic import WriteError, write_failure
+from ..data import save_tokenizer
+from ..lm import CONFIG_FILE, WEIGHTS_FILE, LanguageModel
 
 FORMAT = "ten-checkpoint"
 FORMAT_VERSION = 1
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
-REQUIRED_FILES = ("config.json", "model.safetensors", OPTIMIZER_FILE, RNG_FILE, STATE_FILE)
+REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE)
+BEST, FINAL = "best", "final"
 
 
 class CheckpointError(ValueError):
@@ -42,10 +44,9 @@ class CheckpointError(ValueError):
 @dataclass
 class TrainerState:
     step: int = 0  # optimiser steps taken
-    total_steps: int | None = None  # the schedule's length, once fitted to a time budget
     tokens_seen: int = 0
     best_val_loss: float | None = None
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # wall time of the run so far, over all its sessions (a time budget counts it)
     args: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)
 
@@ -82,12 +83,15 @@ def save_checkpoint(
     trainer_state: TrainerState,
     tokenizer: Any,
 ) -> Path:
-    """Write the checkpoint folder `path` atomically (replacing an older one of that name)."""
+    """Write the checkpoint folder `path` atomically (replacing an older one of that name).
+
+    A failed write leaves no trace of the new checkpoint and raises WriteError.
+    """
     path = Path(path)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         model.save_pretrained(tmp)
         tensors, optimizer_meta = _split_optimizer_state(optimizer.state_dict())
         save_file(tensors, str(tmp / OPTIMIZER_FILE))
@@ -99,15 +103,28 @@ def save_checkpoint(
         state = {"format": FORMAT, "version": FORMAT_VERSION, **trainer_state.__dict__, "optimizer": optimizer_meta}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")  # written last: marks it complete
         _fsync_folder(tmp)
-        old = path.parent / f".old-{path.name}-{os.getpid()}"
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        _replace_folder(tmp, path)
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(f"cannot write checkpoint {path.name} in {path.parent}: {write_failure(err)}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _replace_folder(new: Path, path: Path) -> None:
+    """Move `new` to `path`; an older `path` is set aside first and put back if the move fails."""
+    old = path.parent / f".old-{path.name}-{os.getpid()}"
+    if path.exists():
+        path.rename(old)
+    try:
+        new.rename(path)
+    except OSError:
+        if old.exists() and not path.exists():
+            old.rename(path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -152,11 +169,16 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LanguageModel:
         raise CheckpointError(f"cannot load the model of {path}: {err}") from None
 
 
-def load_checkpoint(path: Path, model: LanguageModel, optimizer: torch.optim.Optimizer) -> TrainerState:
-    """Restore weights, optimiser and random generators in place; return the trainer state."""
+def load_checkpoint(
+    path: Path, model: LanguageModel, optimizer: torch.optim.Optimizer, state: dict[str, Any] | None = None
+) -> TrainerState:
+    """Restore weights, optimiser and random generators in place; return the trainer state.
+
+    `state`: the checkpoint's trainer_state.json when the caller has already read it.
+    """
     path = Path(path)
-    state = read_trainer_state(path)
-    weights = _load_tensors(path / "model.safetensors")
+    state = read_trainer_state(path) if state is None else state
+    weights = _load_tensors(path / WEIGHTS_FILE)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:
@@ -177,10 +199,6 @@ def load_checkpoint(path: Path, model: LanguageModel, optimizer: torch.optim.Opt
     return TrainerState(**{k: v for k, v in state.items() if k in fields})
 
 
-def load_checkpoint_tokenizer(path: Path) -> Any:
-    return load_tokenizer(Path(path))
-
-
 # ---------------------------------------------------------------- finding and pruning
 
 
@@ -190,12 +208,15 @@ def step_checkpoints(folder: Path) -> list[Path]:
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint with the most steps among step-N and final (the one to resume).
+    """The checkpoint of `folder` (a run's checkpoints/) with the most steps among step-N and final; best
+    only when there is neither (best is an earlier or equal step of the same run).
 
     A damaged checkpoint is passed over when a readable one exists; when none does, its error is raised.
     """
+    folder = Path(folder)
+    candidates = [p for p in [*step_checkpoints(folder), folder / FINAL] if p.is_dir()] or [folder / BEST]
     found, errors = [], []
-    for path in [*step_checkpoints(folder), Path(folder) / "final"]:
+    for path in candidates:
         if path.is_dir():
             try:
                 found.append((read_trainer_state(path).get("step", -1), path))
@@ -206,6 +227,19 @@ def latest_checkpoint(folder: Path) -> Path | None:
     if errors:
         raise errors[-1]
     return None
+
+
+def find_checkpoint(target: Path) -> Path:
+    """The one lookup policy of `--resume PATH` and `ten generate --checkpoint PATH`: a checkpoint folder as
+    given, or the latest checkpoint of a run folder (or of its checkpoints/ folder)."""
+    target = Path(target).expanduser()
+    if (target / CONFIG_FILE).is_file():
+        return target
+    folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
+    found = latest_checkpoint(folder) if folder.is_dir() else None
+    if found is None:
+        raise CheckpointError(f"no checkpoint in {target}")
+    return found
 
 
 def prune_step_checkpoints(folder: Path, keep: int) -> None:

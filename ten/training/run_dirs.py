@@ -1,16 +1,30 @@
 """Run folders: where a run goes when none is named, which run --resume continues, and the checks
-that a new run never writes over an old one."""
+that a run never writes over another.
+
+A run folder holds `metrics.jsonl` and `checkpoints/`. A default folder, `runs/<name>`, is claimed
+with an atomic mkdir, so two runs started at the same moment take `runs/<name>` and `runs/<name>-2`.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from .arguments import TrainArguments
-from .checkpoint import latest_checkpoint
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
 
 
 def any_in(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
+
+
+def holds_run(folder: Path) -> bool:
+    return (folder / METRICS).is_file() or any_in(folder / CHECKPOINTS)
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run folder a checkpoint folder belongs to (<run>/checkpoints/<name>), or None."""
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else None
 
 
 def check_writable(folder: Path) -> None:
@@ -23,20 +37,17 @@ def check_writable(folder: Path) -> None:
         raise ValueError(f"--output_dir {folder} cannot be written: {err.strerror or err}") from None
 
 
-def find_resume_checkpoint(target: Path) -> Path:
-    """A checkpoint folder as given, or the latest checkpoint of a run folder."""
-    target = target.expanduser()
-    if (target / "trainer_state.json").is_file() or (target.is_dir() and not (target / "checkpoints").is_dir()):
-        return target
-    found = latest_checkpoint(target / "checkpoints")
-    if found is None:
-        raise ValueError(f"--resume: no checkpoint in {target / 'checkpoints'}")
-    return found
-
-
-def default_run_dir(args: TrainArguments) -> Path:
-    """runs/<preset>[-hten]: where a run goes when --output_dir is not given."""
-    return Path("runs") / (args.config + ("-hten" if args.use_hten else ""))
+def claim_output_dir(folder: Path, overwrite: bool) -> None:
+    """An explicit --output_dir: refused when it holds a run (its checkpoints would be lost) unless --overwrite."""
+    earlier = [p for p in (folder / CHECKPOINTS, folder / METRICS) if p.is_file() or any_in(p)]
+    if earlier and not overwrite:
+        raise ValueError(
+            f"--output_dir {folder} holds an earlier run: continue it with --resume, "
+            "start over with --overwrite, or choose another --output_dir"
+        )
+    for path in earlier:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    check_writable(folder / CHECKPOINTS)
 
 
 def numbered_run_dirs(base: Path) -> list[Path]:
@@ -45,22 +56,43 @@ def numbered_run_dirs(base: Path) -> list[Path]:
     return [base, *sorted(numbered, key=lambda p: int(p.name[len(base.name) + 1 :]))]
 
 
-def holds_run(folder: Path) -> bool:
-    return (folder / "metrics.jsonl").is_file() or any_in(folder / "checkpoints")
+def claim_run_dir(base: Path) -> Path:
+    """Create and return the first of base, base-2, ... that does not exist yet.
+
+    mkdir either creates the folder or fails because it exists, atomically: of two runs racing for
+    one name, exactly one gets it and the other moves on to the next number.
+    """
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create {base.parent}: {err.strerror or err}") from None
+    number = 1
+    while True:
+        candidate = base if number == 1 else base.parent / f"{base.name}-{number}"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        except OSError as err:
+            raise ValueError(f"cannot create {candidate}: {err.strerror or err}") from None
+        check_writable(candidate / CHECKPOINTS)
+        return candidate
 
 
-def next_free_run_dir(base: Path) -> Path:
-    """base if it holds no run, else the first free base-N: a new run never lands on an old one."""
-    if not holds_run(base):
-        return base
-    number = 2
-    while holds_run(base.parent / f"{base.name}-{number}"):
-        number += 1
-    return base.parent / f"{base.name}-{number}"
+def release_run_dir(folder: Path) -> None:
+    """Give back a claimed folder that a run failed to start in (only if it is still empty of results)."""
+    if holds_run(folder):
+        return
+    for path in (folder / CHECKPOINTS, folder):
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def latest_run_dir(base: Path) -> Path:
-    runs = [p for p in numbered_run_dirs(base) if any_in(p / "checkpoints")]
+    runs = [p for p in numbered_run_dirs(base) if any_in(p / CHECKPOINTS)]
     if not runs:
         raise ValueError(f"--resume: no run in {base} (or {base}-N) to continue; name one with --resume PATH")
-    return max(runs, key=lambda p: (p / "checkpoints").stat().st_mtime)
+    return max(runs, key=lambda p: (p / CHECKPOINTS).stat().st_mtime)

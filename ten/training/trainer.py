@@ -1,13 +1,14 @@
-"""The training loop, in one place: set up, then step, evaluate and checkpoint until done or stopped."""
+"""The training loop, in one place: set up from a run plan, then step, evaluate and checkpoint until
+the schedule or the time budget ends, or a signal stops the run."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,33 +17,30 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..baselines import TransformerConfig, TransformerLM
-from ..config import PRESETS, TemporalEigenstateConfig
-from ..data import DataError, WindowSampler, load_token_data
-from ..lm import ARCHITECTURES, LanguageModel, load_config
-from ..model import TemporalEigenstateNetwork
-from .arguments import RESUMABLE_OVERRIDES, TrainArguments
+from ..atomic import WriteError, write_failure
+from ..data import DataError, TokenData, WindowSampler, load_token_data
+from ..lm import LanguageModel
+from .arguments import TrainArguments
+from .budget import TimeBudget
 from .checkpoint import (
+    FINAL,
+    CheckpointError,
     TrainerState,
     checkpoint_name,
+    latest_checkpoint,
     load_checkpoint,
     prune_step_checkpoints,
-    read_trainer_state,
     save_checkpoint,
 )
 from .distributed import DistributedContext, weights_fingerprint
 from .optimizer import build_optimizer
+from .plan import RunPlan, resolve_run
 from .precision import Precision, resolve_precision
-from .run_dirs import any_in, check_writable, default_run_dir, find_resume_checkpoint, latest_run_dir, next_free_run_dir
-from .schedule import learning_rate_at
+from .run_dirs import CHECKPOINTS, METRICS, release_run_dir
+from .schedule import MAX_WARMUP_FRACTION, learning_rate_at, learning_rate_at_fraction
 
-SHARED_OVERRIDES = ("max_seq_len", "d_model", "n_layers", "num_heads", "dropout")
-TEN_OVERRIDES = ("use_hten", "hten_scales", "energy_reg_weight", "num_eigenstates", "selective", "scan_backend")
 EVAL_SEED = 1234  # the same validation windows at every evaluation, so the figures compare
 LOG_EVERY = 10
-UNBOUNDED_EPOCHS = 1000
-FIT_AFTER_STEPS = 10  # steps timed before fitting the schedule to a time budget
-FIT_MARGIN = 0.95  # of the time left, leaving room for evaluations and the final checkpoint
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,7 +49,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class RunResult:
-    status: str  # finished | time_budget | stopped (SIGINT/SIGTERM)
+    status: str  # finished | time_budget (a step-defined run cut short) | stopped (SIGINT/SIGTERM)
     step: int
     checkpoint: Path | None
     eval: dict[str, float] = field(default_factory=dict)
@@ -102,180 +100,115 @@ def resolve_device(request: str, context: DistributedContext) -> torch.device:
     return torch.device(request)
 
 
-def build_model(args: TrainArguments, vocab_size: int) -> LanguageModel:
-    """The --model architecture at the --config preset's size, with the command line's overrides."""
-    shared = {name: getattr(args, name) for name in SHARED_OVERRIDES if getattr(args, name) is not None}
-    if args.model == "transformer":
-        given = [f"--{name}" for name in TEN_OVERRIDES if getattr(args, name) is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} only apply to TEN, not to --model transformer")
-        preset = PRESETS[args.config]
-        values = {"d_model": preset.d_model, "n_layers": preset.n_layers, "max_seq_len": preset.max_seq_len, **shared}
-        return TransformerLM(TransformerConfig(vocab_size=vocab_size, **values))
-    ten_only = {name: getattr(args, name) for name in TEN_OVERRIDES if getattr(args, name) is not None}
-    config = TemporalEigenstateConfig.from_preset(args.config, vocab_size=vocab_size, **shared, **ten_only)
-    return TemporalEigenstateNetwork(config)
+def metric_name(loss_key: str) -> str:
+    """compute_loss's keys as logged: loss, ce_loss -> ce, energy_loss -> energy."""
+    return loss_key if loss_key == "loss" else loss_key.removesuffix("_loss")
 
 
-def window_length(args: TrainArguments) -> int:
-    return args.max_seq_len or PRESETS[args.config].max_seq_len
-
-
-def merge_resumed_arguments(saved: dict[str, Any], args: TrainArguments, explicit: set[str]) -> TrainArguments:
-    """The saved run's arguments, with the few a resumed run may change taken from the command line."""
-    merged = TrainArguments.from_dict(saved)
-    for name in explicit:
-        value, before = getattr(args, name), getattr(merged, name)
-        if name in RESUMABLE_OVERRIDES:
-            setattr(merged, name, value)
-        elif value != before:
-            raise ValueError(f"--{name} {value} differs from the resumed run's {before}; a resumed run keeps it")
-    return merged
+def load_run_data(plan: RunPlan) -> TokenData:
+    args = plan.args
+    max_tokens = None if args.subset_size is None else args.subset_size * plan.seq_len + 1
+    tokenized = Path(args.tokenized_dir) if args.tokenized_dir else None
+    data = load_token_data(
+        args.dataset, args.tokenizer, max_train_tokens=max_tokens, streaming=args.streaming, tokenized_dir=tokenized
+    )
+    for split, tokens in (("training", data.train), ("validation", data.val)):
+        if len(tokens) < plan.seq_len + 1:
+            raise DataError(
+                f"the {split} split of {args.dataset!r} has {len(tokens):,} tokens, fewer than one window of "
+                f"{plan.seq_len + 1}; give a longer corpus or a smaller --max_seq_len"
+            )
+    return data
 
 
 @torch.no_grad()
 def evaluate(
     model: LanguageModel, sampler: WindowSampler, batches: int, precision: Precision, device: torch.device
 ) -> dict[str, float]:
-    """Mean CE (nats/token) and raw energy over fixed validation windows; perplexity and bits."""
+    """Mean CE (nats/token) and any auxiliary loss (TEN: raw energy) over fixed validation windows."""
     was_training = model.training
     model.eval()
-    ce = energy = 0.0
+    sums: dict[str, float] = {}
     for index in range(batches):
         inputs, targets = (t.to(device) for t in sampler.batch(index))
         with precision.autocast():
             out = model.compute_loss(inputs, targets, return_dict=True)
-        ce += float(out["ce_loss"]) / batches
-        energy += float(out["energy_loss"]) / batches
+        for key, value in out.items():
+            if key != "loss":
+                sums[f"val_{metric_name(key)}"] = sums.get(f"val_{metric_name(key)}", 0.0) + float(value) / batches
     model.train(was_training)
-    return {"val_ce": ce, "val_ppl": math.exp(min(ce, 80.0)), "val_bits_per_token": ce / math.log(2),
-            "val_energy": energy}  # fmt: skip
+    ce = sums["val_ce"]
+    return {"val_ce": ce, "val_ppl": math.exp(min(ce, 80.0)), "val_bits_per_token": ce / math.log(2), **sums}
 
 
 class Trainer:
-    def __init__(self, args: TrainArguments, explicit: set[str] | None = None) -> None:
-        """`explicit`: the settings the user gave (the CLI knows); None takes those that differ from the defaults."""
-        args.validate()
-        if explicit is None:
-            defaults = TrainArguments()
-            explicit = {name for name, value in vars(args).items() if value != getattr(defaults, name)}
-        self.context = DistributedContext.from_environment(args.device)
-        self.device = resolve_device(args.device, self.context)
-        self.resume_from: Path | None = None
-        self.saved_state: dict[str, Any] | None = None
-        if args.resume is not None:
-            target = args.resume or args.output_dir or self.context.broadcast(latest_run_dir(default_run_dir(args)))
-            self.resume_from = find_resume_checkpoint(Path(target))
-            self.saved_state = read_trainer_state(self.resume_from)
-            args = merge_resumed_arguments(self.saved_state["args"], args, set(explicit))
-            args.validate()
-        elif args.output_dir is None:
-            base = default_run_dir(args)
-            args.output_dir = str(self.context.broadcast(next_free_run_dir(base)))
-            if Path(args.output_dir) != base and not (args.dry_run or args.benchmark):
-                self.log(f"{base} holds an earlier run; this one goes to {args.output_dir}")
-        self.args = args
-        self.explicit = set(explicit)
-        self.output_dir = Path(args.output_dir).expanduser()
-        self.checkpoint_dir = self.output_dir / "checkpoints"
-        if self.context.is_main and not (args.dry_run or args.benchmark):
-            if self.resume_from is None:
-                self.claim_output_dir()
-            check_writable(self.checkpoint_dir)
-        torch.manual_seed(args.seed)
+    def __init__(
+        self,
+        run: TrainArguments | RunPlan,
+        explicit: set[str] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """`run`: a plan, or arguments to resolve one from (`explicit`: see resolve_run).
+
+        `clock` measures the time budget (tests pass a fake one).
+        """
+        device_request = run.args.device if isinstance(run, RunPlan) else run.device
+        self.context = DistributedContext.from_environment(device_request)
+        self.plan: RunPlan | None = None
+        try:
+            self.plan = run if isinstance(run, RunPlan) else resolve_run(run, explicit, self.context)
+            self._set_up(clock)
+        except BaseException:
+            if self.plan is not None and self.plan.output_dir is not None and self.plan.resume_from is None:
+                release_run_dir(self.plan.output_dir)  # a run that never started leaves no folder behind
+            self.close(wait_for_peers=False)
+            raise
 
     # ------------------------------------------------------------------ set-up
 
-    def claim_output_dir(self) -> None:
-        """A new run never writes over an earlier one unless told to: that would lose its checkpoints."""
-        earlier = [p for p in (self.checkpoint_dir, self.output_dir / "metrics.jsonl") if p.is_file() or any_in(p)]
-        if earlier and not self.args.overwrite:  # only an explicit --output_dir can point at an earlier run
-            raise ValueError(
-                f"--output_dir {self.output_dir} holds an earlier run: continue it with --resume, "
-                "start over with --overwrite, or choose another --output_dir"
-            )
-        for path in earlier:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-    def log(self, message: str) -> None:
-        if self.context.is_main:
-            tqdm.write(message)
-
-    def record(self, **values: Any) -> None:
-        """One line of output_dir/metrics.jsonl (rank 0 only)."""
-        if self.context.is_main and not self.args.dry_run:
-            with (self.output_dir / "metrics.jsonl").open("a") as handle:
-                handle.write(json.dumps(values) + "\n")
-
-    def load_data(self) -> None:
-        args = self.args
-        if self.resume_from is not None:
-            self.seq_len = load_config(self.resume_from / "config.json")[1].max_seq_len
-        else:
-            self.seq_len = window_length(args)
-        max_tokens = None if args.subset_size is None else args.subset_size * self.seq_len + 1
-        tokenized = Path(args.tokenized_dir) if args.tokenized_dir else None
-        self.data = load_token_data(
-            args.dataset, args.tokenizer, max_train_tokens=max_tokens, streaming=args.streaming, tokenized_dir=tokenized
-        )
-        for split, tokens in (("training", self.data.train), ("validation", self.data.val)):
-            if len(tokens) < self.seq_len + 1:
-                raise DataError(
-                    f"the {split} split of {args.dataset!r} has {len(tokens):,} tokens, fewer than one window of "
-                    f"{self.seq_len + 1}; give a longer corpus or a smaller --max_seq_len"
-                )
-
-    def build(self) -> None:
-        args = self.args
-        if self.resume_from is not None:
-            architecture, config = load_config(self.resume_from / "config.json")
-            model = ARCHITECTURES[architecture](config)
-        else:
-            model = build_model(args, self.data.tokenizer.vocab_size)
-        if model.config.vocab_size < self.data.tokenizer.vocab_size:
-            raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's")
-        self.model = model.to(self.device)
+    def _set_up(self, clock: Callable[[], float]) -> None:
+        plan, args = self.plan, self.plan.args
+        self.args = args
+        self.output_dir = plan.output_dir
+        self.checkpoint_dir = None if plan.output_dir is None else plan.output_dir / CHECKPOINTS
+        self.device = resolve_device(args.device, self.context)
+        self.data = load_run_data(plan)
+        torch.manual_seed(args.seed)
+        self.model = plan.model.build(self.data.tokenizer.vocab_size).to(self.device)
         self.model.gradient_checkpointing = args.gradient_checkpointing
         self.precision = resolve_precision(args.mixed_precision, self.device)
         self.scaler = self.precision.grad_scaler()
-        self.learning_rate = args.learning_rate or PRESETS[args.config].learning_rate
-        self.optimizer = build_optimizer(self.model, self.learning_rate, args.weight_decay, args.use_8bit_optim)
-        self.batch_size = args.batch_size or PRESETS[args.config].batch_size
+        self.optimizer = build_optimizer(self.model, plan.learning_rate, args.weight_decay, args.use_8bit_optim)
         self.state = TrainerState(args=args.to_dict())
-        if self.resume_from is not None:
-            self.state = load_checkpoint(self.resume_from, self.model, self.optimizer)
+        if plan.resume_from is not None:
+            self.state = load_checkpoint(plan.resume_from, self.model, self.optimizer, plan.resumed_state)
             self.state.args = args.to_dict()
             if self.state.scaler:
                 self.scaler.load_state_dict(self.state.scaler)
-        self.tokens_per_step = self.batch_size * self.seq_len * args.gradient_accumulation * self.context.world_size
+
+        self.tokens_per_step = plan.batch_size * plan.seq_len * args.gradient_accumulation * self.context.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
-        epochs = args.epochs
-        if args.time_budget and "epochs" not in self.explicit:
-            epochs = UNBOUNDED_EPOCHS  # the budget decides the length (the schedule is fitted to it)
-        self.total_steps = args.max_steps or max(1, math.ceil(epochs * self.steps_per_epoch))
-        if self.state.total_steps and not args.max_steps:
-            self.total_steps = self.state.total_steps  # fitted to the time budget of the run being resumed
-        self.set_warmup()
+        self.total_steps = plan.total_steps(self.steps_per_epoch)  # None: the time budget sets the length
+        warmup_cap = math.inf if self.total_steps is None else int(self.total_steps * MAX_WARMUP_FRACTION)
+        self.warmup_steps = min(args.warmup_steps, warmup_cap)
+        checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())  # + 2 moments
+        self.budget = TimeBudget(plan.time_budget_s, self.state.elapsed_s, clock,
+                                 args.eval_batches / args.gradient_accumulation, checkpoint_bytes)  # fmt: skip
+        if plan.time_budget_s is not None and self.state.elapsed_s >= plan.time_budget_s:
+            raise ValueError(
+                f"the resumed run has used its --time_budget of {args.time_budget:g} minutes; give a larger "
+                "--time_budget (the whole run's minutes) or --max_steps to train on"
+            )
+        self.learning_rate = plan.learning_rate  # of the step being taken; logged at the end
         self.train_sampler = WindowSampler(
-            self.data.train, self.seq_len, self.batch_size, seed=args.seed, rank=self.context.rank
+            self.data.train, plan.seq_len, plan.batch_size, seed=args.seed, rank=self.context.rank
         )
-        self.eval_sampler = WindowSampler(self.data.val, self.seq_len, self.batch_size, seed=EVAL_SEED)
+        self.eval_sampler = WindowSampler(self.data.val, plan.seq_len, plan.batch_size, seed=EVAL_SEED)
         self.objective: nn.Module = LanguageModelingObjective(self.model)
         if self.context.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
         self.objective = self.maybe_compile(self.objective)
-
-    def set_warmup(self) -> None:
-        self.warmup_steps = min(self.args.warmup_steps, self.total_steps // 5)  # a short run still decays
-
-    def fit_schedule_to_budget(self, seconds_per_step: float, seconds_left: float) -> None:
-        """With --time_budget and no --max_steps, the cosine schedule spans the steps the budget allows."""
-        fitted = self.state.step + int(FIT_MARGIN * seconds_left / seconds_per_step)
-        if fitted < self.total_steps:
-            self.total_steps = self.state.total_steps = max(fitted, self.state.step + 1)
-            self.set_warmup()
-            self.log(f"time budget: about {self.total_steps:,} steps fit; the schedule now ends there")
 
     def maybe_compile(self, module: nn.Module) -> nn.Module:
         if not self.args.compile or self.args.dry_run:
@@ -290,51 +223,61 @@ class Trainer:
             return module
 
     def describe(self) -> None:
-        args, model = self.args, self.model
-        self.log(model.summary())
+        plan, args = self.plan, self.args
+        self.log(self.model.summary())
         threads = f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else ""
         world = f" x {self.context.world_size} processes" if self.context.enabled else ""
         self.log(f"device: {self.device}{threads}{world}   precision: {self.precision.name}")
         if self.precision.note:
             self.log(self.precision.note)
         self.log(f"data: {self.data.description}")
-        unbounded = self.total_steps >= UNBOUNDED_EPOCHS * self.steps_per_epoch
-        by_budget = args.time_budget and not args.max_steps and unbounded
-        steps = f"as many as {args.time_budget:g} minutes allow" if by_budget else f"{self.total_steps:,}"
+        if self.total_steps is None:
+            steps = f"as many as {args.time_budget:g} minutes allow (the schedule ends with the budget)"
+        else:
+            cut = "" if args.time_budget is None else f", fewer if {args.time_budget:g} minutes run out first"
+            steps = f"{self.total_steps:,}{cut}"
         self.log(
             f"steps: {steps} ({self.steps_per_epoch:,} per epoch), "
-            f"{self.tokens_per_step:,} tokens per step = batch {self.batch_size} x seq {self.seq_len} "
+            f"{self.tokens_per_step:,} tokens per step = batch {plan.batch_size} x seq {plan.seq_len} "
             f"x accumulation {args.gradient_accumulation}{world}; "
-            f"lr {self.learning_rate:g}, warm-up {self.warmup_steps}, cosine to {args.min_lr_ratio:g} x lr"
+            f"lr {plan.learning_rate:g}, warm-up {args.warmup_steps if self.total_steps is None else self.warmup_steps}"
+            f", cosine to {args.min_lr_ratio:g} x lr"
         )
-        if args.num_workers:
-            self.log("note: batches are slices of an in-memory token array, so --num_workers has nothing to do")
-        if self.resume_from is not None:
-            self.log(f"resuming from {self.resume_from} at step {self.state.step:,}")
+        if plan.output_dir is not None:
+            self.log(f"output: {plan.output_dir}")
+        if plan.resume_from is not None:
+            self.log(f"resuming from {plan.resume_from} at step {self.state.step:,}")
+
+    def log(self, message: str) -> None:
+        if self.context.is_main:
+            tqdm.write(message)
+
+    def record(self, **values: Any) -> None:
+        """One line of output_dir/metrics.jsonl (rank 0 only)."""
+        if not self.context.is_main or self.output_dir is None:
+            return
+        try:
+            with (self.output_dir / METRICS).open("a") as handle:
+                handle.write(json.dumps(values) + "\n")
+        except OSError as err:
+            raise WriteError(f"cannot write {self.output_dir / METRICS}: {write_failure(err)}") from err
 
     # ------------------------------------------------------------------ modes
 
     def dry_run(self) -> dict[str, float]:
         """Summary, then the loss of a few real windows, without training."""
-        self.load_data()
-        self.build()
         self.describe()
-        sampler = WindowSampler(self.data.train, self.seq_len, self.args.dry_samples, seed=self.args.seed)
+        sampler = WindowSampler(self.data.train, self.plan.seq_len, self.args.dry_samples, seed=self.args.seed)
         inputs, targets = (t.to(self.device) for t in sampler.batch(0))
         with torch.no_grad(), self.precision.autocast():
             out = self.model.compute_loss(inputs, targets, return_dict=True)
         values = {k: float(v) for k, v in out.items()}
-        self.log(
-            f"dry run on {self.args.dry_samples} windows of {self.seq_len} tokens: ce_loss {values['ce_loss']:.4f}  "
-            f"energy_loss {values['energy_loss']:.4f} (raw)  loss {values['loss']:.4f} "
-            f"(= ce + {self.model.energy_reg_weight:g} x energy)"
-        )
+        parts = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
+        self.log(f"dry run on {self.args.dry_samples} windows of {self.plan.seq_len} tokens: {parts}")
         return values
 
     def benchmark(self, steps: int = 10, new_tokens: int = 64) -> dict[str, float]:
         """Speed of this configuration on this device: training steps and per-token generation, nothing saved."""
-        self.load_data()
-        self.build()
         self.describe()
         for _ in range(2):  # warm-up: allocator, kernels, compilation
             self.train_step()
@@ -363,8 +306,6 @@ class Trainer:
         return results
 
     def train(self) -> RunResult:
-        self.load_data()
-        self.build()
         self.describe()
         self.record(event="start", step=self.state.step, total_steps=self.total_steps,
                     fingerprint=weights_fingerprint(self.model), world_size=self.context.world_size)  # fmt: skip
@@ -374,10 +315,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train_step(self) -> list[float]:
-        """One optimiser step over `gradient_accumulation` micro-batches; returns loss, ce, energy, grad norm."""
+    def learning_rate_now(self) -> float:
+        """The schedule's rate for the next step: by steps, or by the fraction of the time budget used."""
         args, step = self.args, self.state.step
-        totals = torch.zeros(3, device=self.device)
+        if self.total_steps is None:
+            fraction = self.budget.fraction()
+            return learning_rate_at_fraction(step, fraction, self.plan.learning_rate, args.warmup_steps,
+                                             args.min_lr_ratio)  # fmt: skip
+        return learning_rate_at(step, self.plan.learning_rate, self.total_steps, self.warmup_steps, args.min_lr_ratio)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step over `gradient_accumulation` micro-batches: the losses, grad norm and lr."""
+        args, step = self.args, self.state.step
+        totals, names = None, []
         for micro in range(args.gradient_accumulation):
             inputs, targets = self.train_sampler.batch(step * args.gradient_accumulation + micro)
             inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
@@ -387,82 +337,94 @@ class Trainer:
                 out = self.objective(inputs, targets)
             with no_sync:
                 self.scaler.scale(out["loss"] / args.gradient_accumulation).backward()
-            parts = torch.stack([out["loss"], out["ce_loss"], out["energy_loss"]]).detach().float()
-            totals += parts / args.gradient_accumulation
+            names = [metric_name(key) for key in out]
+            parts = torch.stack(list(out.values())).detach().float() / args.gradient_accumulation
+            totals = parts if totals is None else totals + parts
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip or float("inf"))
-        values = self.context.mean(torch.cat([totals, norm.reshape(1).float()])).tolist()
-        if not math.isfinite(values[0]):
+        values = dict(zip([*names, "grad_norm"], self.context.mean(torch.cat([totals, norm.reshape(1).float()]))
+                          .tolist(), strict=True))  # fmt: skip
+        if not math.isfinite(values["loss"]):
+            detail = ", ".join(f"{k} {v}" for k, v in values.items() if k not in ("loss", "grad_norm"))
             raise TrainingDiverged(
-                f"the loss became {values[0]} at step {step + 1} (ce {values[1]}, energy {values[2]}); "
+                f"the loss became {values['loss']} at step {step + 1} ({detail}); "
                 "lower --learning_rate or use --mixed_precision no; the last good checkpoint is kept"
             )
-        lr = learning_rate_at(step, self.learning_rate, self.total_steps, self.warmup_steps, args.min_lr_ratio)
+        self.learning_rate = self.learning_rate_now()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.learning_rate
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens_seen += self.tokens_per_step
-        return [*values, lr]
+        return {**values, "lr": self.learning_rate}
 
     def loop(self, stop: StopRequest) -> str:
-        args = self.args
-        budget_s = args.time_budget * 60 if args.time_budget else math.inf
-        start = time.perf_counter()
-        elapsed_before = self.state.elapsed_s
+        """Steps until the schedule ends (finished), the budget ends (finished, or time_budget for a run
+        whose length was given in steps), or a signal arrives (stopped)."""
+        args, budget = self.args, self.budget
         bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.context.is_main,
                    dynamic_ncols=True, desc="train", unit="step")  # fmt: skip
         rate = None
         status = "finished"
-        fit = args.time_budget is not None and not args.max_steps and not self.state.total_steps
-        first_step = self.state.step
-        while self.state.step < self.total_steps:
-            step_start = time.perf_counter()
-            loss, ce, energy, grad_norm, lr = self.train_step()
-            now = time.perf_counter()
-            self.state.elapsed_s = elapsed_before + now - start
-            speed = self.tokens_per_step / (now - step_start)
-            rate = speed if rate is None else 0.9 * rate + 0.1 * speed
-            postfix = {"loss": f"{loss:.4f}", "ce": f"{ce:.4f}", "energy": f"{energy:.3f}", "lr": f"{lr:.2e}",
-                       "tok/s": f"{rate:,.0f}"}  # fmt: skip
-            if args.hourly_rate is not None:
-                postfix["cost"] = f"${args.hourly_rate * self.state.elapsed_s / 3600:.2f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update()
-            step = self.state.step
-            if fit and step - first_step == FIT_AFTER_STEPS:
-                self.fit_schedule_to_budget((now - start) / FIT_AFTER_STEPS, budget_s - (now - start))
-                bar.total = self.total_steps
-            if step % LOG_EVERY == 0 or step == 1:
-                self.record(event="train", step=step, tokens=self.state.tokens_seen, loss=loss, ce=ce, energy=energy,
-                            lr=lr, grad_norm=grad_norm, tokens_per_s=rate, elapsed_s=self.state.elapsed_s)  # fmt: skip
-            if step % args.eval_steps == 0 and step < self.total_steps:
-                self.evaluate_and_keep_best()
-            if step % args.save_steps == 0 and step < self.total_steps:
-                self.save(checkpoint_name(step))
-            out_of_time = now - start >= budget_s
+        while self.total_steps is None or self.state.step < self.total_steps:
+            out_of_time = budget.exhausted()  # before the step: do one more step and the end still fit?
             if self.context.any(stop.reason is not None or out_of_time, self.device):
-                status = "time_budget" if out_of_time and stop.reason is None else "stopped"
-                self.log(f"{stop.reason or 'time budget reached'}: stopping at step {step:,}")
+                if stop.reason is not None or not out_of_time:
+                    status = "stopped"
+                elif self.total_steps is not None:
+                    status = "time_budget"
+                why = stop.reason or f"the {args.time_budget:g}-minute time budget is used"
+                self.log(f"{why}: stopping at step {self.state.step:,}")
                 break
+            step_start = budget.clock()
+            metrics = self.train_step()
+            seconds = budget.clock() - step_start
+            budget.record_step(seconds)
+            self.state.elapsed_s = budget.elapsed()
+            speed = self.tokens_per_step / max(seconds, 1e-9)
+            rate = speed if rate is None else 0.9 * rate + 0.1 * speed
+            self.show_progress(bar, metrics, rate)
+            step = self.state.step
+            if step % LOG_EVERY == 0 or step == 1:
+                self.record(event="train", step=step, tokens=self.state.tokens_seen, **metrics, tokens_per_s=rate,
+                            elapsed_s=self.state.elapsed_s)  # fmt: skip
+            more = self.total_steps is None or step < self.total_steps  # the end evaluates and saves anyway
+            if step % args.eval_steps == 0 and more:
+                self.evaluate_and_keep_best()
+            if step % args.save_steps == 0 and more:
+                self.save(checkpoint_name(step))
         bar.close()
         return status
+
+    def show_progress(self, bar: tqdm, metrics: dict[str, float], rate: float) -> None:
+        postfix = {k: f"{v:.2e}" if k == "lr" else f"{v:.4f}" for k, v in metrics.items() if k != "grad_norm"}
+        postfix["tok/s"] = f"{rate:,.0f}"
+        if self.args.hourly_rate is not None:
+            postfix["cost"] = f"${self.args.hourly_rate * self.state.elapsed_s / 3600:.2f}"
+        bar.set_postfix(postfix, refresh=False)
+        if self.total_steps is None:  # a time budget: the total is an estimate, updated as the speed changes
+            left = self.budget.steps_left()
+            bar.total = None if left is None else self.state.step + left
+        bar.update()
 
     # ------------------------------------------------------------------ evaluation, checkpoints, the end
 
     def evaluate_and_keep_best(self) -> dict[str, float]:
+        start = self.budget.clock()
         metrics = evaluate(self.model, self.eval_sampler, self.args.eval_batches, self.precision, self.device)
+        self.budget.record_eval(self.budget.clock() - start)
         if self.data.tokenizer.name == "byte":
             metrics["val_bits_per_byte"] = metrics["val_bits_per_token"]
+        self.state.elapsed_s = self.budget.elapsed()
         self.record(event="eval", step=self.state.step, tokens=self.state.tokens_seen, elapsed_s=self.state.elapsed_s,
                     **metrics)  # fmt: skip
         bpb = f"  bits/byte {metrics['val_bits_per_byte']:.3f}" if "val_bits_per_byte" in metrics else ""
-        self.log(
-            f"step {self.state.step:,}: validation ce {metrics['val_ce']:.4f}  ppl {metrics['val_ppl']:.2f}{bpb}  "
-            f"energy {metrics['val_energy']:.3f}"
-        )
+        extra = "".join(f"  {k[4:]} {v:.3f}" for k, v in metrics.items() if k not in ("val_ce", "val_ppl")
+                        and not k.startswith("val_bits"))  # fmt: skip
+        self.log(f"step {self.state.step:,}: validation ce {metrics['val_ce']:.4f}  ppl {metrics['val_ppl']:.2f}{bpb}"
+                 f"{extra}")  # fmt: skip
         best = self.state.best_val_loss
         if best is None or metrics["val_ce"] < best:
             self.state.best_val_loss = metrics["val_ce"]
@@ -470,16 +432,33 @@ class Trainer:
         return metrics
 
     def save(self, name: str, prune: bool = True) -> Path | None:
-        """Rank 0 writes; every rank waits, so no rank runs ahead of a checkpoint that may be resumed."""
-        path = None
+        """Rank 0 writes; every rank learns whether it worked, so none runs ahead of (or waits on) a failed write."""
+        path, failure = None, None
         if self.context.is_main:
+            start = self.budget.clock()
             self.state.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
-            path = save_checkpoint(self.checkpoint_dir / name, self.model, self.optimizer, self.state,
-                                   self.data.tokenizer)  # fmt: skip
-            if prune:
-                prune_step_checkpoints(self.checkpoint_dir, self.args.keep_checkpoints)
-        self.context.barrier()
+            try:
+                path = save_checkpoint(self.checkpoint_dir / name, self.model, self.optimizer, self.state,
+                                       self.data.tokenizer)  # fmt: skip
+                if prune:
+                    prune_step_checkpoints(self.checkpoint_dir, self.args.keep_checkpoints)
+            except WriteError as err:
+                failure = err
+            self.budget.record_save(self.budget.clock() - start)
+        if self.context.any(failure is not None, self.device):
+            raise WriteError(f"{failure or 'rank 0 could not write a checkpoint'}; {self.resume_hint()}")
         return path
+
+    def resume_hint(self) -> str:
+        """Where a run that cannot write stands: its last good checkpoint and how to continue."""
+        try:
+            last = latest_checkpoint(self.checkpoint_dir)
+        except CheckpointError:
+            last = None
+        if last is None:
+            return "no checkpoint of this run was saved"
+        return (f"the last good checkpoint is {last}; when there is room again, continue with: "
+                f"ten train --resume {self.output_dir}")
 
     def finish(self, status: str) -> RunResult:
         metrics: dict[str, float] = {}
@@ -487,9 +466,10 @@ class Trainer:
             path = self.save(checkpoint_name(self.state.step))
         else:
             metrics = self.evaluate_and_keep_best()
-            path = self.save("final" if status == "finished" else checkpoint_name(self.state.step))
+            path = self.save(FINAL if status == "finished" else checkpoint_name(self.state.step))
         fingerprints = self.context.gather_floats(weights_fingerprint(self.model))
-        self.record(event="end", status=status, step=self.state.step, fingerprints=fingerprints, **metrics)
+        self.record(event="end", status=status, step=self.state.step, elapsed_s=self.budget.elapsed(),
+                    lr=self.learning_rate, fingerprints=fingerprints, **metrics)  # fmt: skip
         if len(set(fingerprints)) > 1:
             raise RuntimeError(f"data-parallel ranks ended with different weights: {fingerprints}")
         sample = self.sample() if self.context.is_main and self.args.sample_tokens and metrics else ""

@@ -1,0 +1,201 @@
+"""The run plan: every setting of a training run, worked out once.
+
+`TrainArguments` hold what the user asked for (None: not given). `resolve_run` turns them, or a
+saved run they continue, into a frozen `RunPlan`: the model to build, the window, batch and peak
+learning rate, how long the schedule runs, where the run writes and which checkpoint it continues.
+The trainer, `ten compare` and the run-folder code read the plan; none works a setting out again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import PRESETS
+from ..lm import ARCHITECTURES, LanguageModel, load_config
+from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
+from .checkpoint import CONFIG_FILE, find_checkpoint, read_trainer_state
+from .distributed import DistributedContext
+from .run_dirs import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
+
+# A new run's model config is built before the tokenizer is known; `ModelPlan.build` puts the
+# tokenizer's vocabulary in. The byte vocabulary is the default, so the plan's config is usually exact.
+PROVISIONAL_VOCAB = 256
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Which network to build: an architecture of the registry and its validated config."""
+
+    architecture: str  # a key of ten.lm.ARCHITECTURES
+    config: Any  # the architecture's config class
+    from_checkpoint: bool  # True: the config (and vocabulary) of the checkpoint being resumed
+
+    def build(self, tokenizer_vocab: int) -> LanguageModel:
+        config = self.config
+        if not self.from_checkpoint:
+            config = dataclasses.replace(config, vocab_size=tokenizer_vocab)
+        if config.vocab_size < tokenizer_vocab:
+            raise ValueError(f"the model's vocabulary ({config.vocab_size}) is smaller than the tokenizer's")
+        return ARCHITECTURES[self.architecture](config)
+
+    def run_name(self, preset: str) -> str:
+        """runs/<this>: the preset, -hten when the model is hierarchical, and the architecture if not TEN."""
+        hten = "-hten" if getattr(self.config, "use_hten", False) else ""
+        return preset + hten + ("" if self.architecture == "ten" else f"-{self.architecture}")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    args: TrainArguments  # every setting, resolved: no None left where a preset supplies the value
+    model: ModelPlan
+    seq_len: int  # training window T
+    batch_size: int  # sequences per micro-batch
+    learning_rate: float  # peak
+    max_steps: int | None  # a length in optimiser steps ...
+    epochs: float | None  # ... or in passes over the training split; both None: the time budget decides
+    time_budget_s: float | None  # the run's whole wall time, evaluations and checkpoints included
+    output_dir: Path | None  # None for runs that write nothing (--dry_run, --benchmark)
+    resume_from: Path | None = None  # the checkpoint folder this run continues
+    resumed_state: dict[str, Any] | None = None  # its trainer_state.json, read once
+
+    @property
+    def length_follows_budget(self) -> bool:
+        return self.max_steps is None and self.epochs is None
+
+    def total_steps(self, steps_per_epoch: int) -> int | None:
+        """Optimiser steps of the schedule; None when the time budget sets the length."""
+        if self.max_steps is not None:
+            return self.max_steps
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * steps_per_epoch))
+        return None
+
+
+# ---------------------------------------------------------------- pieces of the plan
+
+
+def model_plan(args: TrainArguments) -> ModelPlan:
+    """The --model architecture at the --config preset's size, with the command line's overrides."""
+    config_class = ARCHITECTURES[args.model].config_class
+    known = {f.name for f in dataclasses.fields(config_class)}
+    overrides = {name: getattr(args, name) for name in MODEL_FIELDS if getattr(args, name) is not None}
+    foreign = [f"--{name}" for name in overrides if name not in known]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)} do not apply to --model {args.model}")
+    preset = {k: v for k, v in PRESETS[args.config].model_fields().items() if k in known}
+    config = config_class(**{**preset, **overrides, "vocab_size": PROVISIONAL_VOCAB})
+    if "hten_scales" in overrides and not config.use_hten:
+        raise ValueError(f"--hten_scales needs --use_hten (the {args.config} preset has no HTEN)")
+    return ModelPlan(args.model, config, from_checkpoint=False)
+
+
+def batch_shape(args: TrainArguments, model: ModelPlan) -> tuple[int, int]:
+    """(window T, batch size): the command line's, else the model's training window and the preset's batch."""
+    return model.config.max_seq_len, args.batch_size or PRESETS[args.config].batch_size
+
+
+def resolved_arguments(args: TrainArguments, model: ModelPlan, output_dir: Path | None) -> TrainArguments:
+    """The arguments with every preset-supplied value written in, so a saved run says what it ran with."""
+    config = model.config
+    model_values = {name: getattr(config, name) for name in MODEL_FIELDS if hasattr(config, name)}
+    return dataclasses.replace(
+        args, **model_values, batch_size=batch_shape(args, model)[1],
+        learning_rate=args.learning_rate or PRESETS[args.config].learning_rate,
+        output_dir=None if output_dir is None else str(output_dir),
+    )  # fmt: skip
+
+
+def merge_resumed_arguments(saved: dict[str, Any], args: TrainArguments, explicit: set[str]) -> TrainArguments:
+    """The saved run's arguments, with the few a resumed run may change taken from the command line."""
+    merged = TrainArguments.from_dict(saved)
+    changes = {}
+    for name in explicit:
+        value, before = getattr(args, name), getattr(merged, name)
+        if name in RESUMABLE_OVERRIDES:
+            changes[name] = value
+        elif value != before:
+            raise ValueError(f"--{name} {value} differs from the resumed run's {before}; a resumed run keeps it")
+    return dataclasses.replace(merged, **changes)
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def resolve_run(
+    args: TrainArguments, explicit: set[str] | None = None, context: DistributedContext | None = None
+) -> RunPlan:
+    """The plan of a run from its arguments; a new run that writes claims its folder here.
+
+    `explicit`: the settings the user gave (the CLI knows); None takes those that differ from the defaults.
+    """
+    args.validate()
+    context = context or DistributedContext()
+    if explicit is None:
+        defaults = TrainArguments()
+        explicit = {name for name, value in vars(args).items() if value != getattr(defaults, name)}
+    if args.resume is not None:
+        return _resume_plan(args, set(explicit), context)
+    model = model_plan(args)
+    writes = not (args.dry_run or args.benchmark)
+    output_dir = None
+    if writes and args.output_dir is not None:
+        output_dir = Path(args.output_dir).expanduser()
+        if context.is_main:
+            claim_output_dir(output_dir, args.overwrite)
+    elif writes:
+        base = Path("runs") / model.run_name(args.config)
+        output_dir = context.broadcast(claim_run_dir(base) if context.is_main else None)
+    return _plan(resolved_arguments(args, model, output_dir), model, output_dir)
+
+
+def _resume_plan(args: TrainArguments, explicit: set[str], context: DistributedContext) -> RunPlan:
+    if args.resume:
+        target = Path(args.resume).expanduser()
+    elif args.output_dir is not None:
+        target = Path(args.output_dir).expanduser()
+    else:
+        target = context.broadcast(latest_run_dir(Path("runs") / model_plan(args).run_name(args.config)))
+    checkpoint = find_checkpoint(target)
+    state = read_trainer_state(checkpoint)
+    merged = merge_resumed_arguments(state["args"], args, explicit)
+    merged.validate()
+    source = run_dir_of(checkpoint)
+    if args.output_dir is not None:  # an explicit folder: this run's own, or one that holds no run
+        output_dir = Path(args.output_dir).expanduser()
+        if context.is_main and (source is None or output_dir.resolve() != source.resolve()):
+            claim_output_dir(output_dir, args.overwrite)
+    elif source is not None:
+        output_dir = source  # the folder it was resumed from, wherever the run was copied or moved
+        if context.is_main:
+            check_writable(output_dir / CHECKPOINTS)
+    else:
+        raise ValueError(
+            f"--resume {target}: {checkpoint} is not in a run folder's checkpoints/; "
+            "say where the continued run writes with --output_dir"
+        )
+    architecture, config = load_config(checkpoint / CONFIG_FILE)
+    model = ModelPlan(architecture, config, from_checkpoint=True)
+    return _plan(resolved_arguments(merged, model, output_dir), model, output_dir, checkpoint, state)
+
+
+def _plan(
+    args: TrainArguments,
+    model: ModelPlan,
+    output_dir: Path | None,
+    resume_from: Path | None = None,
+    resumed_state: dict[str, Any] | None = None,
+) -> RunPlan:
+    seq_len, batch_size = batch_shape(args, model)
+    budget_s = None if args.time_budget is None else 60.0 * args.time_budget
+    epochs = args.epochs
+    if epochs is None and args.max_steps is None and budget_s is None:
+        epochs = 1.0  # nothing says how long: one pass over the training split
+    return RunPlan(
+        args=args, model=model, seq_len=seq_len, batch_size=batch_size, learning_rate=args.learning_rate,
+        max_steps=args.max_steps, epochs=None if args.max_steps is not None else epochs, time_budget_s=budget_s,
+        output_dir=output_dir, resume_from=resume_from, resumed_state=resumed_state,
+    )  # fmt: skip
