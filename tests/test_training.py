@@ -28,13 +28,6 @@ TINY = ["--d_model", "32", "--n_layers", "1", "--num_eigenstates", "8", "--max_s
         "--eval_batches", "1", "--sample_tokens", "0"]  # fmt: skip
 
 
-@pytest.fixture
-def corpus(tmp_path) -> Path:
-    path = tmp_path / "corpus.txt"
-    path.write_text("Now is the winter of our discontent made glorious summer by this sun of York.\n" * 60)
-    return path
-
-
 def tiny_arguments(corpus: Path, output: Path, **overrides) -> TrainArguments:
     values = dict(dataset=str(corpus), d_model=32, n_layers=1, num_eigenstates=8, max_seq_len=32, batch_size=2,
                   eval_batches=1, sample_tokens=0, output_dir=str(output), eval_steps=1000,

@@ -4,7 +4,8 @@ The budget covers the whole run: steps, periodic evaluations and checkpoints, an
 evaluation and checkpoint. The loop asks before each step whether one more step and the end
 still fit; the schedule of a run whose length is its budget follows the fraction of the
 training time used. Both read recent steps, so a machine that slows down or speeds up midway
-moves the end of the schedule with it instead of breaking it.
+moves the end of the schedule with it instead of breaking it. The end's cost is measured: the
+trainer evaluates once before its first step, and every checkpoint write is timed.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from collections import deque
 from collections.abc import Callable
 
 RECENT_STEPS = 3  # the next step is assumed to be as slow as the slowest of the last few
-WRITE_BYTES_PER_S = 200e6  # guess for a checkpoint write until one has been timed
-FORWARD_SHARE = 0.5  # an evaluation batch (forward only) against a training step, on the safe side
+# Until a checkpoint write has been timed: a slow disk's rate, and a floor for fsync and small files.
+WRITE_BYTES_PER_S = 50e6
+MIN_WRITE_S = 0.5
+FORWARD_SHARE = 0.5  # an evaluation batch (forward only) against a training step, until one has been timed
 
 
 class TimeBudget:
@@ -35,7 +38,7 @@ class TimeBudget:
         self.steps: deque[float] = deque(maxlen=RECENT_STEPS)
         self.eval_batches_per_step = eval_batches_per_step
         self.eval_s: float | None = None  # the last evaluation, timed
-        self.save_s = checkpoint_bytes / WRITE_BYTES_PER_S  # until a checkpoint write has been timed
+        self.save_s = max(checkpoint_bytes / WRITE_BYTES_PER_S, MIN_WRITE_S)  # until a write has been timed
 
     def elapsed(self) -> float:
         return self.spent_before + self.clock() - self.started
@@ -52,12 +55,14 @@ class TimeBudget:
     def next_step_s(self) -> float:
         return max(self.steps) if self.steps else 0.0
 
+    def evaluation_s(self) -> float:
+        if self.eval_s is not None:
+            return self.eval_s
+        return self.eval_batches_per_step * FORWARD_SHARE * self.next_step_s()
+
     def end_s(self) -> float:
         """What the end costs: the final evaluation and two checkpoints (best, final)."""
-        evaluation = self.eval_s
-        if evaluation is None:
-            evaluation = self.eval_batches_per_step * FORWARD_SHARE * self.next_step_s()
-        return evaluation + 2 * self.save_s
+        return self.evaluation_s() + 2 * self.save_s
 
     def training_s(self) -> float:
         """Time for training steps: the budget less the end's cost."""
@@ -67,11 +72,13 @@ class TimeBudget:
         """Of the training time, the part used, in [0, 1]."""
         return min(1.0, self.elapsed() / self.training_s())
 
+    def fits(self, seconds: float) -> bool:
+        """Whether `seconds` more of work end before the training time does."""
+        return self.elapsed() + seconds <= self.training_s()
+
     def exhausted(self) -> bool:
         """True when one more step would not end before the training time does."""
-        if self.budget_s is None or not self.steps:
-            return False
-        return self.elapsed() + self.next_step_s() > self.training_s()
+        return self.budget_s is not None and bool(self.steps) and not self.fits(self.next_step_s())
 
     def steps_left(self) -> int | None:
         """An estimate of the steps that still fit (for the progress bar); None before any step was timed."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import WriteError, write_failure
+from ..atomic import WriteError, atomic_write, write_failure
 from ..data import DataError, TokenData, WindowSampler, load_token_data
 from ..lm import LanguageModel
 from .arguments import TrainArguments
@@ -121,6 +121,16 @@ def load_run_data(plan: RunPlan) -> TokenData:
     return data
 
 
+def forget_metrics_after(path: Path, step: int) -> None:
+    """Drop the records of steps after `step`: a run resumed there will log those steps again."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
+
+
 @torch.no_grad()
 def evaluate(
     model: LanguageModel, sampler: WindowSampler, batches: int, precision: Precision, device: torch.device
@@ -185,6 +195,8 @@ class Trainer:
             self.state.args = args.to_dict()
             if self.state.scaler:
                 self.scaler.load_state_dict(self.state.scaler)
+            if self.context.is_main and plan.output_dir is not None:
+                forget_metrics_after(plan.output_dir / METRICS, self.state.step)
 
         self.tokens_per_step = plan.batch_size * plan.seq_len * args.gradient_accumulation * self.context.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
@@ -309,6 +321,8 @@ class Trainer:
         self.describe()
         self.record(event="start", step=self.state.step, total_steps=self.total_steps,
                     fingerprint=weights_fingerprint(self.model), world_size=self.context.world_size)  # fmt: skip
+        if self.plan.time_budget_s is not None:
+            self.evaluate()  # times the final evaluation the budget must leave room for; the curve's first point
         with StopRequest() as stop:
             status = self.loop(stop)
         return self.finish(status)
@@ -390,10 +404,12 @@ class Trainer:
             if step % LOG_EVERY == 0 or step == 1:
                 self.record(event="train", step=step, tokens=self.state.tokens_seen, **metrics, tokens_per_s=rate,
                             elapsed_s=self.state.elapsed_s)  # fmt: skip
-            more = self.total_steps is None or step < self.total_steps  # the end evaluates and saves anyway
-            if step % args.eval_steps == 0 and more:
+            # The end evaluates and saves anyway: no periodic evaluation or checkpoint at the last step, nor
+            # one that the time left cannot hold.
+            more = self.total_steps is None or step < self.total_steps
+            if step % args.eval_steps == 0 and more and budget.fits(budget.evaluation_s() + budget.save_s):
                 self.evaluate_and_keep_best()
-            if step % args.save_steps == 0 and more:
+            if step % args.save_steps == 0 and more and budget.fits(budget.save_s):
                 self.save(checkpoint_name(step))
         bar.close()
         return status
@@ -412,6 +428,15 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation, checkpoints, the end
 
     def evaluate_and_keep_best(self) -> dict[str, float]:
+        metrics = self.evaluate()
+        best = self.state.best_val_loss
+        if best is None or metrics["val_ce"] < best:
+            self.state.best_val_loss = metrics["val_ce"]
+            self.save("best", prune=False)
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation figures, logged and recorded; the time it takes is what the budget keeps for the end."""
         start = self.budget.clock()
         metrics = evaluate(self.model, self.eval_sampler, self.args.eval_batches, self.precision, self.device)
         self.budget.record_eval(self.budget.clock() - start)
@@ -425,10 +450,6 @@ class Trainer:
                         and not k.startswith("val_bits"))  # fmt: skip
         self.log(f"step {self.state.step:,}: validation ce {metrics['val_ce']:.4f}  ppl {metrics['val_ppl']:.2f}{bpb}"
                  f"{extra}")  # fmt: skip
-        best = self.state.best_val_loss
-        if best is None or metrics["val_ce"] < best:
-            self.state.best_val_loss = metrics["val_ce"]
-            self.save("best", prune=False)
         return metrics
 
     def save(self, name: str, prune: bool = True) -> Path | None:
