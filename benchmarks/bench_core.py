@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +26,10 @@ from torch.profiler import ProfilerActivity
 from torch.utils.flop_counter import FlopCounterMode
 
 import ten.modules.eigenstate as eigenstate_module
-from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+from ten import LanguageModel
+from ten.device import resolve_device
 from ten.ops import MIN_DECAY, scan_chunked, scan_fft, scan_sequential
+from ten.timing import build_model, machine_description, median_seconds, sync
 
 Table = tuple[str, list[str], list[list[str]]]  # title, headers, rows
 # fmt: off
@@ -44,55 +43,23 @@ SIZES: dict[str, dict[str, Any]] = {
 SLOW_S = 1.0  # a sequential-backend call slower than this is timed once, its warm-up being the measurement
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timeit(fn: Callable[[], Any], device: torch.device, reps: int, slow_s: float = math.inf) -> tuple[float, int]:
-    """Median seconds of ``reps`` calls of fn() after one warm-up call, and the number of calls timed.
-
-    When the warm-up call alone takes longer than ``slow_s``, it is the single measurement.
-    """
-    times: list[float] = []
-    for _ in range(reps + 1):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-        if times[0] > slow_s:
-            return times[0], 1
-    return statistics.median(times[1:]), reps
-
-
 def make_table(title: str, columns: str, template: str, rows: list[dict[str, Any]]) -> Table:
     """Columns and cell formats separated by '|'; each row dict fills the template."""
     return title, columns.split("|"), [template.format(**row).split("|") for row in rows]
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    info = dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads())
-    info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return info
 
 
 def copy_gb_per_s(device: torch.device, mib: int, reps: int) -> float:
     """GB read + written per second by dst.copy_(src) of ``mib`` MiB of float32."""
     src = torch.rand(mib * 2**18, device=device)
     dst = torch.empty_like(src)
-    seconds, _ = timeit(lambda: dst.copy_(src), device, reps)
+    seconds = median_seconds(lambda: dst.copy_(src), device, reps)
     return 2 * src.numel() * 4 / seconds / 1e9
 
 
 def matmul_gflop_per_s(device: torch.device, reps: int, quick: bool) -> float:
     n = 256 if quick else 4096 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    seconds, _ = timeit(lambda: a @ b, device, reps)
+    seconds = median_seconds(lambda: a @ b, device, reps)
     return 2 * n**3 / seconds / 1e9
 
 
@@ -116,7 +83,7 @@ def time_fwd_bwd(fn: Callable, inputs: tuple[Tensor, ...], device: torch.device,
         lam.grad = beta.grad = None
         fn(lam, beta).backward(grad)
 
-    return timeit(fwd_bwd, device, reps, slow_s)[0]
+    return median_seconds(fwd_bwd, device, reps, slow_s)
 
 
 def recurrence_row(sz: dict[str, Any], length: int, selective: bool, device: torch.device, seq_max: int) -> dict:
@@ -128,7 +95,7 @@ def recurrence_row(sz: dict[str, Any], length: int, selective: bool, device: tor
     row["sequential_s"] = time_fwd_bwd(scan_sequential, inputs, device, 1, SLOW_S) if length <= seq_max else None
     lam, beta, _ = inputs
     with torch.no_grad():
-        row["chunked_fwd_s"], _ = timeit(lambda: scan_chunked(lam, beta), device, sz["reps"])
+        row["chunked_fwd_s"] = median_seconds(lambda: scan_chunked(lam, beta), device, sz["reps"])
     row["chunked_fwd_gb_per_s"] = (lam.numel() + 2 * beta.numel()) * 8 / row["chunked_fwd_s"] / 1e9  # lam, beta, c
     return row
 
@@ -163,12 +130,10 @@ def bench_recurrence(sz: dict[str, Any], device: torch.device, seq_max: int, cop
 # ---- 2. a training step
 
 
-def build_model(sz: dict[str, Any], device: torch.device) -> TemporalEigenstateNetwork:
-    config = TemporalEigenstateConfig(
-        vocab_size=256, d_model=sz["d_model"], n_layers=2, num_eigenstates=sz["k"],
-        max_seq_len=max(sz["train_lengths"]), selective=True,
-    )  # fmt: skip
-    return TemporalEigenstateNetwork(config).to(device)
+def ten_model(sz: dict[str, Any], device: torch.device) -> LanguageModel:
+    """The 2-layer selective TEN of the training and generation sections."""
+    return build_model("ten", device, vocab_size=256, d_model=sz["d_model"], n_layers=2, num_eigenstates=sz["k"],
+                       max_seq_len=max(sz["train_lengths"]), selective=True)  # fmt: skip
 
 
 def scan_share(step: Callable[[], None], device: torch.device, steps: int) -> float:
@@ -199,7 +164,7 @@ def scan_share(step: Callable[[], None], device: torch.device, steps: int) -> fl
     return 100 * in_scan / total
 
 
-def training_row(model: TemporalEigenstateNetwork, batch: int, length: int, device: torch.device, reps: int) -> dict:
+def training_row(model: LanguageModel, batch: int, length: int, device: torch.device, reps: int) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     inputs, targets = torch.randint(0, 256, (2, batch, length), device=device)
 
@@ -208,7 +173,7 @@ def training_row(model: TemporalEigenstateNetwork, batch: int, length: int, devi
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds, _ = timeit(step, device, reps)
+    seconds = median_seconds(step, device, reps)
     with FlopCounterMode(display=False) as counter:
         step()
     gflop = counter.get_total_flops() / 1e9
@@ -219,7 +184,7 @@ def training_row(model: TemporalEigenstateNetwork, batch: int, length: int, devi
 
 
 def bench_training(sz: dict[str, Any], device: torch.device, batch: int, peak: float) -> tuple[list, list]:
-    model = build_model(sz, device)
+    model = ten_model(sz, device)
     rows = [training_row(model, batch, length, device, sz["reps"]) for length in sz["train_lengths"]]
     for row in rows:
         row["pct_of_peak"] = 100 * row["gflop_per_s"] / peak
@@ -237,7 +202,7 @@ def bench_training(sz: dict[str, Any], device: torch.device, batch: int, peak: f
 
 
 @torch.inference_mode()
-def time_decode(model: TemporalEigenstateNetwork, prompt: Tensor, n: int, device: torch.device, reps: int) -> float:
+def time_decode(model: LanguageModel, prompt: Tensor, n: int, device: torch.device, reps: int) -> float:
     """Seconds per token of n greedy steps through model(token, state), after the prompt's pass."""
     logits, state = model(prompt, return_state=True)
     first = logits[:, -1:].argmax(-1)
@@ -248,20 +213,20 @@ def time_decode(model: TemporalEigenstateNetwork, prompt: Tensor, n: int, device
             out, s = model(token, state=s, return_state=True)
             token = out[:, -1:].argmax(-1)
 
-    return timeit(decode, device, reps)[0] / n
+    return median_seconds(decode, device, reps) / n
 
 
-def generation_row(model: TemporalEigenstateNetwork, prompt_len: int, n: int, device: torch.device, reps: int) -> dict:
+def generation_row(model: LanguageModel, prompt_len: int, n: int, device: torch.device, reps: int) -> dict:
     prompt = torch.randint(0, 256, (1, prompt_len), device=device)
-    full, _ = timeit(lambda: model.generate(prompt, n, temperature=0), device, reps)
-    prefill, _ = timeit(lambda: model.generate(prompt, 0, temperature=0), device, reps)
+    full = median_seconds(lambda: model.generate(prompt, n, temperature=0), device, reps)
+    prefill = median_seconds(lambda: model.generate(prompt, 0, temperature=0), device, reps)
     step_ms = 1e3 * time_decode(model, prompt, n, device, reps)
     return dict(prompt=prompt_len, new_tokens=n, step_ms=step_ms, generate_ms=1e3 * (full - prefill) / n,
                 prefill_ms=1e3 * prefill)  # fmt: skip
 
 
 def bench_generation(sz: dict[str, Any], device: torch.device) -> tuple[list, list]:
-    model = build_model(sz, device).eval()
+    model = ten_model(sz, device).eval()
     rows = [generation_row(model, p, sz["new_tokens"], device, sz["reps"]) for p in sz["prompts"]]
     for row in rows:
         row["vs_first"] = row["step_ms"] / rows[0]["step_ms"]
@@ -292,9 +257,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the tables here as markdown")
     args = parser.parse_args()
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:  # --device cuda on a machine without a GPU
+        parser.error(str(err))
     torch.manual_seed(0)
-    device, sz = torch.device(args.device), SIZES["quick" if args.quick else "full"]
-    machine = machine_info(device)
+    sz = SIZES["quick" if args.quick else "full"]
+    machine = machine_description(device)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()) + "\n", flush=True)
 
     copy_bw = copy_gb_per_s(device, sz["copy_mib"], sz["reps"])

@@ -173,12 +173,11 @@ def cmd_generate(args: argparse.Namespace, explicit: set[str]) -> None:
     import torch
 
     from .data import load_tokenizer
+    from .device import resolve_device
     from .training import find_checkpoint, load_model
 
     checkpoint = find_checkpoint(Path(args.checkpoint))
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA GPU is available here")
+    device = resolve_device(args.device)
     model = load_model(checkpoint, device).eval()
     tokenizer = load_tokenizer(checkpoint)
     prompt = tokenizer.encode(args.prompt)
@@ -218,13 +217,10 @@ def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
 
 
 def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
-    import torch
-
+    from .device import resolve_device
     from .experiments.bench import BenchSettings, growth, markdown, parse_lengths, run_bench, write_outputs
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA GPU is available here")
+    device = str(resolve_device(args.device))
     settings = BenchSettings(
         d_model=args.d_model, n_layers=args.n_layers, num_eigenstates=args.num_eigenstates,
         lengths=parse_lengths(args.lengths), contexts=parse_lengths(args.contexts),
@@ -260,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top_k", type=positive(int))
     generate.add_argument("--top_p", type=positive(float))
     generate.add_argument("--seed", type=int)
-    generate.add_argument("--device", default="auto")
+    generate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     generate.set_defaults(run=cmd_generate)
 
     compare = commands.add_parser("compare", help="train variants on the same data and budget; table and plot")
@@ -281,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--reps", type=positive(int), default=3)
     bench.add_argument("--max_step_seconds", type=positive(float), default=60.0, help="stop growing T past this")
     bench.add_argument("--dtype", choices=["float32", "bf16", "fp16"], default="float32", help="autocast dtype")
-    bench.add_argument("--device", default="auto")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     bench.add_argument("--output_dir", default="runs/bench")
     bench.set_defaults(run=cmd_bench)
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +17,11 @@ from typing import Any
 
 import torch
 
-from ..baselines import TransformerConfig, TransformerLM
-from ..config import TemporalEigenstateConfig
 from ..lm import LanguageModel
-from ..model import TemporalEigenstateNetwork
+from ..timing import build_model, machine_description, median_seconds
 
 MODELS = ("ten", "transformer")
-SLOW_S = 5.0
+SLOW_S = 5.0  # a call slower than this is timed once (its warm-up): a 16k-token attention step would take minutes
 
 
 @dataclass
@@ -46,38 +41,6 @@ class BenchSettings:
 
 
 # ---------------------------------------------------------------- measuring
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
-    """Median of `reps` timed calls after one warm-up call (CUDA events on a GPU).
-
-    A warm-up slower than SLOW_S seconds leaves one timed call: long calls vary little, and a
-    16k-token attention step repeated would take minutes.
-    """
-    begin = time.perf_counter()
-    fn()
-    sync(device)
-    if time.perf_counter() - begin > SLOW_S:
-        reps = 1
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
 
 
 def _cpu_peak_in_fresh_process(name: str, settings: BenchSettings, length: int, batch: int, train: bool, out) -> None:
@@ -136,11 +99,8 @@ def peak_memory_mib(name: str, settings: BenchSettings, length: int, batch: int,
 
 
 def build(name: str, settings: BenchSettings, max_len: int, device: torch.device) -> LanguageModel:
-    common = dict(vocab_size=256, d_model=settings.d_model, n_layers=settings.n_layers, max_seq_len=max_len)
-    if name == "ten":
-        config = TemporalEigenstateConfig(num_eigenstates=settings.num_eigenstates, **common)
-        return TemporalEigenstateNetwork(config).to(device)
-    return TransformerLM(TransformerConfig(**common)).to(device)
+    return build_model(name, device, vocab_size=256, d_model=settings.d_model, n_layers=settings.n_layers,
+                       num_eigenstates=settings.num_eigenstates, max_seq_len=max_len)  # fmt: skip
 
 
 def autocast(settings: BenchSettings, device: torch.device):
@@ -174,19 +134,18 @@ def step_functions(
 def warm_up(model: LanguageModel, length: int, settings: BenchSettings, device: torch.device) -> None:
     """One untimed measurement: a fresh process runs its first steps 10-30% slow (heap growth)."""
     _, forward, train_step = step_functions(model, length, settings, device)
-    seconds(forward, device, settings.reps)
-    seconds(train_step, device, settings.reps)
+    median_seconds(forward, device, settings.reps, SLOW_S)
+    median_seconds(train_step, device, settings.reps, SLOW_S)
 
 
 def measure_length(model: LanguageModel, length: int, settings: BenchSettings, device: torch.device) -> dict:
     batch, forward, train_step = step_functions(model, length, settings, device)
     row: dict[str, Any] = {"T": length, "batch": batch}
-    row["forward_ms"] = 1e3 * seconds(forward, device, settings.reps)
-    row["train_step_ms"] = 1e3 * seconds(train_step, device, settings.reps)
+    row["forward_ms"] = 1e3 * median_seconds(forward, device, settings.reps, SLOW_S)
+    row["train_step_ms"] = 1e3 * median_seconds(train_step, device, settings.reps, SLOW_S)
     row["tokens_per_s"] = batch * length / (row["train_step_ms"] / 1e3)
-    name = "ten" if isinstance(model, TemporalEigenstateNetwork) else "transformer"
-    row["train_peak_mib"] = peak_memory_mib(name, settings, length, batch, train=True)
-    row["forward_peak_mib_b1"] = peak_memory_mib(name, settings, length, 1, train=False)
+    row["train_peak_mib"] = peak_memory_mib(model.architecture, settings, length, batch, train=True)
+    row["forward_peak_mib_b1"] = peak_memory_mib(model.architecture, settings, length, 1, train=False)
     return row
 
 
@@ -203,7 +162,7 @@ def measure_generation(model: LanguageModel, context: int, settings: BenchSettin
                 out, carried = model(token, state=carried, return_state=True)
                 token = out[:, -1:].argmax(-1)
 
-        return 1e3 * seconds(decode, device, settings.reps) / settings.new_tokens
+        return 1e3 * median_seconds(decode, device, settings.reps, SLOW_S) / settings.new_tokens
 
 
 def weight_read_rates(settings: BenchSettings, device: torch.device) -> dict[str, float]:
@@ -226,14 +185,15 @@ def weight_read_rates(settings: BenchSettings, device: torch.device) -> dict[str
         for w in weights:
             w.sum()
 
-    return {"matvec_gbps": gigabytes / seconds(matvec, device, 5), "read_gbps": gigabytes / seconds(read, device, 5)}
+    return {"matvec_gbps": gigabytes / median_seconds(matvec, device, 5, SLOW_S),
+            "read_gbps": gigabytes / median_seconds(read, device, 5, SLOW_S)}  # fmt: skip
 
 
 def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     device = torch.device(settings.device)
     torch.manual_seed(0)
-    results: dict[str, Any] = {"settings": settings.__dict__, "machine": machine(device), "lengths": [],
-                               "generation": [], "stopped": {}}  # fmt: skip
+    results: dict[str, Any] = {"settings": settings.__dict__, "machine": machine_description(device),
+                               "lengths": [], "generation": [], "stopped": {}}  # fmt: skip
     models = {name: build(name, settings, max(settings.lengths), device) for name in MODELS}
     for name, model in models.items():
         log(f"{name}: {model.num_parameters():,} parameters")
@@ -283,25 +243,6 @@ def weight_read_line(results: dict[str, Any]) -> str:
         f"reading every weight once per token takes {floor['ten']:.2f} ms for TEN ({mib['ten']:.0f} MiB), "
         f"{floor['transformer']:.2f} ms for the transformer ({mib['transformer']:.0f} MiB)"
     )
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    info = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        info["cpu"] = platform.processor() or platform.machine()
-        info["threads"] = torch.get_num_threads()
-        names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
-        info["cpu"] = names[0] if names else info["cpu"]
-    return info
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
 # ---------------------------------------------------------------- reporting
