@@ -96,7 +96,5 @@ class TrainArguments:
             raise ValueError(f"--min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.mixed_precision not in ("no", "auto", "bf16", "fp16"):
             raise ValueError(f"--mixed_precision must be no, auto, bf16 or fp16, got {self.mixed_precision!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.hourly_rate is not None and not self.hourly_rate >= 0:
             raise ValueError(f"--hourly_rate must be >= 0, got {self.hourly_rate}")

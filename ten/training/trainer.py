@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 
 from ..atomic import WriteError, atomic_write, write_failure
 from ..data import DataError, TokenData, WindowSampler, load_token_data
+from ..device import resolve_device
 from ..lm import LanguageModel
+from ..timing import median_seconds, sync
 from .arguments import TrainArguments
 from .budget import TimeBudget
 from .checkpoint import (
@@ -90,16 +92,6 @@ class StopRequest:
             signal.signal(signum, handler)
 
 
-def resolve_device(request: str, context: DistributedContext) -> torch.device:
-    if request == "auto":
-        request = "cuda" if torch.cuda.is_available() else "cpu"
-    if request.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {request}: no CUDA GPU is available here (use --device cpu)")
-    if request == "cuda":
-        return torch.device("cuda", context.local_rank)
-    return torch.device(request)
-
-
 def metric_name(loss_key: str) -> str:
     """compute_loss's keys as logged: loss, ce_loss -> ce, energy_loss -> energy."""
     return loss_key if loss_key == "loss" else loss_key.removesuffix("_loss")
@@ -166,6 +158,7 @@ class Trainer:
         self.context = DistributedContext.from_environment(device_request)
         self.plan: RunPlan | None = None
         try:
+            self.device = resolve_device(device_request, self.context.local_rank)
             self.plan = run if isinstance(run, RunPlan) else resolve_run(run, explicit, self.context)
             self._set_up(clock)
         except BaseException:
@@ -181,7 +174,6 @@ class Trainer:
         self.args = args
         self.output_dir = plan.output_dir
         self.checkpoint_dir = None if plan.output_dir is None else plan.output_dir / CHECKPOINTS
-        self.device = resolve_device(args.device, self.context)
         self.data = load_run_data(plan)
         torch.manual_seed(args.seed)
         self.model = plan.model.build(self.data.tokenizer.vocab_size).to(self.device)
@@ -291,27 +283,16 @@ class Trainer:
     def benchmark(self, steps: int = 10, new_tokens: int = 64) -> dict[str, float]:
         """Speed of this configuration on this device: training steps and per-token generation, nothing saved."""
         self.describe()
-        for _ in range(2):  # warm-up: allocator, kernels, compilation
-            self.train_step()
+        self.train_step()  # compilation, allocator; median_seconds warms up once more
+        sync(self.device)
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.train_step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        step_s = (time.perf_counter() - start) / steps
+        step_s = median_seconds(self.train_step, self.device, steps)
         prompt = torch.as_tensor(self.data.val[:64].astype("int64"), device=self.device).unsqueeze(0)
-        self.model.generate(prompt, 4, temperature=0)
-        start = time.perf_counter()
-        self.model.generate(prompt, new_tokens, temperature=0)
-        generate_s = time.perf_counter() - start
-        start = time.perf_counter()
-        self.model.generate(prompt, 0, temperature=0)
-        per_token_ms = 1e3 * (generate_s - (time.perf_counter() - start)) / new_tokens
+        generate_s = median_seconds(lambda: self.model.generate(prompt, new_tokens, temperature=0), self.device, 3)
+        prefill_s = median_seconds(lambda: self.model.generate(prompt, 0, temperature=0), self.device, 3)
         results = {"step_ms": 1e3 * step_s, "tokens_per_s": self.tokens_per_step / step_s,
-                   "generate_ms_per_token": per_token_ms}  # fmt: skip
+                   "generate_ms_per_token": 1e3 * (generate_s - prefill_s) / new_tokens}  # fmt: skip
         if self.device.type == "cuda":
             results["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.log("benchmark: " + "  ".join(f"{k} {v:,.2f}" for k, v in results.items()))
