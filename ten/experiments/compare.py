@@ -65,6 +65,8 @@ def run_comparison(base: TrainArguments, names: list[str], output_dir: Path) -> 
             "tokens": trainer.state.tokens_seen, "tokens_per_s": trainer.state.tokens_seen / max(elapsed, 1e-9),
             "wall_s": elapsed, **result.eval, "curve": eval_curve(trainer.output_dir),
         })  # fmt: skip
+        if trainer.model.aux_loss_name is None:  # no energy to report, not a zero one
+            rows[-1]["val_energy"] = None
         write_outputs(rows, base, output_dir)  # after every variant: an interrupted comparison keeps its rows
     return rows
 
@@ -78,7 +80,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         bits = r.get("val_bits_per_byte", r["val_bits_per_token"])
-        energy = f"{r['val_energy']:.3f}" if r["variant"] != "transformer" else "-"
+        energy = f"{r['val_energy']:.3f}" if r.get("val_energy") is not None else "-"
         lines.append(
             f"| {r['variant']} | {r['parameters'] / 1e6:.2f} M | {r['val_ce']:.4f} | {bits:.3f} | {r['val_ppl']:.2f} "
             f"| {100 * (r['val_ce'] / best - 1):+.1f}% | {r['tokens_per_s']:,.0f} | {r['tokens'] / 1e6:.1f} M "

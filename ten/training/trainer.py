@@ -146,7 +146,7 @@ def evaluate(
         with precision.autocast():
             out = model.compute_loss(inputs, targets, return_dict=True)
         ce += float(out["ce_loss"]) / batches
-        energy += float(out["energy_loss"]) / batches
+        energy += float(out.get("energy_loss", 0.0)) / batches
     model.train(was_training)
     return {"val_ce": ce, "val_ppl": math.exp(min(ce, 80.0)), "val_bits_per_token": ce / math.log(2),
             "val_energy": energy}  # fmt: skip
@@ -326,8 +326,8 @@ class Trainer:
         values = {k: float(v) for k, v in out.items()}
         self.log(
             f"dry run on {self.args.dry_samples} windows of {self.seq_len} tokens: ce_loss {values['ce_loss']:.4f}  "
-            f"energy_loss {values['energy_loss']:.4f} (raw)  loss {values['loss']:.4f} "
-            f"(= ce + {self.model.energy_reg_weight:g} x energy)"
+            f"energy_loss {values.get('energy_loss', 0.0):.4f} (raw)  loss {values['loss']:.4f} "
+            f"(= ce + {self.model.aux_loss_weight:g} x energy)"
         )
         return values
 
@@ -387,7 +387,8 @@ class Trainer:
                 out = self.objective(inputs, targets)
             with no_sync:
                 self.scaler.scale(out["loss"] / args.gradient_accumulation).backward()
-            parts = torch.stack([out["loss"], out["ce_loss"], out["energy_loss"]]).detach().float()
+            energy = out.get("energy_loss", torch.zeros_like(out["loss"]))  # models without one: 0
+            parts = torch.stack([out["loss"], out["ce_loss"], energy]).detach().float()
             totals += parts / args.gradient_accumulation
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip or float("inf"))
