@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .atomic import atomic_write
-from .modules.block import Block
+from .modules.block import Block, SequenceMixer
 from .sampling import check_sampling_args, sample_next_token
 
 CONFIG_FILE = "config.json"
@@ -57,6 +57,8 @@ def load_config(path: Path) -> tuple[str, Any]:
 class LanguageModel(nn.Module):
     architecture: ClassVar[str]
     config_class: ClassVar[type]
+    # The key of the mixers' aux loss in compute_loss's dict ("aux_loss" where a model names none).
+    aux_loss_name: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -77,16 +79,18 @@ class LanguageModel(nn.Module):
         self.gradient_checkpointing = False
         nn.init.normal_(self.embedding.weight, std=0.02)
 
-    def make_mixer(self, config: Any, residual_gain: float) -> nn.Module:
-        """The sequence mixer of one block: forward(x, state) -> (y, new_state, energy)."""
+    def make_mixer(self, config: Any, residual_gain: float) -> SequenceMixer:
+        """The sequence mixer of one block."""
         raise NotImplementedError
 
-    def energy_loss_from(self, energies: list[Tensor]) -> Tensor:
-        return torch.stack(energies).mean()
+    def aux_loss_from(self, layer_losses: list[Tensor]) -> Tensor:
+        """The model's aux loss from its layers' (those that have one): their mean."""
+        return torch.stack(layer_losses).mean()
 
     @property
-    def energy_reg_weight(self) -> float:
-        return getattr(self.config, "energy_reg_weight", 0.0)
+    def aux_loss_weight(self) -> float:
+        """The aux loss's weight in ``loss``: 0 unless a model maps one of its settings onto it."""
+        return 0.0
 
     # ------------------------------------------------------------------ forward and loss
 
@@ -101,20 +105,21 @@ class LanguageModel(nn.Module):
                 f"[{int(ids.min())}, {int(ids.max())}]"
             )
 
-    def _run(self, ids: Tensor, state: RecurrentState | None) -> tuple[Tensor, RecurrentState, Tensor]:
-        """Logits, the new state, and the raw energy loss (see energy_loss_from)."""
+    def _run(self, ids: Tensor, state: RecurrentState | None) -> tuple[Tensor, RecurrentState, Tensor | None]:
+        """Logits, the new state, and the raw aux loss (see aux_loss_from; None if no mixer has one)."""
         x = self.dropout(self.embedding(ids.long()))
-        new_state, energies = RecurrentState(), []
+        new_state, layer_losses = RecurrentState(), []
         for i, block in enumerate(self.blocks):
             layer_state = None if state is None else state.layers[i]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, layer_state, layer_energy = checkpoint(block, x, layer_state, use_reentrant=False)
+                x, layer_state, layer_loss = checkpoint(block, x, layer_state, use_reentrant=False)
             else:
-                x, layer_state, layer_energy = block(x, layer_state)
+                x, layer_state, layer_loss = block(x, layer_state)
             new_state.layers.append(layer_state)
-            energies.append(layer_energy)
+            if layer_loss is not None:
+                layer_losses.append(layer_loss)
         logits = F.linear(self.final_norm(x), self.embedding.weight)  # head tied to the embedding
-        return logits, new_state, self.energy_loss_from(energies)
+        return logits, new_state, self.aux_loss_from(layer_losses) if layer_losses else None
 
     def forward(
         self, ids: Tensor, state: RecurrentState | None = None, return_state: bool = False
@@ -127,16 +132,22 @@ class LanguageModel(nn.Module):
         return (logits, new_state) if return_state else logits
 
     def compute_loss(self, inputs: Tensor, targets: Tensor, return_dict: bool = False) -> Tensor | dict[str, Tensor]:
-        """loss = ce_loss + energy_reg_weight * energy_loss; targets of -100 are ignored."""
+        """loss = ce_loss + aux_loss_weight * aux loss; targets of -100 are ignored.
+
+        The dict holds loss and ce_loss, and the raw aux loss under ``aux_loss_name`` if the mixers
+        have one (without, loss is ce_loss).
+        """
         self.check_token_ids(inputs)
         if targets.shape != inputs.shape:
             raise ValueError(f"targets {tuple(targets.shape)} must match inputs {tuple(inputs.shape)}")
-        logits, _, energy_loss = self._run(inputs, None)
+        logits, _, aux_loss = self._run(inputs, None)
         ce_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().long(), ignore_index=-100)
-        loss = ce_loss + self.energy_reg_weight * energy_loss
+        if aux_loss is None:
+            return {"loss": ce_loss, "ce_loss": ce_loss} if return_dict else ce_loss
+        loss = ce_loss + self.aux_loss_weight * aux_loss
         if not return_dict:
             return loss
-        return {"loss": loss, "ce_loss": ce_loss, "energy_loss": energy_loss}
+        return {"loss": loss, "ce_loss": ce_loss, self.aux_loss_name or "aux_loss": aux_loss}
 
     # ------------------------------------------------------------------ generation
 
@@ -216,3 +227,7 @@ class LanguageModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def state_bytes(self, context_length: int) -> int:
+        """Bytes of state (RecurrentState) one sequence carries after ``context_length`` tokens, all layers."""
+        return sum(block.mixer.state_bytes(context_length) for block in self.blocks)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .config import TemporalEigenstateConfig
 from .lm import LanguageModel, RecurrentState
+from .modules.block import SequenceMixer
 from .modules.eigenstate import EigenstateLayer
 from .modules.hierarchical import HierarchicalEigenstateLayer
 
@@ -21,14 +22,20 @@ class TemporalEigenstateNetwork(LanguageModel):
     architecture = "ten"
     config_class = TemporalEigenstateConfig
     config: TemporalEigenstateConfig
+    aux_loss_name = "energy_loss"
 
-    def make_mixer(self, config: TemporalEigenstateConfig, residual_gain: float) -> nn.Module:
+    def make_mixer(self, config: TemporalEigenstateConfig, residual_gain: float) -> SequenceMixer:
         layer = HierarchicalEigenstateLayer if config.use_hten else EigenstateLayer
         return layer(config, residual_gain=residual_gain)
 
-    def energy_loss_from(self, energies: list[Tensor]) -> Tensor:
+    def aux_loss_from(self, layer_losses: list[Tensor]) -> Tensor:
         """Mean over layers of sum_k |c_k|^2 / K: the raw energy, comparable across model sizes."""
-        return torch.stack(energies).mean() / self.config.num_eigenstates
+        return torch.stack(layer_losses).mean() / self.config.num_eigenstates
+
+    @property
+    def aux_loss_weight(self) -> float:
+        """energy_reg_weight: the energy loss's weight in ``loss``."""
+        return self.config.energy_reg_weight
 
     # ------------------------------------------------------------------ reports
 
@@ -52,14 +59,6 @@ class TemporalEigenstateNetwork(LanguageModel):
             groups[key] = groups.get(key, 0) + param.numel()
         return groups
 
-    def state_bytes_per_sequence(self) -> int:
-        """Bytes of recurrent state one sequence carries: constant in its length."""
-        cfg = self.config
-        per_layer = cfg.num_eigenstates * 8  # complex64 eigenstates
-        if cfg.use_hten:  # per scale: the open window's sum and the last window's output
-            per_layer += len(cfg.hten_scales) * 2 * cfg.d_model * 4
-        return per_layer * cfg.n_layers
-
     def summary(self) -> str:
         cfg = self.config
         total = self.num_parameters()
@@ -79,7 +78,7 @@ class TemporalEigenstateNetwork(LanguageModel):
         lines += [
             f"  memory: weights {weight_bytes / 2**20:,.1f} MiB; training with AdamW "
             f"(weights, gradients, 2 moments) {4 * weight_bytes / 2**20:,.1f} MiB before activations",
-            f"  recurrent state per sequence: {self.state_bytes_per_sequence() / 1024:,.1f} KiB, "
+            f"  recurrent state per sequence: {self.state_bytes(cfg.max_seq_len) / 1024:,.1f} KiB, "
             "the same at any context length",
         ]
         return "\n".join(lines)

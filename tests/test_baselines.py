@@ -5,13 +5,42 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ten import LanguageModel, TemporalEigenstateNetwork, TransformerConfig, TransformerLM
+from ten import LanguageModel, TemporalEigenstateConfig, TemporalEigenstateNetwork, TransformerConfig, TransformerLM
+from ten.modules.block import MixerOutput, SequenceMixer, is_no_weight_decay
+from ten.training.optimizer import parameter_groups
 
 from .conftest import relative_error
 
 
 def tiny(dropout: float = 0.0) -> TransformerLM:
     return TransformerLM(TransformerConfig(vocab_size=64, d_model=32, n_layers=2, num_heads=2, dropout=dropout)).eval()
+
+
+def tiny_ten(use_hten: bool) -> TemporalEigenstateNetwork:
+    config = TemporalEigenstateConfig(vocab_size=64, d_model=32, n_layers=2, num_eigenstates=8, num_heads=2,
+                                      use_hten=use_hten, hten_scales=[1, 2])  # fmt: skip
+    return TemporalEigenstateNetwork(config).eval()
+
+
+@pytest.mark.parametrize(
+    ("make", "has_aux_loss"),
+    [(tiny, False), (lambda: tiny_ten(False), True), (lambda: tiny_ten(True), True)],
+    ids=["attention", "ten", "hten"],
+)
+def test_every_mixer_is_a_sequence_mixer_and_returns_a_mixer_output(make, has_aux_loss):
+    model = make()
+    u = torch.randn(2, 9, 32)
+    for block in model.blocks:
+        assert isinstance(block.mixer, SequenceMixer)
+        with torch.no_grad():
+            out = block.mixer(u)
+            step = block.mixer(u[:, :1], out.state)  # the state it returns is what the next call takes
+        assert isinstance(out, MixerOutput) and isinstance(step, MixerOutput)
+        assert out.y.shape == u.shape and step.y.shape == (2, 1, 32)
+        if has_aux_loss:
+            assert out.aux_loss.shape == () and float(out.aux_loss) > 0
+        else:
+            assert out.aux_loss is None and step.aux_loss is None
 
 
 def test_changing_later_tokens_leaves_earlier_logits_unchanged():
@@ -41,7 +70,7 @@ def test_the_kv_cache_streams_whole_in_pieces_and_token_by_token():
     assert relative_error(torch.cat(steps, dim=1), whole) < 1e-5
 
 
-def test_loss_has_no_energy_term_and_ignores_minus_100():
+def test_loss_has_no_aux_term_and_ignores_minus_100():
     model = tiny()
     ids = torch.randint(0, 64, (2, 16))
     targets = ids.roll(-1, dims=1)
@@ -49,7 +78,10 @@ def test_loss_has_no_energy_term_and_ignores_minus_100():
     with torch.no_grad():
         out = model.compute_loss(ids, targets, return_dict=True)
         logits = model(ids)
-    assert float(out["energy_loss"]) == 0.0 and torch.equal(out["loss"], out["ce_loss"])
+    assert set(out) == {"loss", "ce_loss"} and torch.equal(out["loss"], out["ce_loss"])
+    assert model.aux_loss_name is None and model.aux_loss_weight == 0.0
+    with torch.no_grad():
+        assert torch.equal(model.compute_loss(ids, targets), out["ce_loss"])
     expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, :-1].flatten())
     assert float(out["ce_loss"]) == pytest.approx(float(expected), rel=1e-6)
 
@@ -84,3 +116,27 @@ def test_config_errors_name_the_field():
         TransformerConfig(d_model=30, num_heads=4)
     with pytest.raises(ValueError, match="n_layers"):
         TransformerConfig(n_layers=0)
+
+
+def test_state_bytes_grow_linearly_and_are_the_kv_cache():
+    model = tiny()
+    assert model.state_bytes(0) == 0 and model.state_bytes(300) == 300 * model.state_bytes(1) > 0
+
+    def cache_bytes(state):
+        return sum(t.numel() * t.element_size() for cache in state.layers for t in cache.contents())
+
+    ids = torch.randint(0, 64, (1, 23))
+    with torch.no_grad():
+        _, state = model(ids[:, :17], return_state=True)
+        assert cache_bytes(state) == model.state_bytes(17)
+        _, state = model(ids[:, 17:], state=state, return_state=True)  # appended: the buffers have spare room
+    assert cache_bytes(state) == model.state_bytes(23)
+    assert f"KV cache per sequence: {model.state_bytes(1) / 1024:,.1f} KiB per token" in model.summary()
+
+
+def test_no_weight_decay_only_on_one_dimensional_parameters():
+    model = tiny()
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert not any(is_no_weight_decay(p) for p in model.parameters())  # attention tags nothing
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in model.parameters() if p.dim() < 2}
+    assert {id(p) for p in decay["params"]} == {id(p) for p in model.parameters() if p.dim() >= 2}

@@ -22,6 +22,7 @@ def test_compare_trains_each_variant_on_the_same_budget_and_tabulates(tmp_path):
     assert all(r["steps"] == 4 and r["tokens"] == 4 * 2 * 32 for r in rows)
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "| ten |" in table and "| transformer |" in table
+    assert table.splitlines()[-1].endswith("| - |")  # attention has no energy: none reported, not a zero
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert [c["step"] for c in saved["rows"][0]["curve"]] == [2, 4]  # every --eval_steps; 4 is also the end
     assert (tmp_path / "cmp" / "validation_loss.png").stat().st_size > 1000

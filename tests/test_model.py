@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from ten import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
+from ten.modules.block import is_no_weight_decay
 from ten.modules.eigenstate import MIN_DECAY, energy
+from ten.training.optimizer import parameter_groups
 
 from .conftest import relative_error
 
@@ -142,6 +144,7 @@ def test_loss_decomposition_and_ignore_index(use_hten):
     expected_ce = torch.nn.functional.cross_entropy(model(inputs)[keep], targets[keep])
     torch.testing.assert_close(out["ce_loss"], expected_ce)
 
+    assert model.aux_loss_weight == 0.37  # the model's energy_reg_weight is its aux loss weight
     model.config.energy_reg_weight = 0.0  # energy_loss is the raw value, independent of the weight
     unweighted = model.compute_loss(inputs, targets, return_dict=True)
     torch.testing.assert_close(unweighted["energy_loss"], out["energy_loss"])
@@ -253,15 +256,30 @@ def test_top_k_one_is_greedy():
 def test_state_size_does_not_grow_with_context(use_hten):
     model = make_model((use_hten, [1, 2, 4], True, "auto"))
 
-    def state_numel(length):
+    def carried_bytes(length):
         _, state = model(torch.randint(0, 64, (1, length)), return_state=True)
         tensors = []
         for layer in state.layers:
             for item in layer if isinstance(layer, list) else [layer]:
                 tensors += [item] if torch.is_tensor(item) else [item.eigenstates, item.window_sum, item.last_output]
-        return sum(t.numel() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
-    assert state_numel(9) == state_numel(300)
+    assert carried_bytes(9) == carried_bytes(300) == model.state_bytes(9) == model.state_bytes(300)
+    assert model.state_bytes(10**6) == model.state_bytes(1) > 0
+
+
+@pytest.mark.parametrize("use_hten", [False, True])
+def test_no_weight_decay_exactly_on_tagged_and_one_dimensional_parameters(use_hten):
+    model = make_model((use_hten, [1, 2, 4], True, "auto")).double()  # the tags survive a conversion
+    names = {id(p): name for name, p in model.named_parameters()}
+    tagged = {name for name, p in model.named_parameters() if is_no_weight_decay(p)}
+    dynamics = ("decay_logit", "frequency", "coupling", "scale_weights")  # where the layers tag them
+    assert tagged == {name for name in names.values() if name.rsplit(".", 1)[-1] in dynamics}
+    assert any("scale_weights" in name for name in tagged) == use_hten
+    one_dimensional = {name for name, p in model.named_parameters() if p.dim() < 2}
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert {names[id(p)] for p in no_decay["params"]} == tagged | one_dimensional
+    assert {names[id(p)] for p in decay["params"]} == set(names.values()) - tagged - one_dimensional
 
 
 def test_bad_token_ids():
@@ -372,4 +390,5 @@ def test_summary_reports_components():
     text = model.summary()
     for part in ("embedding (tied LM head)", "MLPs (SwiGLU)", "HTEN: scales 1,2,4", "recurrent state per sequence"):
         assert part in text
+    assert f"recurrent state per sequence: {model.state_bytes(1) / 1024:,.1f} KiB" in text
     assert relative_error(torch.tensor(1.0), torch.tensor(1.0)) == 0

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from ..config import ConfigDict
 from ..lm import LanguageModel
 from ..modules.attention import CausalSelfAttention
-from ..modules.block import default_mlp_width
+from ..modules.block import SequenceMixer, default_mlp_width
 
 HEAD_DIM = 64
 
@@ -51,11 +49,8 @@ class TransformerLM(LanguageModel):
     config_class = TransformerConfig
     config: TransformerConfig
 
-    def make_mixer(self, config: TransformerConfig, residual_gain: float) -> nn.Module:
+    def make_mixer(self, config: TransformerConfig, residual_gain: float) -> SequenceMixer:
         return CausalSelfAttention(config.d_model, config.num_heads, config.dropout, residual_gain)
-
-    def kv_cache_bytes_per_token(self) -> int:
-        return 2 * self.config.d_model * 4 * self.config.n_layers  # keys and values, float32, every layer
 
     def summary(self) -> str:
         cfg, total = self.config, self.num_parameters()
@@ -64,5 +59,5 @@ class TransformerLM(LanguageModel):
             f"  d_model={cfg.d_model}  n_layers={cfg.n_layers}  num_heads={cfg.num_heads}  "
             f"max_seq_len={cfg.max_seq_len}  vocab_size={cfg.vocab_size}",
             "  mixer: causal softmax attention (scaled_dot_product_attention) with rotary positions",
-            f"  KV cache per sequence: {self.kv_cache_bytes_per_token() / 1024:,.1f} KiB per token of context",
+            f"  KV cache per sequence: {self.state_bytes(1) / 1024:,.1f} KiB per token of context",
         ])  # fmt: skip

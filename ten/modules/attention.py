@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .block import MixerOutput, SequenceMixer
+
 ROPE_BASE = 10_000.0
 
 
@@ -61,11 +63,12 @@ class KVCache:
         return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
 
-class CausalSelfAttention(nn.Module):
+class CausalSelfAttention(SequenceMixer):
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, residual_gain: float = 1.0) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        self.d_model = d_model
         self.num_heads = num_heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
@@ -73,13 +76,13 @@ class CausalSelfAttention(nn.Module):
         nn.init.normal_(self.qkv.weight, std=0.02)
         nn.init.normal_(self.out.weight, std=0.02 * residual_gain)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache, Tensor]:
-        """(output, cache including these positions, zero energy): the mixer interface of a Block."""
-        batch, length, width = x.shape
-        q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
-        past = 0 if cache is None else cache.length
+    def forward(self, u: Tensor, state: KVCache | None = None) -> MixerOutput:
+        """The output and, as state, the cache including these positions; attention has no aux loss."""
+        batch, length, width = u.shape
+        q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in self.qkv(u).chunk(3, dim=-1))
+        past = 0 if state is None else state.length
         q, k = rotate(q, past), rotate(k, past)
-        cache = KVCache.start(k, v) if cache is None else cache.append(k, v)
+        cache = KVCache.start(k, v) if state is None else state.append(k, v)
         if past:
             k, v = cache.contents()
         # After a cache, the new queries are the last `length` positions: mask only among themselves.
@@ -88,7 +91,11 @@ class CausalSelfAttention(nn.Module):
                 q, k, v, is_causal=not past and length > 1, dropout_p=self.dropout if self.training else 0.0
             )
         else:
-            allowed = torch.ones(length, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=past)
+            allowed = torch.ones(length, k.shape[2], dtype=torch.bool, device=u.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         y = self.out(y.transpose(1, 2).reshape(batch, length, width))
-        return y, cache, x.new_zeros(())
+        return MixerOutput(y, cache, None)
+
+    def state_bytes(self, context_length: int) -> int:
+        """The KV cache: a float32 key and value of d_model numbers per position of the context."""
+        return 2 * self.d_model * torch.float32.itemsize * context_length

@@ -1,12 +1,43 @@
-"""Pre-norm residual block: x = x + mixer(LN(x)); x = x + MLP(LN(x))."""
+"""The sequence-mixer contract and the pre-norm residual block: x = x + mixer(LN(x)); x = x + MLP(LN(x))."""
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def no_weight_decay(*params: nn.Parameter) -> None:
+    """Tag parameters the optimizer must not decay, where they are created (as mamba_ssm does)."""
+    for param in params:
+        param._no_weight_decay = True
+
+
+def is_no_weight_decay(param: nn.Parameter) -> bool:
+    return getattr(param, "_no_weight_decay", False)
+
+
+class MixerOutput(NamedTuple):
+    """What a sequence mixer returns for the positions it was given."""
+
+    y: Tensor  # (B, T, d)
+    state: Any  # what the next call continues from
+    aux_loss: Tensor | None  # a scalar the model may weight into its loss; None: the mixer has none
+
+
+class SequenceMixer(nn.Module, ABC):
+    """What a Block needs of its mixer: u (B, T, d) and the previous state -> MixerOutput."""
+
+    @abstractmethod
+    def forward(self, u: Tensor, state: Any = None) -> MixerOutput: ...
+
+    @abstractmethod
+    def state_bytes(self, context_length: int) -> int:
+        """Bytes of state one sequence carries after ``context_length`` tokens, in this layer."""
 
 
 class SwiGLU(nn.Module):
@@ -33,7 +64,7 @@ def default_mlp_width(d_model: int) -> int:
 
 
 class Block(nn.Module):
-    def __init__(self, config, mixer: nn.Module, residual_gain: float) -> None:
+    def __init__(self, config, mixer: SequenceMixer, residual_gain: float) -> None:
         super().__init__()
         self.mixer_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.mixer = mixer
@@ -41,9 +72,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config.d_model, config.mlp_width, residual_gain=residual_gain)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, state=None):
-        """Returns the new residual stream, the mixer's state and its mean energy."""
-        mixed, state, energy = self.mixer(self.mixer_norm(x), state)
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any, Tensor | None]:
+        """Returns the new residual stream, the mixer's state and its aux loss (None if it has none)."""
+        mixed, state, aux_loss = self.mixer(self.mixer_norm(x), state)
         x = x + self.dropout(mixed)
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
-        return x, state, energy
+        return x, state, aux_loss

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import MIN_DECAY, scan
+from .block import MixerOutput, SequenceMixer, no_weight_decay
 
 SELECTIVE_RANGE = 0.1  # |da|, |dw| <= 0.1
 # sigmoid rounds to exactly 1.0 in float32 past ~17; capping its argument keeps |lam| < 1
@@ -81,6 +82,9 @@ class EigenstateCore(nn.Module):
         self.decay_logit = nn.Parameter(torch.empty(k))  # a_k
         self.frequency = nn.Parameter(torch.empty(k))  # w_k
         self.coupling = nn.Parameter(torch.empty(num_heads, per_head, per_head))  # eps M_h
+        # The eigenvalues and the coupling set the dynamics: decaying them would pull every
+        # eigenvalue towards one fixed point.
+        no_weight_decay(self.decay_logit, self.frequency, self.coupling)
         self.out_proj = nn.Linear(2 * k, d_model, bias=False)
         self.reset_parameters()
 
@@ -100,6 +104,10 @@ class EigenstateCore(nn.Module):
         nn.init.orthogonal_(self.out_proj.weight, gain=self.residual_gain)
         if self.selection is not None:
             nn.init.normal_(self.selection.weight, std=0.02)
+
+    def state_bytes(self) -> int:
+        """The last eigenstates of one sequence: K complex64 values, whatever the context."""
+        return self.num_eigenstates * torch.complex64.itemsize
 
     def eigenvalues(self, u: Tensor | None = None) -> Tensor:
         """lam, complex64: (K,) from the parameters alone, or (B, T, K) for input u if selective."""
@@ -161,7 +169,7 @@ class OutputGate(nn.Module):
         return torch.sigmoid(self.proj(u))
 
 
-class EigenstateLayer(nn.Module):
+class EigenstateLayer(SequenceMixer):
     """The TEN sequence mixer. State: the last eigenstates, (B, K) complex."""
 
     def __init__(self, config, residual_gain: float = 1.0) -> None:
@@ -179,10 +187,13 @@ class EigenstateLayer(nn.Module):
         )
         self.gate = OutputGate(config.d_model)
 
-    def forward(self, u: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns y (B, T, d), the new state, and E(t) averaged over batch and positions."""
+    def forward(self, u: Tensor, state: Tensor | None = None) -> MixerOutput:
+        """y (B, T, d), the new state, and as aux loss E(t) averaged over batch and positions."""
         h, states = self.core(u, state)
-        return self.gate(u) * h, states[:, -1], mean_energy(states)
+        return MixerOutput(self.gate(u) * h, states[:, -1], mean_energy(states))
+
+    def state_bytes(self, context_length: int) -> int:
+        return self.core.state_bytes()
 
     def cores(self) -> list[tuple[int, EigenstateCore]]:
         return [(1, self.core)]

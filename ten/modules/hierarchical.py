@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .block import MixerOutput, SequenceMixer, no_weight_decay
 from .eigenstate import EigenstateCore, OutputGate, mean_energy
 
 
@@ -29,12 +30,13 @@ class ScaleState:
     last_output: Tensor  # (B, d): core output of the last completed window (0 before the first)
 
 
-class HierarchicalEigenstateLayer(nn.Module):
+class HierarchicalEigenstateLayer(SequenceMixer):
     """The HTEN sequence mixer. State: one ScaleState per scale."""
 
     def __init__(self, config, residual_gain: float = 1.0) -> None:
         super().__init__()
         self.scales = list(config.hten_scales)
+        self.d_model = config.d_model
         self.scale_cores = nn.ModuleList(
             EigenstateCore(
                 config.d_model,
@@ -50,10 +52,11 @@ class HierarchicalEigenstateLayer(nn.Module):
             for s in self.scales
         )
         self.scale_weights = nn.Parameter(torch.full((len(self.scales),), 1.0 / len(self.scales)))
+        no_weight_decay(self.scale_weights)  # the mix of timescales is dynamics, like the eigenvalues
         self.gate = OutputGate(config.d_model)
 
-    def forward(self, u: Tensor, state: list[ScaleState] | None = None) -> tuple[Tensor, list[ScaleState], Tensor]:
-        """Returns y (B, T, d), the new state, and the energy averaged over each scale's positions."""
+    def forward(self, u: Tensor, state: list[ScaleState] | None = None) -> MixerOutput:
+        """y (B, T, d), the new state, and as aux loss the energy averaged over each scale's positions, summed."""
         mixed = torch.zeros_like(u)
         new_state, total_energy = [], u.new_zeros((), dtype=torch.float32)
         for i, (s, core) in enumerate(zip(self.scales, self.scale_cores, strict=True)):
@@ -61,7 +64,12 @@ class HierarchicalEigenstateLayer(nn.Module):
             mixed = mixed + self.scale_weights[i].to(u.dtype) * up
             new_state.append(scale_state)
             total_energy = total_energy + scale_energy
-        return self.gate(u) * mixed, new_state, total_energy
+        return MixerOutput(self.gate(u) * mixed, new_state, total_energy)
+
+    def state_bytes(self, context_length: int) -> int:
+        """Per scale: its eigenstates, and the open window's sum and the last window's output in float32."""
+        window = 2 * self.d_model * torch.float32.itemsize
+        return sum(core.state_bytes() + window for core in self.scale_cores)
 
     @staticmethod
     def _scale_forward(

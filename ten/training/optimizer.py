@@ -5,17 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Eigenvalue magnitudes and frequencies, the resonance coupling and the HTEN scale weights set the
-# dynamics; decaying them would pull every eigenvalue towards one fixed point.
-NO_DECAY_NAMES = ("decay_logit", "frequency", "coupling", "scale_weights")
+from ..modules.block import is_no_weight_decay
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight matrices decay; norms, biases (under 2 dimensions) and parameters tagged no_weight_decay do not."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if not param.requires_grad:
             continue
-        if param.dim() < 2 or any(key in name for key in NO_DECAY_NAMES):  # norms, biases, eigenvalues
+        if param.dim() < 2 or is_no_weight_decay(param):
             no_decay.append(param)
         else:
             decay.append(param)

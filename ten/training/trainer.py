@@ -277,7 +277,9 @@ class Trainer:
             out = self.model.compute_loss(inputs, targets, return_dict=True)
         values = {k: float(v) for k, v in out.items()}
         parts = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
-        self.log(f"dry run on {self.args.dry_samples} windows of {self.plan.seq_len} tokens: {parts}")
+        aux = self.model.aux_loss_name
+        weighted = f" (loss = ce_loss + {self.model.aux_loss_weight:g} x {aux}, raw)" if aux else ""
+        self.log(f"dry run on {self.args.dry_samples} windows of {self.plan.seq_len} tokens: {parts}{weighted}")
         return values
 
     def benchmark(self, steps: int = 10, new_tokens: int = 64) -> dict[str, float]:
