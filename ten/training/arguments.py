@@ -9,7 +9,8 @@ from typing import Any
 # Settings a resumed run may change; the rest define the run and must match its checkpoint.
 RESUMABLE_OVERRIDES = frozenset(
     {"max_steps", "epochs", "time_budget", "save_steps", "eval_steps", "eval_batches", "output_dir", "overwrite",
-     "hourly_rate", "device", "keep_checkpoints", "sample_tokens", "compile", "resume"}
+     "hourly_rate", "device", "keep_checkpoints", "sample_tokens", "compile", "resume", "dry_run", "dry_samples",
+     "benchmark"}
 )  # fmt: skip
 # The settings that override a preset's model: each applies to the architectures whose config has it.
 MODEL_FIELDS = ("use_hten", "hten_scales", "energy_reg_weight", "max_seq_len", "d_model", "n_layers",

@@ -29,11 +29,13 @@ class TimeBudget:
         clock: Callable[[], float],
         eval_batches_per_step: float,
         checkpoint_bytes: int,
+        started: float | None = None,
     ) -> None:
-        """`spent_s`: the run's time before this session (a resumed run continues its clock)."""
+        """`spent_s`: the run's time before this session (a resumed run continues its clock); `started`:
+        when this session began on `clock` (its set-up counts too), else now."""
         self.budget_s = budget_s
         self.clock = clock
-        self.started = clock()
+        self.started = clock() if started is None else started
         self.spent_before = spent_s
         self.steps: deque[float] = deque(maxlen=RECENT_STEPS)
         self.eval_batches_per_step = eval_batches_per_step

@@ -85,7 +85,8 @@ def model_plan(args: TrainArguments) -> ModelPlan:
     overrides = {name: getattr(args, name) for name in MODEL_FIELDS if getattr(args, name) is not None}
     foreign = [f"--{name}" for name in overrides if name not in known]
     if foreign:
-        raise ValueError(f"{', '.join(foreign)} do not apply to --model {args.model}")
+        verb = "does" if len(foreign) == 1 else "do"
+        raise ValueError(f"{', '.join(foreign)} {verb} not apply to --model {args.model}")
     preset = {k: v for k, v in PRESETS[args.config].model_fields().items() if k in known}
     config = config_class(**{**preset, **overrides, "vocab_size": PROVISIONAL_VOCAB})
     if "hten_scales" in overrides and not config.use_hten:
@@ -163,23 +164,30 @@ def _resume_plan(args: TrainArguments, explicit: set[str], context: DistributedC
     state = read_trainer_state(checkpoint)
     merged = merge_resumed_arguments(state["args"], args, explicit)
     merged.validate()
+    writes = not (merged.dry_run or merged.benchmark)
+    output_dir = resumed_output_dir(args, target, checkpoint, context) if writes else None
+    architecture, config = load_config(checkpoint / CONFIG_FILE)
+    model = ModelPlan(architecture, config, from_checkpoint=True)
+    return _plan(resolved_arguments(merged, model, output_dir), model, output_dir, checkpoint, state)
+
+
+def resumed_output_dir(args: TrainArguments, target: Path, checkpoint: Path, context: DistributedContext) -> Path:
+    """The folder the checkpoint's run is in, wherever it was copied or moved; or an explicit --output_dir
+    that is that run or holds none. Never the folder named in the saved settings."""
     source = run_dir_of(checkpoint)
-    if args.output_dir is not None:  # an explicit folder: this run's own, or one that holds no run
+    if args.output_dir is not None:
         output_dir = Path(args.output_dir).expanduser()
         if context.is_main and (source is None or output_dir.resolve() != source.resolve()):
             claim_output_dir(output_dir, args.overwrite)
-    elif source is not None:
-        output_dir = source  # the folder it was resumed from, wherever the run was copied or moved
-        if context.is_main:
-            check_writable(output_dir / CHECKPOINTS)
-    else:
+        return output_dir
+    if source is None:
         raise ValueError(
             f"--resume {target}: {checkpoint} is not in a run folder's checkpoints/; "
             "say where the continued run writes with --output_dir"
         )
-    architecture, config = load_config(checkpoint / CONFIG_FILE)
-    model = ModelPlan(architecture, config, from_checkpoint=True)
-    return _plan(resolved_arguments(merged, model, output_dir), model, output_dir, checkpoint, state)
+    if context.is_main:
+        check_writable(source / CHECKPOINTS)
+    return source
 
 
 def _plan(

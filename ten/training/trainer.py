@@ -154,13 +154,14 @@ class Trainer:
 
         `clock` measures the time budget (tests pass a fake one).
         """
+        started = clock()  # the time budget counts the set-up (data, model) too
         device_request = run.args.device if isinstance(run, RunPlan) else run.device
         self.context = DistributedContext.from_environment(device_request)
         self.plan: RunPlan | None = None
         try:
             self.device = resolve_device(device_request, self.context.local_rank)
             self.plan = run if isinstance(run, RunPlan) else resolve_run(run, explicit, self.context)
-            self._set_up(clock)
+            self._set_up(clock, started)
         except BaseException:
             if self.plan is not None and self.plan.output_dir is not None and self.plan.resume_from is None:
                 release_run_dir(self.plan.output_dir)  # a run that never started leaves no folder behind
@@ -169,7 +170,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
 
-    def _set_up(self, clock: Callable[[], float]) -> None:
+    def _set_up(self, clock: Callable[[], float], started: float) -> None:
         plan, args = self.plan, self.plan.args
         self.args = args
         self.output_dir = plan.output_dir
@@ -197,12 +198,8 @@ class Trainer:
         self.warmup_steps = min(args.warmup_steps, warmup_cap)
         checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())  # + 2 moments
         self.budget = TimeBudget(plan.time_budget_s, self.state.elapsed_s, clock,
-                                 args.eval_batches / args.gradient_accumulation, checkpoint_bytes)  # fmt: skip
-        if plan.time_budget_s is not None and self.state.elapsed_s >= plan.time_budget_s:
-            raise ValueError(
-                f"the resumed run has used its --time_budget of {args.time_budget:g} minutes; give a larger "
-                "--time_budget (the whole run's minutes) or --max_steps to train on"
-            )
+                                 args.eval_batches / args.gradient_accumulation, checkpoint_bytes, started)  # fmt: skip
+        self.check_budget_left()
         self.learning_rate = plan.learning_rate  # of the step being taken; logged at the end
         self.train_sampler = WindowSampler(
             self.data.train, plan.seq_len, plan.batch_size, seed=args.seed, rank=self.context.rank
@@ -213,6 +210,19 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
         self.objective = self.maybe_compile(self.objective)
+
+    def check_budget_left(self) -> None:
+        """A resumed run whose time budget is spent (or whose budget-long schedule ended) has nothing to do."""
+        plan = self.plan
+        if plan.resume_from is None or plan.time_budget_s is None or plan.output_dir is None:
+            return
+        same_budget = plan.resumed_state["args"].get("time_budget") == self.args.time_budget
+        ended = plan.resume_from.name == FINAL and plan.length_follows_budget and same_budget
+        if ended or self.state.elapsed_s >= plan.time_budget_s:
+            raise ValueError(
+                f"{plan.resume_from} has used its --time_budget of {self.args.time_budget:g} minutes; give a larger "
+                "--time_budget (minutes for the whole run) or a --max_steps to train on"
+            )
 
     def maybe_compile(self, module: nn.Module) -> nn.Module:
         if not self.args.compile or self.args.dry_run:
@@ -360,9 +370,13 @@ class Trainer:
     def loop(self, stop: StopRequest) -> str:
         """Steps until the schedule ends (finished), the budget ends (finished, or time_budget for a run
         whose length was given in steps), or a signal arrives (stopped)."""
+        # The bar closes before any error is printed, so the error is the last line.
+        with tqdm(total=self.total_steps, initial=self.state.step, disable=not self.context.is_main,
+                  dynamic_ncols=True, desc="train", unit="step") as bar:  # fmt: skip
+            return self.take_steps(stop, bar)
+
+    def take_steps(self, stop: StopRequest, bar: tqdm) -> str:
         args, budget = self.args, self.budget
-        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.context.is_main,
-                   dynamic_ncols=True, desc="train", unit="step")  # fmt: skip
         rate = None
         status = "finished"
         while self.total_steps is None or self.state.step < self.total_steps:
@@ -394,7 +408,6 @@ class Trainer:
                 self.evaluate_and_keep_best()
             if step % args.save_steps == 0 and more and budget.fits(budget.save_s):
                 self.save(checkpoint_name(step))
-        bar.close()
         return status
 
     def show_progress(self, bar: tqdm, metrics: dict[str, float], rate: float) -> None:
