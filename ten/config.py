@@ -28,7 +28,6 @@ class Preset:
         fields = dataclasses.asdict(self)
         fields.pop("batch_size")
         fields.pop("learning_rate")
-        fields["hten_scales"] = list(self.hten_scales)
         return fields
 
 
