@@ -194,8 +194,9 @@ class Trainer:
         self.tokens_per_step = plan.batch_size * plan.seq_len * args.gradient_accumulation * self.context.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
         self.total_steps = plan.total_steps(self.steps_per_epoch)  # None: the time budget sets the length
-        warmup_cap = math.inf if self.total_steps is None else int(self.total_steps * MAX_WARMUP_FRACTION)
-        self.warmup_steps = min(args.warmup_steps, warmup_cap)
+        self.warmup_steps = args.warmup_steps  # at most a fifth of the run: of its steps here, else of its budget
+        if self.total_steps is not None:
+            self.warmup_steps = min(self.warmup_steps, int(self.total_steps * MAX_WARMUP_FRACTION))
         checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())  # + 2 moments
         self.budget = TimeBudget(plan.time_budget_s, self.state.elapsed_s, clock,
                                  args.eval_batches / args.gradient_accumulation, checkpoint_bytes, started)  # fmt: skip
@@ -254,8 +255,7 @@ class Trainer:
             f"steps: {steps} ({self.steps_per_epoch:,} per epoch), "
             f"{self.tokens_per_step:,} tokens per step = batch {plan.batch_size} x seq {plan.seq_len} "
             f"x accumulation {args.gradient_accumulation}{world}; "
-            f"lr {plan.learning_rate:g}, warm-up {args.warmup_steps if self.total_steps is None else self.warmup_steps}"
-            f", cosine to {args.min_lr_ratio:g} x lr"
+            f"lr {plan.learning_rate:g}, warm-up {self.warmup_steps}, cosine to {args.min_lr_ratio:g} x lr"
         )
         if plan.output_dir is not None:
             self.log(f"output: {plan.output_dir}")
@@ -324,12 +324,10 @@ class Trainer:
 
     def learning_rate_now(self) -> float:
         """The schedule's rate for the next step: by steps, or by the fraction of the time budget used."""
-        args, step = self.args, self.state.step
+        step, peak, floor = self.state.step, self.plan.learning_rate, self.args.min_lr_ratio
         if self.total_steps is None:
-            fraction = self.budget.fraction()
-            return learning_rate_at_fraction(step, fraction, self.plan.learning_rate, args.warmup_steps,
-                                             args.min_lr_ratio)  # fmt: skip
-        return learning_rate_at(step, self.plan.learning_rate, self.total_steps, self.warmup_steps, args.min_lr_ratio)
+            return learning_rate_at_fraction(step, self.budget.fraction(), peak, self.warmup_steps, floor)
+        return learning_rate_at(step, peak, self.total_steps, self.warmup_steps, floor)
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step over `gradient_accumulation` micro-batches: the losses, grad norm and lr."""
