@@ -1,7 +1,11 @@
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# Triton's interpreter runs the fused kernels on CPU tensors; it must be on before they are defined.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

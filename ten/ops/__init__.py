@@ -6,6 +6,9 @@ All backends share one signature, ``(lam, beta, initial_state=None) -> states``;
 
 from __future__ import annotations
 
+import importlib.util
+
+import torch
 from torch import Tensor
 
 from .chunked import scan_chunked
@@ -13,15 +16,30 @@ from .common import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_DECAY, is_time_invar
 from .fft import scan_fft
 from .sequential import scan_sequential
 
-BACKENDS = {"sequential": scan_sequential, "chunked": scan_chunked, "fft": scan_fft}
+
+def scan_triton(lam: Tensor, beta: Tensor, initial_state: Tensor | None = None) -> Tensor:
+    """The fused Triton backend (ten/ops/triton.py), imported on first use: triton is an optional extra."""
+    if not triton_available():
+        raise ValueError("scan backend 'triton' needs the triton package: pip install 'ten[gpu]'")
+    from .triton import scan_triton as fused
+
+    return fused(lam, beta, initial_state)
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+BACKENDS = {"sequential": scan_sequential, "chunked": scan_chunked, "fft": scan_fft, "triton": scan_triton}
 SCAN_BACKENDS = (*BACKENDS, "auto")
 
 
-def resolve_backend(backend: str) -> str:
-    """The backend that ``auto`` picks: measured in benchmarks/bench_core.py (fft never wins on CPU)."""
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend that ``auto`` picks: the fused kernel on a GPU, else chunked (measured in
+    benchmarks/bench_core.py: fft never wins on CPU)."""
     if backend != "auto":
         return backend
-    return "chunked"
+    return "triton" if device.type == "cuda" and triton_available() else "chunked"
 
 
 def scan(
@@ -36,7 +54,7 @@ def scan(
         raise ValueError(f"scan backend must be one of {SCAN_BACKENDS}, got {backend!r}")
     if backend == "auto" and beta.shape[1] == 1 and initial_state is not None:
         return lam.reshape(-1, 1, beta.shape[-1]) * initial_state.unsqueeze(1) + beta  # one step
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, beta.device)
     if backend == "chunked":
         return scan_chunked(lam, beta, initial_state, chunk_size)
     return BACKENDS[backend](lam, beta, initial_state)
@@ -53,4 +71,6 @@ __all__ = [
     "scan_chunked",
     "scan_fft",
     "scan_sequential",
+    "scan_triton",
+    "triton_available",
 ]
