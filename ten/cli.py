@@ -108,7 +108,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                      choices=["no", "auto", "bf16", "fp16"],
                      help="bf16 autocast where supported, else fp16 + scaler on GPUs (flag alone: auto)")  # fmt: skip
     opt.add_argument("--gradient_checkpointing", action="store_true", help="recompute layers in backward")
-    opt.add_argument("--no_compile", dest="compile", action="store_false", help="do not torch.compile (GPU)")
+    opt.add_argument("--compile", dest="compile", action="store_const", const=True,
+                     help="torch.compile the training step (default: on CUDA only, where it is faster)")
+    opt.add_argument("--no_compile", dest="compile", action="store_const", const=False, help="never torch.compile")
     opt.add_argument("--use_8bit_optim", action="store_true", help="bitsandbytes 8-bit AdamW (CUDA)")
     opt.add_argument("--seed", type=int, default=d.seed)
     opt.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")

@@ -42,6 +42,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "triton" if device.type == "cuda" and triton_available() else "chunked"
 
 
+@torch.compiler.disable  # opaque to torch.compile: a graph break around hand-written forward/backward kernels
 def scan(
     lam: Tensor,
     beta: Tensor,

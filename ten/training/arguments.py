@@ -45,7 +45,7 @@ class TrainArguments:
     grad_clip: float = 1.0
     mixed_precision: str = "no"  # no | auto | bf16 | fp16
     gradient_checkpointing: bool = False
-    compile: bool = True
+    compile: bool | None = None  # None: on CUDA only (on a CPU it costs minutes and gains nothing measured)
     use_8bit_optim: bool = False
     seed: int = 42
     device: str = "auto"

@@ -226,10 +226,9 @@ class Trainer:
             )
 
     def maybe_compile(self, module: nn.Module) -> nn.Module:
-        if not self.args.compile or self.args.dry_run:
-            return module
-        if self.device.type != "cuda":
-            self.log("torch.compile: skipped on CPU, where it does not speed these complex-valued kernels up")
+        """torch.compile around the scan, which stays opaque (ten.ops.scan is a graph break)."""
+        wanted = self.device.type == "cuda" if self.args.compile is None else self.args.compile
+        if not wanted or self.args.dry_run:
             return module
         try:
             return torch.compile(module)
