@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import ten.modules.eigenstate as eigenstate_module
 from ten import LanguageModel
 from ten.device import resolve_device
-from ten.ops import MIN_DECAY, scan_chunked, scan_fft, scan_sequential
+from ten.ops import MIN_DECAY, scan_chunked, scan_fft, scan_sequential, scan_triton, triton_available
 from ten.timing import build_model, machine_description, median_seconds, sync
 
 Table = tuple[str, list[str], list[list[str]]]  # title, headers, rows
@@ -38,6 +38,8 @@ SIZES: dict[str, dict[str, Any]] = {
                  train_batch=4, prompts=[64, 4096], new_tokens=64, reps=5),
     "quick": dict(batch=2, k=16, lengths=[64, 128, 256], copy_mib=16, d_model=64, train_lengths=[64, 128],
                   train_batch=2, prompts=[16, 256], new_tokens=8, reps=3),
+    "gpu": dict(batch=8, k=64, lengths=[2048, 8192, 32768, 65536], copy_mib=1024, d_model=1024,
+                train_lengths=[2048, 8192], train_batch=4, prompts=[1024, 8192, 32768], new_tokens=64, reps=10),
 }
 # fmt: on
 SLOW_S = 1.0  # a sequential-backend call slower than this is timed once, its warm-up being the measurement
@@ -94,9 +96,15 @@ def recurrence_row(sz: dict[str, Any], length: int, selective: bool, device: tor
     # The sequential backend: one call after a warm-up, or the warm-up alone when it is slow.
     row["sequential_s"] = time_fwd_bwd(scan_sequential, inputs, device, 1, SLOW_S) if length <= seq_max else None
     lam, beta, _ = inputs
-    with torch.no_grad():
-        row["chunked_fwd_s"] = median_seconds(lambda: scan_chunked(lam, beta), device, sz["reps"])
-    row["chunked_fwd_gb_per_s"] = (lam.numel() + 2 * beta.numel()) * 8 / row["chunked_fwd_s"] / 1e9  # lam, beta, c
+    fused = device.type == "cuda" and triton_available()
+    if fused:
+        row["triton_s"] = time_fwd_bwd(scan_triton, inputs, device, sz["reps"], math.inf)
+    bytes_moved = (lam.numel() + 2 * beta.numel()) * 8  # read lam and beta, write c: complex64
+    for name, fn in (("chunked", scan_chunked), ("triton", scan_triton)):
+        if name == "chunked" or fused:
+            with torch.no_grad():
+                row[f"{name}_fwd_s"] = median_seconds(lambda fn=fn: fn(lam, beta), device, sz["reps"])
+            row[f"{name}_fwd_gb_per_s"] = bytes_moved / row[f"{name}_fwd_s"] / 1e9
     return row
 
 
@@ -105,10 +113,15 @@ def recurrence_cells(row: dict[str, Any], copy_bw: float) -> dict[str, str]:
         return missing if seconds is None else f"{1e3 * seconds:.2f}"
 
     seq = row["sequential_s"]
-    return dict(mode=row["mode"], T=str(row["T"]), seq=ms(seq, "skipped (too slow)"), chunked=ms(row["chunked_s"], ""),
-                fft=ms(row["fft_s"], "n/a"), ratio=f"{seq / row['chunked_s']:.1f}x" if seq else "-",
-                fwd=ms(row["chunked_fwd_s"], ""), bw=f"{row['chunked_fwd_gb_per_s']:.2f}",
-                pct=f"{100 * row['chunked_fwd_gb_per_s'] / copy_bw:.0f}%")  # fmt: skip
+    cells = dict(mode=row["mode"], T=str(row["T"]), seq=ms(seq, "skipped (too slow)"), chunked=ms(row["chunked_s"], ""),
+                 fft=ms(row["fft_s"], "n/a"), ratio=f"{seq / row['chunked_s']:.1f}x" if seq else "-",
+                 fwd=ms(row["chunked_fwd_s"], ""), bw=f"{row['chunked_fwd_gb_per_s']:.2f}",
+                 pct=f"{100 * row['chunked_fwd_gb_per_s'] / copy_bw:.0f}%")  # fmt: skip
+    if "triton_s" in row:
+        cells.update(triton=ms(row["triton_s"], ""), speedup=f"{row['chunked_s'] / row['triton_s']:.1f}x",
+                     tfwd=ms(row["triton_fwd_s"], ""), tbw=f"{row['triton_fwd_gb_per_s']:.1f}",
+                     tpct=f"{100 * row['triton_fwd_gb_per_s'] / copy_bw:.0f}%")  # fmt: skip
+    return cells
 
 
 def bench_recurrence(sz: dict[str, Any], device: torch.device, seq_max: int, copy_bw: float) -> tuple[dict, list]:
@@ -119,6 +132,9 @@ def bench_recurrence(sz: dict[str, Any], device: torch.device, seq_max: int, cop
     title = f"Recurrence forward+backward, B={sz['batch']}, K={sz['k']} (copy bandwidth {copy_bw:.1f} GB/s)"
     columns = "mode|T|sequential ms|chunked ms|fft ms|seq/chunked|chunked fwd ms|fwd GB/s|% of copy"
     template = "{mode}|{T}|{seq}|{chunked}|{fft}|{ratio}|{fwd}|{bw}|{pct}"
+    if "triton_s" in rows[0]:  # the fused kernel runs on CUDA only
+        columns += "|triton ms|chunked/triton|triton fwd ms|triton fwd GB/s|triton % of copy"
+        template += "|{triton}|{speedup}|{tfwd}|{tbw}|{tpct}"
     growth_cols = f"mode|chunked(T={long}) / chunked(T={short})|linear growth"
     tables = [
         make_table(title, columns, template, [recurrence_cells(r, copy_bw) for r in rows]),
@@ -251,6 +267,7 @@ def render(table: Table, markdown: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
+    parser.add_argument("--size", choices=list(SIZES), default=None, help="full (default), quick, or gpu (T to 65,536)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch_size", type=int, default=None, help="training-step batch (default 4; quick 2)")
     parser.add_argument("--sequential_max_len", type=int, default=2048, help="skip the sequential backend above")
@@ -262,7 +279,7 @@ def main() -> None:
     except ValueError as err:  # --device cuda on a machine without a GPU
         parser.error(str(err))
     torch.manual_seed(0)
-    sz = SIZES["quick" if args.quick else "full"]
+    sz = SIZES[args.size or ("quick" if args.quick else "full")]
     machine = machine_description(device)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()) + "\n", flush=True)
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU figures, side by side in one run on one CUDA machine. Writes $OUT (default runs/gpu):
+#   core.md/.json    the scan alone (triton vs chunked vs sequential, fwd and fwd+bwd, B=8, K=64,
+#                    T = 2k..64k, GB/s against the card's copy bandwidth), a 2-layer training step,
+#                    generation after 1k/8k/32k tokens
+#   bench/           TEN vs the SDPA transformer, d=1024, 12 layers, bf16, T = 512..32k (ten bench)
+#   train-large/     ten train --config large --use_hten, 200 steps (tokens/s, memory, cost)
+# Usage: bash benchmarks/gpu.sh          (PYTHON=... another environment, HOURLY_RATE=... $/hour, OUT=... folder)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-runs/gpu}
+RATE=${HOURLY_RATE:-1.57}  # the original training script's one-GPU price
+mkdir -p "$OUT"
+"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'benchmarks/gpu.sh: no CUDA GPU here')"
+"$PYTHON" -c "import triton" 2>/dev/null || echo "note: triton is not installed (pip install 'ten[gpu]'): no fused-kernel column"
+
+"$PYTHON" benchmarks/bench_core.py --device cuda --size gpu --json "$OUT/core.json" --markdown "$OUT/core.md"
+"$PYTHON" -m ten bench --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --num_eigenstates 128 \
+    --lengths 512,2048,8192,32768 --tokens_per_batch 32768 --contexts 1024,8192,32768 --output_dir "$OUT/bench"
+"$PYTHON" -m ten train --config large --use_hten --max_steps 200 --mixed_precision --hourly_rate "$RATE" \
+    --eval_steps 1000 --save_steps 1000 --sample_tokens 0 --output_dir "$OUT/train-large" --overwrite \
+    | tee "$OUT/train-large.log"
+echo "written: $OUT/core.md, $OUT/bench/bench.md, $OUT/train-large.log"
