@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -77,6 +79,7 @@ class LanguageModel(nn.Module):
         )
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.gradient_checkpointing = False
+        self._compiled_step: Callable | None = None  # decode_step's, made on first use
         nn.init.normal_(self.embedding.weight, std=0.02)
 
     def make_mixer(self, config: Any, residual_gain: float) -> SequenceMixer:
@@ -162,11 +165,13 @@ class LanguageModel(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        compile_step: bool | None = None,
     ) -> Tensor:
         """Prompt plus ``max_new_tokens`` sampled tokens, (B, T + max_new_tokens).
 
         The prompt is read in one parallel pass; each new token is then one step through the state
         (for TEN, the same cost at any context length). ``temperature=0`` is greedy.
+        ``compile_step``: see `decode_step` (None: on CUDA only).
         """
         check_sampling_args(temperature, top_k, top_p)
         if max_new_tokens < 0:
@@ -183,14 +188,48 @@ class LanguageModel(nn.Module):
         self.eval()
         try:
             logits, state, _ = self._run(ids, None)
+            step = self.decode_step(ids.device.type == "cuda" if compile_step is None else compile_step)
             new_tokens = []
             for _ in range(max_new_tokens):
                 token = sample_next_token(logits[:, -1], temperature, top_k, top_p, generator)
                 new_tokens.append(token)
-                logits, state, _ = self._run(token, state)
+                logits, state = step(token, state)
         finally:
             self.train(was_training)
         return torch.cat([ids, *new_tokens], dim=1)
+
+    def decode_step(self, compiled: bool = False) -> Callable[[Tensor, RecurrentState], tuple[Tensor, RecurrentState]]:
+        """One token (B, 1) through the state: (logits, new state).
+
+        Compiled, the step runs as one graph (on CUDA, replayed as CUDA graphs: mode
+        "reduce-overhead", as mamba_ssm decodes), without the Python and launch cost of each layer's
+        few small ops. Only for a state of fixed size: a KV cache changes shape every token and
+        would recompile every token.
+        """
+        fixed_size = self.state_bytes(1) == self.state_bytes(2)
+        if not (compiled and fixed_size):
+            return self._step
+        if self._compiled_step is None:
+            mode = "reduce-overhead" if next(self.parameters()).is_cuda else None
+            self._compiled_step = torch.compile(self._step, mode=mode, dynamic=False)
+        return self._compiled_or_eager_step
+
+    def _step(self, token: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
+        logits, state, _ = self._run(token, state)
+        return logits, state
+
+    def _compiled_or_eager_step(self, token: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
+        """The compiled step; where compiling fails (a backend missing on this machine), the eager one."""
+        if self._compiled_step is not self._step:
+            try:
+                if token.is_cuda:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are this one's inputs
+                return self._compiled_step(token, state)
+            except Exception as err:  # noqa: BLE001  (the eager step computes the same thing)
+                warnings.warn(f"decoding eagerly: compiling the step failed ({type(err).__name__}: {err})",
+                              stacklevel=2)  # fmt: skip
+                self._compiled_step = self._step
+        return self._step(token, state)
 
     # ------------------------------------------------------------------ saving and loading
 

@@ -36,3 +36,44 @@ def test_compiled_training_matches_eager(corpus, tmp_path, variant):
 def test_compilation_is_on_cuda_only_unless_asked(corpus, tmp_path):
     trainer = Trainer(tiny_arguments(corpus, tmp_path / "run", max_steps=1, device="cpu"))
     assert trainer.objective is not None and not isinstance(trainer.objective, torch._dynamo.eval_frame.OptimizedModule)
+
+
+@pytest.mark.parametrize("use_hten", [False, True])
+def test_a_compiled_decode_step_generates_what_eager_does(use_hten):
+    from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+
+    config = TemporalEigenstateConfig(vocab_size=64, d_model=16, n_layers=1, num_eigenstates=8, num_heads=2,
+                                      max_seq_len=16, use_hten=use_hten, hten_scales=[1, 2])  # fmt: skip
+    model = TemporalEigenstateNetwork(config).eval()
+    prompt = torch.randint(0, 64, (2, 5))
+    eager = model.generate(prompt, 9, temperature=0, compile_step=False)
+    compiled = model.generate(prompt, 9, temperature=0, compile_step=True)
+    assert model._compiled_step is not None and torch.equal(compiled, eager)
+    with torch.no_grad():  # per-step logits, not only the argmax: a lost state would show here
+        _, state = model(prompt, return_state=True)
+        logits, _ = model.decode_step(compiled=True)(eager[:, 5:6], state)
+        expected = model(eager[:, :6])[:, -1:]
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_growing_kv_cache_is_never_compiled():
+    from ten import TransformerConfig, TransformerLM
+
+    model = TransformerLM(TransformerConfig(vocab_size=64, d_model=32, n_layers=1, max_seq_len=16))
+    assert model.decode_step(compiled=True) == model._step and model._compiled_step is None
+
+
+def test_a_step_that_fails_to_compile_decodes_eagerly(monkeypatch):
+    from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+
+    model = TemporalEigenstateNetwork(TemporalEigenstateConfig(vocab_size=64, d_model=16, n_layers=1, num_eigenstates=8,
+                                                               num_heads=2, max_seq_len=16))  # fmt: skip
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: broken)
+    prompt = torch.randint(0, 64, (1, 4))
+    with pytest.warns(UserWarning, match="decoding eagerly.*no compiler here"):
+        compiled = model.generate(prompt, 5, temperature=0, compile_step=True)
+    assert torch.equal(compiled, model.generate(prompt, 5, temperature=0, compile_step=False))

@@ -127,7 +127,10 @@ class EigenstateCore(nn.Module):
         lam = self.eigenvalues(u)
         # The state accumulates in float32 whatever the autocast dtype.
         beta = torch.view_as_complex(self.in_proj(u).float().unflatten(-1, (-1, 2)))
-        states = scan(lam, beta, initial_state, self.scan_backend, self.chunk_size)
+        if u.shape[1] == 1 and initial_state is not None:  # decoding: one step of the recurrence, no scan
+            states = lam * initial_state.unsqueeze(1) + beta
+        else:
+            states = scan(lam, beta, initial_state, self.scan_backend, self.chunk_size)
         return self.readout(states), states
 
     def readout(self, states: Tensor) -> Tensor:
@@ -190,7 +193,8 @@ class EigenstateLayer(SequenceMixer):
     def forward(self, u: Tensor, state: Tensor | None = None) -> MixerOutput:
         """y (B, T, d), the new state, and as aux loss E(t) averaged over batch and positions."""
         h, states = self.core(u, state)
-        return MixerOutput(self.gate(u) * h, states[:, -1], mean_energy(states))
+        # The carried state is laid out alike after a prompt and after a step: a compiled decode step compiles once.
+        return MixerOutput(self.gate(u) * h, states[:, -1].contiguous(), mean_energy(states))
 
     def state_bytes(self, context_length: int) -> int:
         return self.core.state_bytes()

@@ -90,7 +90,7 @@ class HierarchicalEigenstateLayer(SequenceMixer):
         if n_windows:
             pooled = u[:, :complete].unflatten(1, (n_windows, s)).mean(2)
             outputs, states = core(pooled, eigenstates)
-            eigenstates, scale_energy = states[:, -1], mean_energy(states)
+            eigenstates, scale_energy = states[:, -1].contiguous(), mean_energy(states)
 
         last_output = u.new_zeros(batch, d) if state is None else state.last_output.to(u.dtype)
         outputs = torch.cat([last_output.unsqueeze(1), outputs.to(u.dtype)], 1)
@@ -102,7 +102,7 @@ class HierarchicalEigenstateLayer(SequenceMixer):
             eigenstates=eigenstates,
             window_sum=u[:, complete:].sum(1).float(),
             window_count=u.shape[1] - complete,
-            last_output=outputs[:, -1],
+            last_output=outputs[:, -1].contiguous(),  # the same layout after a prompt or a step
         )
         return up, new_state, scale_energy
 

@@ -53,8 +53,6 @@ def scan(
     """All states of the recurrence, (B, T, K) complex."""
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"scan backend must be one of {SCAN_BACKENDS}, got {backend!r}")
-    if backend == "auto" and beta.shape[1] == 1 and initial_state is not None:
-        return lam.reshape(-1, 1, beta.shape[-1]) * initial_state.unsqueeze(1) + beta  # one step
     backend = resolve_backend(backend, beta.device)
     if backend == "chunked":
         return scan_chunked(lam, beta, initial_state, chunk_size)
