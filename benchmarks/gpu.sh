@@ -17,7 +17,8 @@ mkdir -p "$OUT"
 
 "$PYTHON" benchmarks/bench_core.py --device cuda --size gpu --json "$OUT/core.json" --markdown "$OUT/core.md"
 "$PYTHON" -m ten bench --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --num_eigenstates 128 \
-    --lengths 512,2048,8192,32768 --tokens_per_batch 32768 --contexts 1024,8192,32768 --output_dir "$OUT/bench"
+    --lengths 512,2048,8192,32768 --tokens_per_batch 32768 --contexts 1024,8192,32768 --decode_batches 1,16 \
+    --output_dir "$OUT/bench"
 "$PYTHON" -m ten train --config large --use_hten --max_steps 200 --mixed_precision --hourly_rate "$RATE" \
     --eval_steps 1000 --save_steps 1000 --sample_tokens 0 --output_dir "$OUT/train-large" --overwrite \
     | tee "$OUT/train-large.log"

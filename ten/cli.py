@@ -226,6 +226,7 @@ def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
     settings = BenchSettings(
         d_model=args.d_model, n_layers=args.n_layers, num_eigenstates=args.num_eigenstates,
         lengths=parse_lengths(args.lengths), contexts=parse_lengths(args.contexts),
+        decode_batches=parse_lengths(args.decode_batches),
         tokens_per_batch=args.tokens_per_batch,
         new_tokens=args.new_tokens, reps=args.reps, max_step_seconds=args.max_step_seconds, device=device,
         dtype=args.dtype,
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--lengths", default="256,512,1024,2048,4096,8192,16384", help="sequence lengths T")
     bench.add_argument("--tokens_per_batch", type=positive(int), default=8192, help="batch = this / T (at least 1)")
     bench.add_argument("--contexts", default="128,1024,8192", help="contexts for per-token generation time")
+    bench.add_argument("--decode_batches", default="1", help="batch sizes for generation time, e.g. 1,16")
     bench.add_argument("--new_tokens", type=positive(int), default=32)
     bench.add_argument("--reps", type=positive(int), default=3)
     bench.add_argument("--max_step_seconds", type=positive(float), default=60.0, help="stop growing T past this")

@@ -37,13 +37,14 @@ def test_compare_needs_one_budget_and_known_variants(capsys):
 
 def test_bench_measures_both_models_side_by_side(tmp_path):
     settings = BenchSettings(d_model=32, n_layers=1, num_eigenstates=8, lengths=(32, 64), tokens_per_batch=128,
-                             contexts=(8, 16), new_tokens=2, reps=1, weight_read_mib=1)  # fmt: skip
+                             contexts=(8, 16), decode_batches=(1, 2), new_tokens=2, reps=1,
+                             weight_read_mib=1)  # fmt: skip
     results = run_bench(settings, log=lambda _: None)
     assert [r["T"] for r in results["lengths"]] == [32, 64]
     first = results["lengths"][0]
     assert first["ten"]["batch"] == first["transformer"]["batch"] == 4
     assert all(first[m]["train_step_ms"] > 0 and first[m]["tokens_per_s"] > 0 for m in ("ten", "transformer"))
-    assert [r["context"] for r in results["generation"]] == [8, 16]
+    assert [(r["context"], r["batch"]) for r in results["generation"]] == [(8, 1), (16, 1), (8, 2), (16, 2)]
     assert growth(results, "ten", "forward_ms") is not None
     assert results["weight_reads"]["matvec_gbps"] > 0 and results["weight_reads"]["read_gbps"] > 0
     assert "step ratio" in markdown(results) and "batch-1 matmuls read weights" in markdown(results)

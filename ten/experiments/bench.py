@@ -32,6 +32,7 @@ class BenchSettings:
     lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384)
     tokens_per_batch: int = 8192  # batch = tokens_per_batch // T (at least 1): the same work per step
     contexts: tuple[int, ...] = (128, 1024, 8192)
+    decode_batches: tuple[int, ...] = (1,)  # sequences decoded together
     new_tokens: int = 32
     reps: int = 3
     max_step_seconds: float = 60.0  # a model whose step takes longer stops growing T
@@ -149,10 +150,12 @@ def measure_length(model: LanguageModel, length: int, settings: BenchSettings, d
     return row
 
 
-def measure_generation(model: LanguageModel, context: int, settings: BenchSettings, device: torch.device) -> float:
+def measure_generation(
+    model: LanguageModel, context: int, batch: int, settings: BenchSettings, device: torch.device
+) -> float:
     """ms per new token after `context` tokens, stepping through the model's state (greedy) the way
     `generate` does: a compiled step (CUDA graphs) on a GPU, the eager one on a CPU."""
-    prompt = torch.randint(0, 256, (1, context), device=device)
+    prompt = torch.randint(0, 256, (batch, context), device=device)
     step = model.decode_step(compiled=device.type == "cuda")
     with torch.inference_mode(), autocast(settings, device):
         logits, state = model(prompt, return_state=True)
@@ -223,13 +226,14 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         log(format_length_row(row))
         if not active:
             break
-    for context in settings.contexts:
-        row = {"context": context}
-        for name in MODELS:
-            row[name] = measure_generation(models[name].eval(), context, settings, device)
-        results["generation"].append(row)
-        log(f"generation after {context:,} tokens: ten {row['ten']:.2f} ms/token, transformer "
-            f"{row['transformer']:.2f} ms/token")  # fmt: skip
+    for batch in settings.decode_batches:
+        for context in settings.contexts:
+            row = {"context": context, "batch": batch}
+            for name in MODELS:
+                row[name] = measure_generation(models[name].eval(), context, batch, settings, device)
+            results["generation"].append(row)
+            log(f"generation after {context:,} tokens, batch {batch}: ten {row['ten']:.2f} ms/step, transformer "
+                f"{row['transformer']:.2f} ms/step")  # fmt: skip
     results["weight_reads"] = weight_read_rates(settings, device)
     results["weight_mib"] = {name: model.num_parameters() * 4 / 2**20 for name, model in models.items()}
     log(weight_read_line(results))
@@ -294,10 +298,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {cell(attn, 'train_peak_mib')} "
             f"| {cell(ten, 'forward_peak_mib_b1')} | {cell(attn, 'forward_peak_mib_b1')} |"
         )
-    lines += ["", "| context | TEN ms/token | transformer ms/token | transformer / TEN |", "|---:|---:|---:|---:|"]
+    lines += ["", "| context | batch | TEN ms/step | transformer ms/step | transformer / TEN |",
+              "|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row in results["generation"]:
         lines.append(
-            f"| {row['context']:,} | {row['ten']:.2f} | {row['transformer']:.2f} "
+            f"| {row['context']:,} | {row.get('batch', 1)} | {row['ten']:.2f} | {row['transformer']:.2f} "
             f"| {row['transformer'] / row['ten']:.2f}x |"
         )
     if "weight_reads" in results:
