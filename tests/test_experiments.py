@@ -48,5 +48,8 @@ def test_bench_measures_both_models_side_by_side(tmp_path):
     assert growth(results, "ten", "forward_ms") is not None
     assert results["weight_reads"]["matvec_gbps"] > 0 and results["weight_reads"]["read_gbps"] > 0
     assert "step ratio" in markdown(results) and "batch-1 matmuls read weights" in markdown(results)
+    assert all(first[m]["train_tflop"] > 0 and first[m]["train_tflops"] > 0 for m in ("ten", "transformer"))
+    assert results["matmul_peak_tflops"] > 0 and "TEN MFU" in markdown(results) and "MFU: FLOPs counted" in markdown(
+        results)
     write_outputs(results, tmp_path)
     assert (tmp_path / "bench_scaling.png").stat().st_size > 1000 and (tmp_path / "bench.json").is_file()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..lm import LanguageModel
 from ..timing import build_model, machine_description, median_seconds
@@ -139,12 +140,28 @@ def warm_up(model: LanguageModel, length: int, settings: BenchSettings, device: 
     median_seconds(train_step, device, settings.reps, SLOW_S)
 
 
+def counted_tflop(step: Callable[[], None]) -> float:
+    """Matmul and attention FLOPs of one call of `step` (torch's FlopCounterMode), in TFLOP."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e12
+
+
+def matmul_peak_tflops(settings: BenchSettings, device: torch.device) -> float:
+    """What a large square matmul reaches here in the bench's dtype: the yardstick of the MFU column."""
+    n = 8192 if device.type == "cuda" else 2048
+    dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.dtype]
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return 2 * n**3 / median_seconds(lambda: a @ b, device, settings.reps) / 1e12
+
+
 def measure_length(model: LanguageModel, length: int, settings: BenchSettings, device: torch.device) -> dict:
     batch, forward, train_step = step_functions(model, length, settings, device)
-    row: dict[str, Any] = {"T": length, "batch": batch}
+    row: dict[str, Any] = {"T": length, "batch": batch, "train_tflop": counted_tflop(train_step)}
     row["forward_ms"] = 1e3 * median_seconds(forward, device, settings.reps, SLOW_S)
     row["train_step_ms"] = 1e3 * median_seconds(train_step, device, settings.reps, SLOW_S)
     row["tokens_per_s"] = batch * length / (row["train_step_ms"] / 1e3)
+    row["train_tflops"] = row["train_tflop"] / (row["train_step_ms"] / 1e3)
     row["train_peak_mib"] = peak_memory_mib(model.architecture, settings, length, batch, train=True)
     row["forward_peak_mib_b1"] = peak_memory_mib(model.architecture, settings, length, 1, train=False)
     return row
@@ -234,6 +251,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             results["generation"].append(row)
             log(f"generation after {context:,} tokens, batch {batch}: ten {row['ten']:.2f} ms/step, transformer "
                 f"{row['transformer']:.2f} ms/step")  # fmt: skip
+    results["matmul_peak_tflops"] = matmul_peak_tflops(settings, device)
     results["weight_reads"] = weight_read_rates(settings, device)
     results["weight_mib"] = {name: model.num_parameters() * 4 / 2**20 for name, model in models.items()}
     log(weight_read_line(results))
@@ -277,9 +295,18 @@ def _mib(value: float | None) -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "| T | batch | TEN fwd ms | attn fwd ms | fwd ratio | TEN step ms | attn step ms | step ratio | TEN tok/s "
-        "| attn tok/s | TEN fwd+bwd MiB | attn fwd+bwd MiB | TEN fwd MiB (B=1) | attn fwd MiB (B=1) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| attn tok/s | TEN MFU | attn MFU | TEN fwd+bwd MiB | attn fwd+bwd MiB | TEN fwd MiB (B=1) "
+        "| attn fwd MiB (B=1) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    peak = results.get("matmul_peak_tflops")
+
+    def mfu(model: dict | None) -> str:
+        """Counted FLOP/s of the training step as a share of the measured matmul peak."""
+        if model is None or not peak or "train_tflops" not in model:
+            return "-"
+        return f"{100 * model['train_tflops'] / peak:.0f}%"
+
     for row in results["lengths"]:
         ten, attn = row.get("ten"), row.get("transformer")
         batch = (ten or attn)["batch"]
@@ -294,7 +321,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['T']:,} | {batch} | {cell(ten, 'forward_ms')} | {cell(attn, 'forward_ms')} "
             f"| {ratio(row, 'forward_ms')} | {cell(ten, 'train_step_ms')} | {cell(attn, 'train_step_ms')} "
             f"| {ratio(row, 'train_step_ms')} | {cell(ten, 'tokens_per_s', '{:,.0f}')} "
-            f"| {cell(attn, 'tokens_per_s', '{:,.0f}')} | {cell(ten, 'train_peak_mib')} "
+            f"| {cell(attn, 'tokens_per_s', '{:,.0f}')} | {mfu(ten)} | {mfu(attn)} | {cell(ten, 'train_peak_mib')} "
             f"| {cell(attn, 'train_peak_mib')} "
             f"| {cell(ten, 'forward_peak_mib_b1')} | {cell(attn, 'forward_peak_mib_b1')} |"
         )
@@ -305,6 +332,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['context']:,} | {row.get('batch', 1)} | {row['ten']:.2f} | {row['transformer']:.2f} "
             f"| {row['transformer'] / row['ten']:.2f}x |"
         )
+    if peak:
+        lines.append(f"\nMFU: FLOPs counted by torch's FlopCounterMode per training step, against a "
+                     f"{results['settings']['dtype']} matmul measured at {peak:,.2f} TFLOP/s in the same run.")
     if "weight_reads" in results:
         lines.append(f"\n{weight_read_line(results)}.")
     for name, why in results["stopped"].items():
