@@ -290,3 +290,12 @@ def test_a_run_that_fails_to_start_gives_its_folder_back(corpus, tmp_path, capsy
     assert not (tmp_path / "runs" / "nano").exists()
     assert main(["train", "--dataset", str(corpus), *TINY, "--max_steps", "1"]) == 0
     assert (tmp_path / "runs" / "nano" / "checkpoints" / "final").is_dir()  # the name was free again
+
+
+def test_the_end_of_a_run_tells_its_speed_and_cost(corpus, tmp_path, capsys):
+    argv = ["train", "--dataset", str(corpus), *TINY, "--max_steps", "2", "--hourly_rate", "1.57",
+            "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    code, out, err = run_cli(argv, capsys)
+    line = next(line for line in (out + err).splitlines() if line.startswith("run: "))
+    assert code == 0 and "0.00 M tokens" in line and "tokens/s" in line and "at $1.57/hour" in line
+    assert "per million tokens" in line

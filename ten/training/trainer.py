@@ -487,10 +487,23 @@ class Trainer:
         if len(set(fingerprints)) > 1:
             raise RuntimeError(f"data-parallel ranks ended with different weights: {fingerprints}")
         sample = self.sample() if self.context.is_main and self.args.sample_tokens and metrics else ""
+        self.log(self.throughput_line())
         if path is not None:
             resume = "" if status == "finished" else f"; continue with: ten train --resume {self.output_dir}"
             self.log(f"checkpoint: {path}{resume}")
         return RunResult(status, self.state.step, path, metrics, sample)
+
+    def throughput_line(self) -> str:
+        """Tokens, time and speed of the run; its peak GPU memory and, with --hourly_rate, what it cost."""
+        tokens, seconds = self.state.tokens_seen, max(self.state.elapsed_s, 1e-9)
+        parts = [f"{tokens / 1e6:,.2f} M tokens in {seconds / 60:,.1f} min ({tokens / seconds:,.0f} tokens/s)"]
+        if self.device.type == "cuda":
+            parts.append(f"peak memory {torch.cuda.max_memory_allocated(self.device) / 2**30:,.1f} GiB")
+        if self.args.hourly_rate is not None:
+            cost = self.args.hourly_rate * seconds / 3600
+            parts.append(f"${cost:,.2f} at ${self.args.hourly_rate:g}/hour, ${1e6 * cost / max(tokens, 1):,.3f} "
+                         "per million tokens")  # fmt: skip
+        return "run: " + ", ".join(parts)
 
     def sample(self) -> str:
         prompt = torch.as_tensor(self.data.val[:32].astype("int64"), device=self.device).unsqueeze(0)
