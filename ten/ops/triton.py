@@ -1,15 +1,19 @@
-"""Triton backend: the recurrence fused into one pass over time, forward and backward.
+"""Triton backend: the recurrence fused into passes over chunks of time, forward and backward.
 
-One program owns one batch row and a block of eigenstates and walks the sequence:
-
-    forward:   c(t) = lam(t) c(t-1) + beta(t)                    (reads lam, beta; writes c)
-    backward:  G(t) = g(t) + conj(lam(t+1)) G(t+1)               (reads lam, g, c; writes the gradients)
+    forward:   c(t) = lam(t) c(t-1) + beta(t)
+    backward:  G(t) = g(t) + conj(lam(t+1)) G(t+1)            the same recurrence, reversed in time
                d beta(t) = G(t),  d lam(t) = G(t) conj(c(t-1)),  d c(-1) = conj(lam(0)) G(0)
 
-Each tensor is read or written once, with no (B, T, K) temporary: the work is bound by memory
-traffic, which is what a recurrence with O(1) arithmetic per element should be. The state is kept
-in float32 registers whatever the input precision. Complex tensors travel as `view_as_real` pairs.
+One kernel, `_chunk_kernel`, walks a chunk of CHUNK steps of one batch row for a block of
+eigenstates, forwards or backwards in time. Every recurrence here runs in three launches, so that
+B x K/BLOCK_K x T/CHUNK programs work in parallel instead of B x K/BLOCK_K:
 
+    1. each chunk from a zero state: its end value and the product of its multipliers (tiny outputs)
+    2. the chunk ends combined in order: the same kernel over the (B, T/CHUNK, K) summaries
+    3. each chunk again from its true incoming state, writing the outputs
+
+Inputs are read twice and outputs written once, with no (B, T, K) temporary; the state is kept in
+float32 registers whatever the input precision. Complex tensors travel as `view_as_real` pairs.
 The kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
 set before this module is imported), which is how the tests check them against `sequential`.
 """
@@ -27,95 +31,94 @@ from torch.autograd.function import once_differentiable
 from .common import as_3d, check_scan_inputs
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Steps per chunk: long enough that the summaries are small, short enough for many programs. The
+# interpreter pays per program step whatever the size; a short chunk there tests many chunks.
+CHUNK = 32 if INTERPRETED else 256
 
 
 @triton.jit
-def _forward_kernel(
-    lam_ptr, beta_ptr, initial_ptr, states_ptr,
-    length, k_size, lam_stride_b, lam_stride_t,
-    HAS_INITIAL: tl.constexpr, BLOCK_K: tl.constexpr,
+def _chunk_kernel(
+    lam_ptr, x_ptr, carry_ptr, out_ptr, end_ptr, prod_ptr, prev_ptr, first_ptr, grad_lam_ptr,
+    length, k_size, chunk_len, lam_stride_b, lam_stride_t,
+    REVERSE: tl.constexpr, HAS_CARRY: tl.constexpr, WRITE_OUT: tl.constexpr, WRITE_SUMMARY: tl.constexpr,
+    GRAD_LAM: tl.constexpr, HAS_FIRST: tl.constexpr, LAM_PER_STEP: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    """y(t) = a(t) y(t -+ 1) + x(t) over one chunk; a(t) = lam(t) forwards, conj(lam(t+1)) in REVERSE.
+
+    carry: (B, n_chunks, K) incoming states; end, prod: (B, n_chunks, K) summaries; out: (B, T, K).
+    GRAD_LAM (reverse only): also d lam(t) = y(t) conj(prev(t-1)), prev(-1) = first; per step, or
+    summed over the chunk into grad_lam (B, n_chunks, K) for a lam without a time axis.
+    """
     row = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = k < k_size
-    pair = 2 * k  # offset of (re, im) of eigenstate k within one step
-    c_re = tl.zeros([BLOCK_K], dtype=tl.float32)
-    c_im = tl.zeros([BLOCK_K], dtype=tl.float32)
-    if HAS_INITIAL:
-        c_re = tl.load(initial_ptr + row * 2 * k_size + pair, mask=mask, other=0.0).to(tl.float32)
-        c_im = tl.load(initial_ptr + row * 2 * k_size + pair + 1, mask=mask, other=0.0).to(tl.float32)
-    step = row * length * 2 * k_size + pair  # beta and states are (B, T, K, 2), contiguous
-    lam_step = row * lam_stride_b + pair  # lam may be shared over the batch or over time: stride 0
-    for _ in range(length):
-        l_re = tl.load(lam_ptr + lam_step, mask=mask, other=0.0).to(tl.float32)
-        l_im = tl.load(lam_ptr + lam_step + 1, mask=mask, other=0.0).to(tl.float32)
-        b_re = tl.load(beta_ptr + step, mask=mask, other=0.0).to(tl.float32)
-        b_im = tl.load(beta_ptr + step + 1, mask=mask, other=0.0).to(tl.float32)
-        c_re, c_im = l_re * c_re - l_im * c_im + b_re, l_re * c_im + l_im * c_re + b_im
-        tl.store(states_ptr + step, c_re, mask=mask)
-        tl.store(states_ptr + step + 1, c_im, mask=mask)
-        step += 2 * k_size
-        lam_step += lam_stride_t
-
-
-@triton.jit
-def _backward_kernel(
-    lam_ptr, initial_ptr, states_ptr, grad_states_ptr, grad_beta_ptr, grad_lam_ptr, grad_initial_ptr,
-    length, k_size, lam_stride_b, lam_stride_t,
-    HAS_INITIAL: tl.constexpr, LAM_PER_STEP: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    chunk = tl.program_id(2)
+    n_chunks = tl.num_programs(2)
     mask = k < k_size
     pair = 2 * k
-    first_re = tl.zeros([BLOCK_K], dtype=tl.float32)  # c(-1): the initial state, or 0
-    first_im = tl.zeros([BLOCK_K], dtype=tl.float32)
-    if HAS_INITIAL:
-        first_re = tl.load(initial_ptr + row * 2 * k_size + pair, mask=mask, other=0.0).to(tl.float32)
-        first_im = tl.load(initial_ptr + row * 2 * k_size + pair + 1, mask=mask, other=0.0).to(tl.float32)
-    g_re = tl.zeros([BLOCK_K], dtype=tl.float32)  # G(t+1); 0 past the end
-    g_im = tl.zeros([BLOCK_K], dtype=tl.float32)
-    next_re = tl.zeros([BLOCK_K], dtype=tl.float32)  # lam(t+1)
-    next_im = tl.zeros([BLOCK_K], dtype=tl.float32)
-    sum_re = tl.zeros([BLOCK_K], dtype=tl.float32)  # d lam summed over time, for a time-invariant lam
-    sum_im = tl.zeros([BLOCK_K], dtype=tl.float32)
-    row_start = row * length * 2 * k_size + pair
-    for i in range(length):
-        t = length - 1 - i
-        step = row_start + t * 2 * k_size
-        lam_step = row * lam_stride_b + t * lam_stride_t + pair
-        d_re = tl.load(grad_states_ptr + step, mask=mask, other=0.0).to(tl.float32)
-        d_im = tl.load(grad_states_ptr + step + 1, mask=mask, other=0.0).to(tl.float32)
-        g_re, g_im = d_re + next_re * g_re + next_im * g_im, d_im + next_re * g_im - next_im * g_re
-        tl.store(grad_beta_ptr + step, g_re, mask=mask)
-        tl.store(grad_beta_ptr + step + 1, g_im, mask=mask)
-        # c(t-1); at t = 0 the initial state. The condition is a vector: a scalar one would not mask a load.
-        has_previous = (tl.zeros([BLOCK_K], dtype=tl.int32) + t) > 0
-        previous = tl.maximum(step - 2 * k_size, row_start)
-        p_re = tl.where(has_previous, tl.load(states_ptr + previous, mask=mask, other=0.0), first_re)
-        p_im = tl.where(has_previous, tl.load(states_ptr + previous + 1, mask=mask, other=0.0), first_im)
-        dl_re, dl_im = g_re * p_re + g_im * p_im, g_im * p_re - g_re * p_im  # G conj(c(t-1))
-        if LAM_PER_STEP:
-            tl.store(grad_lam_ptr + step, dl_re, mask=mask)
-            tl.store(grad_lam_ptr + step + 1, dl_im, mask=mask)
+    zeros = tl.zeros([BLOCK_K], dtype=tl.float32)
+    start = chunk * chunk_len
+    steps = tl.minimum(chunk_len, length - start)
+    summary = (row * n_chunks + chunk) * 2 * k_size + pair
+    y_re, y_im = zeros, zeros
+    if HAS_CARRY:
+        y_re = tl.load(carry_ptr + summary, mask=mask, other=0.0).to(tl.float32)
+        y_im = tl.load(carry_ptr + summary + 1, mask=mask, other=0.0).to(tl.float32)
+    p_re, p_im = zeros + 1.0, zeros
+    s_re, s_im = zeros, zeros  # d lam summed over the chunk
+    if HAS_FIRST:
+        f_re = tl.load(first_ptr + row * 2 * k_size + pair, mask=mask, other=0.0).to(tl.float32)
+        f_im = tl.load(first_ptr + row * 2 * k_size + pair + 1, mask=mask, other=0.0).to(tl.float32)
+    else:
+        f_re, f_im = zeros, zeros
+    for i in range(steps):
+        t = start + steps - 1 - i if REVERSE else start + i
+        step = (row * length + t) * 2 * k_size + pair
+        if REVERSE:  # a(t) = conj(lam(t+1)); past the end it multiplies a zero state, so 0 will do
+            inside = (tl.zeros([BLOCK_K], dtype=tl.int32) + t + 1) < length  # a vector: masks a load
+            lam_at = row * lam_stride_b + (t + 1) * lam_stride_t + pair
+            a_re = tl.load(lam_ptr + lam_at, mask=mask & inside, other=0.0).to(tl.float32)
+            a_im = -tl.load(lam_ptr + lam_at + 1, mask=mask & inside, other=0.0).to(tl.float32)
         else:
-            sum_re += dl_re
-            sum_im += dl_im
-        next_re = tl.load(lam_ptr + lam_step, mask=mask, other=0.0).to(tl.float32)
-        next_im = tl.load(lam_ptr + lam_step + 1, mask=mask, other=0.0).to(tl.float32)
-    if not LAM_PER_STEP:
-        tl.store(grad_lam_ptr + row * 2 * k_size + pair, sum_re, mask=mask)
-        tl.store(grad_lam_ptr + row * 2 * k_size + pair + 1, sum_im, mask=mask)
-    if HAS_INITIAL:  # d c(-1) = conj(lam(0)) G(0); next_* now hold lam(0)
-        tl.store(grad_initial_ptr + row * 2 * k_size + pair, next_re * g_re + next_im * g_im, mask=mask)
-        tl.store(grad_initial_ptr + row * 2 * k_size + pair + 1, next_re * g_im - next_im * g_re, mask=mask)
+            lam_at = row * lam_stride_b + t * lam_stride_t + pair
+            a_re = tl.load(lam_ptr + lam_at, mask=mask, other=0.0).to(tl.float32)
+            a_im = tl.load(lam_ptr + lam_at + 1, mask=mask, other=0.0).to(tl.float32)
+        x_re = tl.load(x_ptr + step, mask=mask, other=0.0).to(tl.float32)
+        x_im = tl.load(x_ptr + step + 1, mask=mask, other=0.0).to(tl.float32)
+        y_re, y_im = a_re * y_re - a_im * y_im + x_re, a_re * y_im + a_im * y_re + x_im
+        if WRITE_SUMMARY:
+            p_re, p_im = a_re * p_re - a_im * p_im, a_re * p_im + a_im * p_re
+        if WRITE_OUT:
+            tl.store(out_ptr + step, y_re, mask=mask)
+            tl.store(out_ptr + step + 1, y_im, mask=mask)
+        if GRAD_LAM:  # d lam(t) = G(t) conj(c(t-1)), with c(-1) the first state
+            has_previous = (tl.zeros([BLOCK_K], dtype=tl.int32) + t) > 0
+            previous = tl.maximum(step - 2 * k_size, row * length * 2 * k_size + pair)
+            c_re = tl.where(has_previous, tl.load(prev_ptr + previous, mask=mask, other=0.0), f_re)
+            c_im = tl.where(has_previous, tl.load(prev_ptr + previous + 1, mask=mask, other=0.0), f_im)
+            d_re, d_im = y_re * c_re + y_im * c_im, y_im * c_re - y_re * c_im
+            if LAM_PER_STEP:
+                tl.store(grad_lam_ptr + step, d_re, mask=mask)
+                tl.store(grad_lam_ptr + step + 1, d_im, mask=mask)
+            else:
+                s_re += d_re
+                s_im += d_im
+    if WRITE_SUMMARY:
+        tl.store(end_ptr + summary, y_re, mask=mask)
+        tl.store(end_ptr + summary + 1, y_im, mask=mask)
+        tl.store(prod_ptr + summary, p_re, mask=mask)
+        tl.store(prod_ptr + summary + 1, p_im, mask=mask)
+    if GRAD_LAM and not LAM_PER_STEP:
+        tl.store(grad_lam_ptr + summary, s_re, mask=mask)
+        tl.store(grad_lam_ptr + summary + 1, s_im, mask=mask)
 
 
-def _launch_shape(batch: int, k_size: int) -> tuple[tuple[int, int], int]:
-    # On a GPU, small blocks make more programs (B x K / BLOCK_K run in parallel); the interpreter
-    # pays per program, so it takes one block for all of K.
-    block = min(triton.next_power_of_2(k_size), 128 if INTERPRETED else 32)
-    return (batch, triton.cdiv(k_size, block)), block
+def _real(tensor: Tensor) -> Tensor:
+    return torch.view_as_real(tensor.resolve_conj().contiguous())
+
+
+def _block(k_size: int) -> int:
+    # The interpreter pays per program: one block for all of K there; small blocks on a GPU.
+    return min(triton.next_power_of_2(k_size), 128 if INTERPRETED else 32)
 
 
 def _lam_strides(lam: Tensor, length: int) -> tuple[int, int]:
@@ -126,23 +129,74 @@ def _lam_strides(lam: Tensor, length: int) -> tuple[int, int]:
     return stride_b, stride_t
 
 
-def _real(tensor: Tensor) -> Tensor:
-    return torch.view_as_real(tensor.resolve_conj().contiguous())
+def _run(
+    lam: Tensor,
+    x: Tensor,
+    reverse: bool,
+    carry_in: Tensor | None = None,
+    chunk_len: int | None = None,
+    prev: Tensor | None = None,
+    first: Tensor | None = None,
+    grad_lam: Tensor | None = None,
+    lam_per_step: bool = False,
+) -> Tensor:
+    """One launch of _chunk_kernel over (B, K blocks, chunks): the outputs, and d lam into `grad_lam`."""
+    batch, length, k_size = x.shape
+    chunk_len = chunk_len or length
+    n_chunks = triton.cdiv(length, chunk_len)
+    block = _block(k_size)
+    out = torch.empty(batch, length, k_size, dtype=torch.complex64, device=x.device)
+    dummy = torch.view_as_real(out)
+    _chunk_kernel[(batch, triton.cdiv(k_size, block), n_chunks)](
+        _real(lam), _real(x), _real(carry_in) if carry_in is not None else dummy, dummy, dummy, dummy,
+        _real(prev) if prev is not None else dummy, _real(first) if first is not None else dummy,
+        torch.view_as_real(grad_lam) if grad_lam is not None else dummy,
+        length, k_size, chunk_len, *_lam_strides(lam, length),
+        REVERSE=reverse, HAS_CARRY=carry_in is not None, WRITE_OUT=True, WRITE_SUMMARY=False,
+        GRAD_LAM=grad_lam is not None, HAS_FIRST=first is not None,
+        LAM_PER_STEP=lam_per_step, BLOCK_K=block,
+    )  # fmt: skip
+    return out
+
+
+def _summaries(lam: Tensor, x: Tensor, reverse: bool, chunk_len: int) -> tuple[Tensor, Tensor]:
+    """Per chunk, from a zero state: the value at its end (its start in reverse) and the product of a(t)."""
+    batch, length, k_size = x.shape
+    n_chunks = triton.cdiv(length, chunk_len)
+    block = _block(k_size)
+    end = torch.empty(batch, n_chunks, k_size, dtype=torch.complex64, device=x.device)
+    prod = torch.empty_like(end)
+    dummy = torch.view_as_real(end)
+    _chunk_kernel[(batch, triton.cdiv(k_size, block), n_chunks)](
+        _real(lam), _real(x), dummy, dummy, torch.view_as_real(end), torch.view_as_real(prod), dummy, dummy, dummy,
+        length, k_size, chunk_len, *_lam_strides(lam, length),
+        REVERSE=reverse, HAS_CARRY=False, WRITE_OUT=False, WRITE_SUMMARY=True, GRAD_LAM=False, HAS_FIRST=False,
+        LAM_PER_STEP=False, BLOCK_K=block,
+    )  # fmt: skip
+    return end, prod
+
+
+def _incoming(lam: Tensor, x: Tensor, reverse: bool, initial: Tensor | None, chunk_len: int) -> Tensor | None:
+    """The state each chunk starts from, (B, n_chunks, K); None when one chunk holds the whole sequence."""
+    batch, length, k_size = x.shape
+    if length <= chunk_len:
+        return None if initial is None else initial.unsqueeze(1)
+    end, prod = _summaries(lam, x, reverse, chunk_len)
+    if reverse:  # chunks are combined last to first
+        end, prod = end.flip(1), prod.flip(1)
+    # The chunk ends in order: the same recurrence over the summaries, from the initial state.
+    ends = _run(prod, end, reverse=False, carry_in=None if initial is None else initial.unsqueeze(1))
+    first = torch.zeros_like(ends[:, :1]) if initial is None else initial.unsqueeze(1).to(ends.dtype)
+    incoming = torch.cat([first, ends[:, :-1]], 1)
+    return incoming.flip(1) if reverse else incoming
 
 
 class _TritonScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
-        batch, length, k_size = beta.shape
         lam, beta = lam.contiguous(), beta.contiguous()
-        states = torch.empty(batch, length, k_size, dtype=torch.complex64, device=beta.device)
-        grid, block = _launch_shape(batch, k_size)
-        states_real = torch.view_as_real(states)
-        initial = _real(initial_state) if initial_state is not None else states_real  # not read when absent
-        _forward_kernel[grid](
-            _real(lam), _real(beta), initial, states_real, length, k_size,
-            *_lam_strides(lam, length), HAS_INITIAL=initial_state is not None, BLOCK_K=block,
-        )  # fmt: skip
+        carry = _incoming(lam, beta, False, initial_state, CHUNK)
+        states = _run(lam, beta, reverse=False, carry_in=carry, chunk_len=CHUNK)
         ctx.save_for_backward(lam, initial_state, states)
         ctx.beta_dtype = beta.dtype
         return states
@@ -152,23 +206,21 @@ class _TritonScan(torch.autograd.Function):
     def backward(ctx, grad_states: Tensor):
         lam, initial_state, states = ctx.saved_tensors
         batch, length, k_size = states.shape
+        grad_states = grad_states.to(torch.complex64).contiguous()
         per_step = lam.shape[1] == length and length > 1
-        grad_beta = torch.empty_like(states)
-        grad_lam = torch.empty(batch, length if per_step else 1, k_size, dtype=torch.complex64, device=states.device)
-        grad_initial = None if initial_state is None else torch.empty_like(states[:, 0])
-        grid, block = _launch_shape(batch, k_size)
-        states_real = torch.view_as_real(states)
-        initial = _real(initial_state) if initial_state is not None else states_real  # not read when absent
-        _backward_kernel[grid](
-            _real(lam), initial, states_real, _real(grad_states.to(torch.complex64)),
-            torch.view_as_real(grad_beta), torch.view_as_real(grad_lam),
-            torch.view_as_real(grad_initial) if grad_initial is not None else states_real,
-            length, k_size, *_lam_strides(lam, length),
-            HAS_INITIAL=initial_state is not None, LAM_PER_STEP=per_step, BLOCK_K=block,
-        )  # fmt: skip
-        grad_lam = grad_lam.sum_to_size(lam.shape).to(lam.dtype) if ctx.needs_input_grad[0] else None
-        if grad_initial is not None:
-            grad_initial = grad_initial.to(initial_state.dtype) if ctx.needs_input_grad[2] else None
+        n_chunks = triton.cdiv(length, CHUNK)
+        grad_lam = torch.empty(batch, length if per_step else n_chunks, k_size, dtype=torch.complex64,
+                               device=states.device)  # fmt: skip
+        carry = _incoming(lam, grad_states, True, None, CHUNK)
+        grad_beta = _run(lam, grad_states, reverse=True, carry_in=carry, chunk_len=CHUNK, prev=states,
+                         first=initial_state, grad_lam=grad_lam, lam_per_step=per_step)  # fmt: skip
+        grad_initial = None
+        if initial_state is not None and ctx.needs_input_grad[2]:  # d c(-1) = conj(lam(0)) G(0)
+            grad_initial = (lam[:, 0].conj() * grad_beta[:, 0]).to(initial_state.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_lam = grad_lam.sum_to_size(lam.shape).to(lam.dtype)
+        else:
+            grad_lam = None
         return grad_lam, grad_beta.to(ctx.beta_dtype), grad_initial
 
 
