@@ -97,13 +97,17 @@ class LanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ forward and loss
 
-    def check_token_ids(self, ids: Tensor) -> None:
+    def check_token_ids(self, ids: Tensor, check_range: bool | None = None) -> None:
+        """Dtype and shape; and the id range (check_range None: on the CPU only, where reading min and
+        max costs no wait for a GPU on every call; the embedding checks on the device)."""
         if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}")
         if ids.dim() != 2:
             raise ValueError(f"token ids must have shape (batch, time), got {tuple(ids.shape)}")
-        if ids.device.type != "cpu" or torch.compiler.is_compiling():
-            return  # reading min/max would wait for the GPU on every call; the embedding checks on the device
+        if check_range is None:
+            check_range = ids.device.type == "cpu" and not torch.compiler.is_compiling()
+        if not check_range:
+            return
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
             raise ValueError(
                 f"token ids must be in [0, {self.config.vocab_size}), got values in "
@@ -179,7 +183,7 @@ class LanguageModel(nn.Module):
         ids = prompt_ids.unsqueeze(0) if prompt_ids.dim() == 1 else prompt_ids
         if ids.shape[-1] == 0:
             raise ValueError("the prompt must hold at least one token")
-        self.check_token_ids(ids)
+        self.check_token_ids(ids, check_range=True)  # once per call, on any device
         ids = ids.long()
         generator = None
         if seed is not None:
