@@ -108,3 +108,18 @@ def test_a_missing_triton_package_names_the_extra(monkeypatch):
     with pytest.raises(ValueError, match=r"pip install 'ten\[gpu\]'"):
         run_triton(lam, beta, None)
     assert ops.resolve_backend("auto", torch.device("cuda", 0)) == "chunked"
+
+
+def test_one_pass_over_the_sequence_where_rows_fill_the_gpu(monkeypatch):
+    import types
+
+    import ten.ops.triton as fused
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(
+        multi_processor_count=2))  # fmt: skip
+    cuda = torch.device("cuda", 0)
+    assert fused.chunk_length(8, 16, 5000, cuda) == 5000  # 8 programs fill 2 SMs: read the inputs once
+    assert fused.chunk_length(1, 16, 5000, cuda) == fused.CHUNK  # too few: chunks in parallel
+    assert fused.chunk_length(8, 16, 5000, torch.device("cpu")) == fused.CHUNK
+    monkeypatch.setattr(fused, "chunk_length", lambda batch, k_size, length, device: length)
+    check_against_sequential(*make_inputs(2, 77, 12, True, torch.complex64, True))

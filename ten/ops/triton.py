@@ -12,7 +12,8 @@ B x K/BLOCK_K x T/CHUNK programs work in parallel instead of B x K/BLOCK_K:
     2. the chunk ends combined in order: the same kernel over the (B, T/CHUNK, K) summaries
     3. each chunk again from its true incoming state, writing the outputs
 
-Inputs are read twice and outputs written once, with no (B, T, K) temporary; the state is kept in
+Inputs are read twice and outputs written once, with no (B, T, K) temporary; where rows x eigenstate
+blocks alone fill the GPU, one pass over the whole sequence reads them once. The state is kept in
 float32 registers whatever the input precision. Complex tensors travel as `view_as_real` pairs.
 The kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1,
 set before this module is imported), which is how the tests check them against `sequential`.
@@ -34,6 +35,16 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Steps per chunk: long enough that the summaries are small, short enough for many programs. The
 # interpreter pays per program step whatever the size; a short chunk there tests many chunks.
 CHUNK = 32 if INTERPRETED else 256
+PROGRAMS_PER_SM = 4  # enough rows x eigenstate blocks to fill a GPU without chunking
+
+
+def chunk_length(batch: int, k_size: int, length: int, device: torch.device) -> int:
+    """CHUNK; or the whole sequence (one pass, inputs read once) when rows x blocks already fill the GPU."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        if batch * triton.cdiv(k_size, _block(k_size)) >= PROGRAMS_PER_SM * sms:
+            return length
+    return CHUNK
 
 
 @triton.jit
@@ -195,8 +206,10 @@ class _TritonScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
         lam, beta = lam.contiguous(), beta.contiguous()
-        carry = _incoming(lam, beta, False, initial_state, CHUNK)
-        states = _run(lam, beta, reverse=False, carry_in=carry, chunk_len=CHUNK)
+        batch, length, k_size = beta.shape
+        ctx.chunk = chunk_length(batch, k_size, length, beta.device)
+        carry = _incoming(lam, beta, False, initial_state, ctx.chunk)
+        states = _run(lam, beta, reverse=False, carry_in=carry, chunk_len=ctx.chunk)
         ctx.save_for_backward(lam, initial_state, states)
         ctx.beta_dtype = beta.dtype
         return states
@@ -208,11 +221,11 @@ class _TritonScan(torch.autograd.Function):
         batch, length, k_size = states.shape
         grad_states = grad_states.to(torch.complex64).contiguous()
         per_step = lam.shape[1] == length and length > 1
-        n_chunks = triton.cdiv(length, CHUNK)
+        n_chunks = triton.cdiv(length, ctx.chunk)
         grad_lam = torch.empty(batch, length if per_step else n_chunks, k_size, dtype=torch.complex64,
                                device=states.device)  # fmt: skip
-        carry = _incoming(lam, grad_states, True, None, CHUNK)
-        grad_beta = _run(lam, grad_states, reverse=True, carry_in=carry, chunk_len=CHUNK, prev=states,
+        carry = _incoming(lam, grad_states, True, None, ctx.chunk)
+        grad_beta = _run(lam, grad_states, reverse=True, carry_in=carry, chunk_len=ctx.chunk, prev=states,
                          first=initial_state, grad_lam=grad_lam, lam_per_step=per_step)  # fmt: skip
         grad_initial = None
         if initial_state is not None and ctx.needs_input_grad[2]:  # d c(-1) = conj(lam(0)) G(0)
