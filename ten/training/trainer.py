@@ -399,13 +399,17 @@ class Trainer:
                 self.record(event="train", step=step, tokens=self.state.tokens_seen, **metrics, tokens_per_s=rate,
                             elapsed_s=self.state.elapsed_s)  # fmt: skip
             # The end evaluates and saves anyway: no periodic evaluation or checkpoint at the last step, nor
-            # one that the time left cannot hold.
+            # one that the time left cannot hold (decided by all ranks alike: a checkpoint waits for them all).
             more = self.total_steps is None or step < self.total_steps
-            if step % args.eval_steps == 0 and more and budget.fits(budget.evaluation_s() + budget.save_s):
+            evaluation_s = budget.evaluation_s() + budget.save_s  # it may save a best checkpoint
+            if more and step % args.eval_steps == 0 and self.all_ranks(budget.fits(evaluation_s)):
                 self.evaluate_and_keep_best()
-            if step % args.save_steps == 0 and more and budget.fits(budget.save_s):
+            if more and step % args.save_steps == 0 and self.all_ranks(budget.fits(budget.save_s)):
                 self.save(checkpoint_name(step))
         return status
+
+    def all_ranks(self, flag: bool) -> bool:
+        return not self.context.any(not flag, self.device)
 
     def show_progress(self, bar: tqdm, metrics: dict[str, float], rate: float) -> None:
         postfix = {k: f"{v:.2e}" if k == "lr" else f"{v:.4f}" for k, v in metrics.items() if k != "grad_norm"}
