@@ -436,6 +436,9 @@ class Trainer:
         """Validation figures, logged and recorded; the time it takes is what the budget keeps for the end."""
         start = self.budget.clock()
         metrics = evaluate(self.model, self.eval_sampler, self.args.eval_batches, self.precision, self.device)
+        if self.context.enabled:  # one set of figures for all ranks, so all make the same `best` choice
+            averaged = self.context.mean(torch.tensor(list(metrics.values()), dtype=torch.float64, device=self.device))
+            metrics = dict(zip(metrics, averaged.tolist(), strict=True))
         self.budget.record_eval(self.budget.clock() - start)
         if self.data.tokenizer.name == "byte":
             metrics["val_bits_per_byte"] = metrics["val_bits_per_token"]
