@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import WriteError, write_failure
 from ..data import save_tokenizer
 from ..lm import CONFIG_FILE, WEIGHTS_FILE, LanguageModel
+from .run_dirs import CHECKPOINTS
 
 FORMAT = "ten-checkpoint"
 FORMAT_VERSION = 1
@@ -235,7 +236,7 @@ def find_checkpoint(target: Path) -> Path:
     target = Path(target).expanduser()
     if (target / CONFIG_FILE).is_file():
         return target
-    folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
+    folder = target / CHECKPOINTS if (target / CHECKPOINTS).is_dir() else target
     found = latest_checkpoint(folder) if folder.is_dir() else None
     if found is None:
         raise CheckpointError(f"no checkpoint in {target}")

@@ -136,8 +136,9 @@ def evaluate(
         with precision.autocast():
             out = model.compute_loss(inputs, targets, return_dict=True)
         for key, value in out.items():
+            name = f"val_{metric_name(key)}"
             if key != "loss":
-                sums[f"val_{metric_name(key)}"] = sums.get(f"val_{metric_name(key)}", 0.0) + float(value) / batches
+                sums[name] = sums.get(name, 0.0) + float(value) / batches
     model.train(was_training)
     ce = sums["val_ce"]
     return {"val_ce": ce, "val_ppl": math.exp(min(ce, 80.0)), "val_bits_per_token": ce / math.log(2), **sums}
