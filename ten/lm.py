@@ -7,6 +7,7 @@ The models differ only in their sequence mixer (`make_mixer`): the eigenstate re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -29,6 +30,11 @@ from .sampling import check_sampling_args, sample_next_token
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ARCHITECTURES: dict[str, type[LanguageModel]] = {}  # filled by each subclass's `architecture`
+
+
+def config_fields(architecture: str) -> set[str]:
+    """The settings an architecture's config has (num_eigenstates is TEN's, not the transformer's)."""
+    return {f.name for f in dataclasses.fields(ARCHITECTURES[architecture].config_class)}
 
 
 @dataclass

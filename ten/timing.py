@@ -5,7 +5,6 @@ machine, and a model of given sizes. Used by `ten bench`, `benchmarks/bench_core
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import platform
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .lm import ARCHITECTURES, LanguageModel  # importing `ten` has registered "ten" and "transformer"
+from .lm import ARCHITECTURES, LanguageModel, config_fields  # importing `ten` has registered "ten" and "transformer"
 
 
 def sync(device: torch.device) -> None:
@@ -70,10 +69,6 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
     info["python"] = platform.python_version()
     return info
-
-
-def config_fields(architecture: str) -> set[str]:
-    return {f.name for f in dataclasses.fields(ARCHITECTURES[architecture].config_class)}
 
 
 def build_model(architecture: str, device: torch.device | str, **sizes: Any) -> LanguageModel:

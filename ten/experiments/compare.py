@@ -6,13 +6,12 @@ any of them can be resumed, sampled from or inspected on its own afterwards.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from ..lm import ARCHITECTURES
+from ..lm import config_fields
 from ..training import TrainArguments, Trainer
 from ..training.arguments import MODEL_FIELDS
 from ..training.plan import batch_shape, model_plan
@@ -41,7 +40,7 @@ def parse_variants(text: str) -> list[str]:
 
 def variant_arguments(base: TrainArguments, name: str, output_dir: Path) -> TrainArguments:
     values = {**base.to_dict(), **VARIANTS[name]}
-    fields = {f.name for f in dataclasses.fields(ARCHITECTURES[values["model"]].config_class)}
+    fields = config_fields(values["model"])
     values.update({key: None for key in MODEL_FIELDS if key not in fields})  # settings of another architecture
     values.update(output_dir=str(output_dir / name), resume=None, overwrite=True)
     return TrainArguments.from_dict(values)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PRESETS
-from ..lm import ARCHITECTURES, LanguageModel, load_config
+from ..lm import ARCHITECTURES, LanguageModel, config_fields, load_config
 from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
 from .checkpoint import CONFIG_FILE, find_checkpoint, read_trainer_state
 from .distributed import DistributedContext
@@ -81,7 +81,7 @@ class RunPlan:
 def model_plan(args: TrainArguments) -> ModelPlan:
     """The --model architecture at the --config preset's size, with the command line's overrides."""
     config_class = ARCHITECTURES[args.model].config_class
-    known = {f.name for f in dataclasses.fields(config_class)}
+    known = config_fields(args.model)
     overrides = {name: getattr(args, name) for name in MODEL_FIELDS if getattr(args, name) is not None}
     foreign = [f"--{name}" for name in overrides if name not in known]
     if foreign:
