@@ -30,6 +30,7 @@ from .sampling import check_sampling_args, sample_next_token
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ARCHITECTURES: dict[str, type[LanguageModel]] = {}  # filled by each subclass's `architecture`
+MODEL_TYPE = "ten"  # config.json's "model_type", by which transformers' AutoConfig finds ten's (ten/hf)
 
 
 def config_fields(architecture: str) -> set[str]:
@@ -49,16 +50,25 @@ class RecurrentState:
 
 
 def load_config(path: Path) -> tuple[str, Any]:
-    """(architecture, config) from a config.json; files without the key are TEN's (the first format)."""
+    """(architecture, config) from a config.json; files without the key are TEN's (the first format).
+
+    A config that transformers wrote (it has "model_type") also holds transformers' own settings: only the
+    architecture's fields are read from it.
+    """
     try:
         values = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a valid JSON config: {err}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} does not hold a config object")
+    model_type = values.pop("model_type", MODEL_TYPE)
+    if model_type != MODEL_TYPE:
+        raise ValueError(f"{path} is the config of a {model_type!r} model, not a ten model")
     architecture = values.pop("architecture", "ten")
     if architecture not in ARCHITECTURES:
         raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    if "transformers_version" in values:
+        values = {k: v for k, v in values.items() if k in config_fields(architecture)}
     return architecture, ARCHITECTURES[architecture].config_class.from_dict(values)
 
 
@@ -244,10 +254,12 @@ class LanguageModel(nn.Module):
     # ------------------------------------------------------------------ saving and loading
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """config.json (with the architecture's name) and model.safetensors, each written atomically."""
+        """config.json (with the architecture's name) and model.safetensors, each written atomically; with
+        transformers installed, the folder loads with `AutoModelForCausalLM.from_pretrained` (ten/hf)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"architecture": self.architecture, **self.config.to_dict()}, indent=2) + "\n"
+        values = {"model_type": MODEL_TYPE, "architecture": self.architecture, **self.config.to_dict()}
+        text = json.dumps(values, indent=2) + "\n"
         atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(text))
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_model(self, str(p)))
 

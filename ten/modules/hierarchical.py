@@ -26,7 +26,9 @@ class ScaleState:
 
     eigenstates: Tensor | None  # (B, K_s) complex; None before the first complete window
     window_sum: Tensor  # (B, d): sum of the inputs of the window not yet complete
-    window_count: int  # how many inputs that window holds, in [0, s)
+    # How many inputs that window holds, in [0, s). A (B,) tensor where rows are at different points
+    # of their windows (prompts of different lengths decoded as one batch); such a state steps one token at a time.
+    window_count: int | Tensor
     last_output: Tensor  # (B, d): core output of the last completed window (0 before the first)
 
 
@@ -76,6 +78,10 @@ class HierarchicalEigenstateLayer(SequenceMixer):
         s: int, core: EigenstateCore, u: Tensor, state: ScaleState | None
     ) -> tuple[Tensor, ScaleState, Tensor]:
         batch, length, d = u.shape
+        if state is not None and torch.is_tensor(state.window_count):
+            if length != 1:
+                raise ValueError("a state whose rows are at different window positions takes one token per call")
+            return HierarchicalEigenstateLayer._scale_step(s, core, u, state)
         carried = state.window_count if state is not None else 0
         # Put the open window's sum in front as one input followed by zeros: windows then start at
         # multiples of s and pool with a reshape.
@@ -105,6 +111,25 @@ class HierarchicalEigenstateLayer(SequenceMixer):
             last_output=outputs[:, -1].contiguous(),  # the same layout after a prompt or a step
         )
         return up, new_state, scale_energy
+
+    @staticmethod
+    def _scale_step(s: int, core: EigenstateCore, u: Tensor, state: ScaleState) -> tuple[Tensor, ScaleState, Tensor]:
+        """One token for rows each at its own point of its window: the core steps where a window completes."""
+        window_sum = state.window_sum + u[:, 0].float()
+        count = state.window_count + 1
+        complete = (count == s).unsqueeze(1)  # (B, 1)
+        eigenstates = state.eigenstates
+        if eigenstates is None:  # no row has completed a window yet: the zero state is the empty one
+            eigenstates = window_sum.new_zeros(u.shape[0], core.num_eigenstates, dtype=torch.complex64)
+        output, states = core((window_sum / s).to(u.dtype).unsqueeze(1), eigenstates)
+        last_output = torch.where(complete, output[:, 0].to(u.dtype), state.last_output.to(u.dtype))
+        new_state = ScaleState(
+            eigenstates=torch.where(complete, states[:, -1], eigenstates),
+            window_sum=torch.where(complete, 0.0, window_sum),
+            window_count=torch.where(complete.squeeze(1), 0, count),
+            last_output=last_output,
+        )
+        return last_output.unsqueeze(1), new_state, u.new_zeros((), dtype=torch.float32)
 
     def cores(self) -> list[tuple[int, EigenstateCore]]:
         return list(zip(self.scales, self.scale_cores, strict=True))

@@ -1,0 +1,39 @@
+"""`TenConfig`: a `ten` config.json as transformers reads it (model_type "ten").
+
+The model's fields are those of `TemporalEigenstateConfig`, stored flat exactly as `ten train` writes them, so
+they are not declared a second time here: transformers keeps the keys it does not know as attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from ..config import TemporalEigenstateConfig
+from ..lm import MODEL_TYPE, config_fields
+
+
+@strict
+class TenConfig(PreTrainedConfig):
+    model_type = MODEL_TYPE
+
+    architecture: str = "ten"  # ten's own key: "transformer" marks the attention baseline, which is not served here
+    use_cache: bool = True
+    tie_word_embeddings: bool = False  # the head reads the embedding inside the network: nothing for transformers to tie
+
+    @classmethod
+    def from_ten(cls, config: TemporalEigenstateConfig, **kwargs: Any) -> TenConfig:
+        return cls(architecture="ten", **config.to_dict(), **kwargs)
+
+    def to_ten(self) -> TemporalEigenstateConfig:
+        """The network's config; a folder of the transformer baseline (or of no ten model) is refused in one line."""
+        if self.architecture != "ten":
+            raise ValueError(
+                f"this config is of ten's {self.architecture!r} baseline; the transformers integration serves TEN and "
+                "HTEN models (architecture 'ten')"
+            )
+        return TemporalEigenstateConfig.from_dict(
+            {name: getattr(self, name) for name in config_fields("ten") if hasattr(self, name)}
+        )
