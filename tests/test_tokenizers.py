@@ -68,6 +68,7 @@ class FakeHubBackend:
     def save_pretrained(self, path: str) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         (Path(path) / "fake.json").write_text(json.dumps({"size": self.size, "offset": self.offset}))
+        (Path(path) / "tokenizer_config.json").write_text("{}")  # what every save_pretrained writes
 
 
 def install_fake_transformers(monkeypatch, known: dict[str, tuple[int, int]]) -> list[str]:
@@ -263,9 +264,23 @@ def test_hub_tokenizer_round_trips_and_reloads_from_its_saved_files(tmp_path, mo
         "vocab_size": 1000,
     }
     loaded = load_tokenizer(tmp_path)
-    assert calls[-1] == str(tmp_path / "hub_tokenizer"), "reload from the saved files, not the hub"
+    assert calls[-1] == str(tmp_path), "reload from the saved files (at the top, for AutoTokenizer), not the hub"
     assert isinstance(loaded, HubTokenizer) and loaded.name == "org/tok" and loaded.decode(ids) == "hello"
     assert isinstance(build_tokenizer(str(tmp_path)), HubTokenizer), "a saved folder is a valid spec"
+
+
+def test_hub_tokenizer_in_an_old_folder_loads_from_its_subfolder_or_by_name(tmp_path, monkeypatch):
+    calls = install_fake_transformers(monkeypatch, known={"org/tok": (1000, 0)})
+    meta = {"kind": "hub", "name": "org/tok", "vocab_size": 1000}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "tokenizer_meta.json").write_text(json.dumps(meta))
+    FakeHubBackend(1000, 0).save_pretrained(str(tmp_path / "old" / "hub_tokenizer"))  # the layout before
+    assert load_tokenizer(tmp_path / "old").decode([104, 105]) == "hi"
+    assert calls[-1] == str(tmp_path / "old" / "hub_tokenizer")
+    (tmp_path / "meta_only").mkdir()
+    (tmp_path / "meta_only" / "tokenizer_meta.json").write_text(json.dumps(meta))
+    assert load_tokenizer(tmp_path / "meta_only").vocab_size == 1000
+    assert calls[-1] == "org/tok", "no saved files: by name"
 
 
 def test_hub_tokenizer_past_uint16_gives_uint32_ids(monkeypatch):

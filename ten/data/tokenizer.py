@@ -4,6 +4,11 @@ Byte-level is the default because it needs no vocabulary file and round-trips an
 tokenizers come from the optional `hub` extra (`tokenizers`, `transformers`) and are imported only when asked
 for, so the core library never depends on them. Every tokenizer saves to plain files (JSON, never pickle)
 next to a `tokenizer_meta.json` that says which kind to load back.
+
+Every saved folder also loads with `transformers.AutoTokenizer.from_pretrained(folder)` and gives the same ids:
+byte and BPE folders hold a `tokenizer.json` (for byte, written here by hand: a merge-free byte-level BPE whose
+id for byte b is b) and a `tokenizer_config.json`; a hub tokenizer's own files sit at the top of the folder
+(older folders kept them in `hub_tokenizer/`, which still loads).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from .jsonfile import read_json, write_json
 
 META_FILE = "tokenizer_meta.json"
 BPE_FILE = "tokenizer.json"
-HUB_SUBDIR = "hub_tokenizer"
+HF_CONFIG_FILE = "tokenizer_config.json"
+HUB_SUBDIR = "hub_tokenizer"  # where hub tokenizers were saved before they moved to the top of the folder
 BPE_PREFIX = "bpe:"
 BPE_MIN_VOCAB = 257  # the 256 byte tokens plus at least one merge
 HUB_EXTRA_HINT = "pip install 'ten[hub]'"
@@ -83,6 +89,72 @@ def _write_meta(directory: Path, kind: str, name: str, vocab_size: int) -> None:
     write_json(Path(directory) / META_FILE, {"kind": kind, "name": name, "vocab_size": int(vocab_size)})
 
 
+def byte_level_alphabet() -> list[str]:
+    """GPT-2's bytes-to-unicode map as a list: entry b is the printable character that stands for byte b.
+
+    The `tokenizers` ByteLevel pre-tokenizer and decoder use this same map, so byte 0 is "Ā" (U+0100).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    alphabet = {b: chr(b) for b in printable}
+    others = (b for b in range(256) if b not in alphabet)
+    alphabet.update((b, chr(256 + n)) for n, b in enumerate(others))
+    return [alphabet[b] for b in range(256)]
+
+
+def byte_tokenizer_json() -> dict[str, Any]:
+    """The byte tokenizer in the `tokenizers` library's JSON format: byte b has id b, for any text.
+
+    A BPE model without merges over the 256 ByteLevel characters, behind a ByteLevel pre-tokenizer that neither
+    splits (no regex) nor adds a prefix space, so every UTF-8 byte becomes exactly one token; the ByteLevel
+    decoder maps the characters back to bytes. No added tokens: the vocabulary stays at 256.
+    """
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": byte_level,
+        "post_processor": None,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "vocab": {char: b for b, char in enumerate(byte_level_alphabet())},
+            "merges": [],
+        },
+    }
+
+
+def hf_tokenizer_config() -> dict[str, Any]:
+    """The `tokenizer_config.json` beside a byte or BPE `tokenizer.json`, for transformers.AutoTokenizer.
+
+    ten's tokenizers have no special tokens, but batched generation needs a pad token and lm-evaluation-harness
+    an eos token (first context token of rolling log-likelihood, stop sequence). Both are the token of byte 0
+    (NUL, which text practically never holds; "Ā" in the ByteLevel alphabet): an existing entry, so the
+    vocabulary (the model's embedding rows) does not grow. split_special_tokens keeps a literal "Ā" in the
+    text from matching that special token: it stays two UTF-8 bytes, as in ten's own encode. Nothing is
+    added around a text (no bos/eos), and padding goes on the left, where generation wants it.
+    """
+    nul = byte_level_alphabet()[0]
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": nul,
+        "pad_token": nul,
+        "padding_side": "left",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "split_special_tokens": True,
+        "clean_up_tokenization_spaces": False,
+    }
+
+
 class ByteTokenizer:
     """Text <-> UTF-8 bytes, one token per byte (vocab 256)."""
 
@@ -103,7 +175,10 @@ class ByteTokenizer:
         return raw.decode("utf-8", errors="replace")
 
     def save(self, directory: Path) -> None:
-        """Only the meta file: the byte tokenizer has no vocabulary to store."""
+        """The meta file, plus the files transformers.AutoTokenizer reads (ten itself needs only the meta)."""
+        directory = Path(directory)
+        write_json(directory / BPE_FILE, byte_tokenizer_json())
+        write_json(directory / HF_CONFIG_FILE, hf_tokenizer_config())
         _write_meta(directory, self.kind, self.name, self.vocab_size)
 
 
@@ -194,7 +269,9 @@ class BPETokenizer:
             handle.write(self.to_json().encode("utf-8"))
 
     def save(self, directory: Path) -> None:
+        """`tokenizer.json`, the meta file, and the `tokenizer_config.json` that transformers.AutoTokenizer reads."""
         self.save_json(Path(directory) / BPE_FILE)
+        write_json(Path(directory) / HF_CONFIG_FILE, hf_tokenizer_config())
         _write_meta(directory, self.kind, self.name, self.vocab_size)
 
 
@@ -245,17 +322,30 @@ class HubTokenizer:
         return self.backend.decode(id_list, clean_up_tokenization_spaces=False)
 
     def save(self, directory: Path) -> None:
-        """The name, plus the tokenizer's own files (a few MB) so it loads again without the hub."""
+        """The name, plus the tokenizer's own files (a few MB) at the top of the folder, so it loads again
+        without the hub, with ten or with transformers.AutoTokenizer.from_pretrained(directory)."""
         directory = Path(directory)
         try:
-            self.backend.save_pretrained(str(directory / HUB_SUBDIR))
+            self.backend.save_pretrained(str(directory))
         except Exception as err:  # noqa: BLE001
             raise DataError(f"cannot save hub tokenizer {self.name!r} to {directory}: {_one_line(err)}") from None
         _write_meta(directory, self.kind, self.name, self.vocab_size)
 
 
+def _hub_source(directory: Path) -> Path | None:
+    """Where a saved hub tokenizer's files are: the old subfolder, the folder itself, or none (load by name)."""
+    if (directory / HUB_SUBDIR).is_dir():
+        return directory / HUB_SUBDIR
+    if (directory / HF_CONFIG_FILE).is_file():
+        return directory
+    return None
+
+
 def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
-    """Write `tokenizer_meta.json` plus the tokenizer's own files into `directory` (created if needed)."""
+    """Write `tokenizer_meta.json` plus the tokenizer's own files into `directory` (created if needed).
+
+    The folder then loads with load_tokenizer, and also with transformers.AutoTokenizer.from_pretrained.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(directory)
@@ -274,8 +364,7 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     elif kind == BPETokenizer.kind:
         tokenizer = BPETokenizer.from_file(directory / BPE_FILE, name)
     elif kind == HubTokenizer.kind:
-        saved = directory / HUB_SUBDIR
-        tokenizer = HubTokenizer.from_pretrained(name, saved if saved.is_dir() else None)
+        tokenizer = HubTokenizer.from_pretrained(name, _hub_source(directory))
     else:
         raise DataError(f"tokenizer meta file {directory / META_FILE} has unknown kind {kind!r}")
     if tokenizer.vocab_size != vocab_size:
