@@ -10,9 +10,9 @@ from .model import TemporalEigenstateNetwork
 __version__ = "0.1.0"
 
 if find_spec("transformers") is not None:  # model_type "ten" for transformers' Auto classes (ten/hf)
-    from .hf import register
+    from .hf import register_when_imported
 
-    register()
+    register_when_imported()
 
 __all__ = [
     "PRESETS",

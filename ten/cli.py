@@ -191,6 +191,18 @@ def cmd_generate(args: argparse.Namespace, explicit: set[str]) -> None:
     print(tokenizer.decode(out[0]))
 
 
+def cmd_export(args: argparse.Namespace, explicit: set[str]) -> None:
+    from .hf import transformers_problem
+    from .training import find_checkpoint
+
+    if problem := transformers_problem():
+        raise UserError(problem)
+    from .hf.export import export_hf
+
+    destination = export_hf(find_checkpoint(Path(args.checkpoint)), Path(args.hf), overwrite=args.overwrite)
+    print(f"wrote {destination}: AutoModelForCausalLM.from_pretrained({str(destination)!r}, trust_remote_code=True)")
+
+
 def cmd_prepare(args: argparse.Namespace, explicit: set[str]) -> None:
     from .data import prepare_token_files
 
@@ -284,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     bench.add_argument("--output_dir", default="runs/bench")
     bench.set_defaults(run=cmd_bench)
+
+    export = commands.add_parser("export", help="a folder transformers loads on its own (trust_remote_code)")
+    export.add_argument("--checkpoint", required=True, help="a checkpoint folder or a run's --output_dir")
+    export.add_argument("--hf", required=True, metavar="DIR", help="the folder to write")
+    export.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
+    export.set_defaults(run=cmd_export)
 
     prepare = commands.add_parser("prepare", help="tokenize a corpus into token files for --tokenized_dir")
     prepare.add_argument("--dataset", default="shakespeare")

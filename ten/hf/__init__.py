@@ -1,13 +1,19 @@
 """Hugging Face transformers for `ten` models: `AutoModelForCausalLM.from_pretrained(folder)` after `import ten`.
 
-Optional (`pip install 'ten[hf]'`). `import ten` registers model_type "ten" with AutoConfig and
-AutoModelForCausalLM when a supported transformers is installed; the classes live in `ten.hf.modeling`.
+Optional (`pip install 'ten[hf]'`). After `import ten`, model_type "ten" is registered with AutoConfig and
+AutoModelForCausalLM as soon as transformers is imported (at once if it already is): importing transformers'
+model classes takes seconds, which no `ten` command that does not use them should pay. The classes live in
+`ten.hf.configuration` and `ten.hf.modeling`.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from importlib import metadata
+from importlib.abc import Loader, MetaPathFinder
+from importlib.machinery import ModuleSpec, PathFinder
+from types import ModuleType
 
 # generate passes the state as `cache` from 5.24 (earlier: past_key_values); pinned where it was tested.
 SUPPORTED_TRANSFORMERS = ((5, 24), (5, 25))  # [lowest, first unsupported)
@@ -56,3 +62,33 @@ def register() -> bool:
     AutoConfig.register(MODEL_TYPE, TenConfig, exist_ok=True)
     AutoModelForCausalLM.register(TenConfig, TenForCausalLM, exist_ok=True)
     return True
+
+
+class _RegisterAfterImport(MetaPathFinder, Loader):
+    """Finds `transformers` as usual and runs `register` right after the package has been executed."""
+
+    def find_spec(self, name: str, path: object = None, target: ModuleType | None = None) -> ModuleSpec | None:
+        if name != "transformers":
+            return None
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        self._loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        sys.meta_path.remove(self)
+        register()
+
+
+def register_when_imported() -> None:
+    """Register now if transformers is imported already, else as soon as it is (once)."""
+    if "transformers" in sys.modules:
+        register()
+    elif not any(isinstance(finder, _RegisterAfterImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterImport())

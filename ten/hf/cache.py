@@ -39,7 +39,8 @@ def concat_rows(parts: list[Any], rows: list[int], device: torch.device) -> Any:
         return None
     first = present[0]
     if torch.is_tensor(first):
-        return torch.cat([p if p is not None else first.new_zeros(n, *first.shape[1:]) for p, n in zip(parts, rows)])
+        sizes = zip(parts, rows, strict=True)
+        return torch.cat([p if p is not None else first.new_zeros(n, *first.shape[1:]) for p, n in sizes])
     if isinstance(first, list):
         return [concat_rows([p[i] for p in parts], rows, device) for i in range(len(first))]
     if dataclasses.is_dataclass(first):
@@ -47,7 +48,7 @@ def concat_rows(parts: list[Any], rows: list[int], device: torch.device) -> Any:
                                              for f in dataclasses.fields(first)})  # fmt: skip
     if all(p == first for p in parts):
         return first
-    return torch.cat([torch.full((n,), p, dtype=torch.long, device=device) for p, n in zip(parts, rows)])
+    return torch.cat([torch.full((n,), p, dtype=torch.long, device=device) for p, n in zip(parts, rows, strict=True)])
 
 
 class TenCache:

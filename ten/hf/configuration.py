@@ -21,7 +21,7 @@ class TenConfig(PreTrainedConfig):
 
     architecture: str = "ten"  # ten's own key: "transformer" marks the attention baseline, which is not served here
     use_cache: bool = True
-    tie_word_embeddings: bool = False  # the head reads the embedding inside the network: nothing for transformers to tie
+    tie_word_embeddings: bool = False  # the head reads the embedding inside the network: nothing to tie
 
     @classmethod
     def from_ten(cls, config: TemporalEigenstateConfig, **kwargs: Any) -> TenConfig:

@@ -1,0 +1,72 @@
+"""`ten export --hf DIR`: a folder transformers loads on its own, with `trust_remote_code=True`.
+
+It holds what every checkpoint holds (config.json, model.safetensors, the tokenizer's files) plus `auto_map`
+in config.json and two small modules that import ten's classes. They import, not copy: the folder needs
+`pip install ten` where it is loaded, and there is one network, ten's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..atomic import WriteError, write_failure
+from ..data import load_tokenizer, save_tokenizer
+from ..data.jsonfile import write_json
+from ..lm import CONFIG_FILE, LanguageModel
+
+CODE_FILES = {
+    "configuration_ten.py": "TenConfig",
+    "modeling_ten.py": "TenForCausalLM",
+}
+AUTO_MAP = {
+    "AutoConfig": "configuration_ten.TenConfig",
+    "AutoModelForCausalLM": "modeling_ten.TenForCausalLM",
+}
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+
+def _code(class_name: str) -> str:
+    module = "configuration" if class_name == "TenConfig" else "modeling"
+    return (
+        f'"""{class_name} for transformers\' trust_remote_code: the code is the installed `ten` package '
+        '(pip install ten), not a copy."""\n\n'
+        f"from ten.hf.{module} import {class_name}\n\n"
+        f'__all__ = ["{class_name}"]\n'
+    )
+
+
+def export_hf(checkpoint: Path, destination: Path, overwrite: bool = False) -> Path:
+    """Write the export of `checkpoint` (a checkpoint folder) to `destination`, whole or not at all."""
+    from . import require_transformers  # noqa: PLC0415
+
+    require_transformers()
+    model = LanguageModel.from_pretrained(checkpoint)
+    if model.architecture != "ten":
+        raise ValueError(f"{checkpoint} holds ten's {model.architecture!r} baseline; only TEN and HTEN models export")
+    tokenizer = load_tokenizer(checkpoint)
+    destination = Path(destination).expanduser()
+    if destination.exists() and any(destination.iterdir()) and not overwrite:
+        raise ValueError(f"{destination} is not empty: choose another folder or pass --overwrite")
+    staging = destination.with_name(f".{destination.name}.tmp")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        model.save_pretrained(staging)
+        save_tokenizer(tokenizer, staging)
+        config = json.loads((staging / CONFIG_FILE).read_text())
+        write_json(staging / CONFIG_FILE, {**config, "architectures": ["TenForCausalLM"], "auto_map": AUTO_MAP})
+        if getattr(tokenizer, "kind", None) in ("byte", "bpe"):
+            # generate pads a batch's finished rows with pad_token_id: the tokenizer's pad and eos, byte 0's token.
+            nul = int(tokenizer.encode("\x00")[0])
+            write_json(staging / GENERATION_CONFIG_FILE, {"pad_token_id": nul, "eos_token_id": nul})
+        for name, class_name in CODE_FILES.items():
+            (staging / name).write_text(_code(class_name))
+        if destination.exists():
+            shutil.rmtree(destination)
+        staging.rename(destination)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise WriteError(f"cannot write {destination}: {write_failure(err)}") from None
+    return destination

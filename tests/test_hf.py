@@ -1,0 +1,247 @@
+"""The transformers integration: same logits as the network, loading, generate from the state, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork, TransformerConfig, TransformerLM  # noqa: E402
+from ten.cli import main  # noqa: E402
+from ten.data import ByteTokenizer, save_tokenizer  # noqa: E402
+from ten.hf import transformers_problem  # noqa: E402
+from ten.hf.modeling import TenForCausalLM  # noqa: E402
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def tiny_config(hten: bool) -> TemporalEigenstateConfig:
+    return TemporalEigenstateConfig(d_model=32, n_layers=2, num_eigenstates=12, num_heads=2, max_seq_len=32,
+                                    use_hten=hten, hten_scales=[1, 2, 4], scan_backend="chunked")  # fmt: skip
+
+
+@pytest.fixture(params=[False, True], ids=["ten", "hten"])
+def saved(request, tmp_path):
+    """A ten checkpoint folder as `ten train` writes it (model + tokenizer), and the network."""
+    network = TemporalEigenstateNetwork(tiny_config(request.param)).eval()
+    folder = tmp_path / "checkpoint"
+    network.save_pretrained(folder)
+    save_tokenizer(ByteTokenizer(), folder)
+    return folder, network
+
+
+@pytest.fixture
+def saved_ten(tmp_path):
+    network = TemporalEigenstateNetwork(tiny_config(False)).eval()
+    network.save_pretrained(tmp_path / "checkpoint")
+    save_tokenizer(ByteTokenizer(), tmp_path / "checkpoint")
+    return tmp_path / "checkpoint", network
+
+
+@pytest.fixture
+def hf_model(saved):
+    folder, network = saved
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), network
+
+
+def test_a_ten_folder_loads_with_the_auto_classes_and_gives_the_networks_logits(hf_model):
+    model, network = hf_model
+    assert isinstance(model, TenForCausalLM)
+    ids = torch.randint(0, 256, (2, 23))
+    torch.testing.assert_close(model(ids).logits, network(ids), rtol=0, atol=0)
+    assert model.config.model_type == "ten"
+
+
+def test_the_loss_of_labels_is_ten_compute_loss_of_the_shifted_inputs(hf_model):
+    model, network = hf_model
+    ids = torch.randint(0, 256, (2, 17))
+    out = model(ids, labels=ids)
+    expected = network.compute_loss(ids[:, :-1], ids[:, 1:], return_dict=True)
+    # The network sees one more position here (the last input predicts nothing), so the energy term differs.
+    torch.testing.assert_close(out.ce_loss, expected["ce_loss"])
+    torch.testing.assert_close(out.loss, out.ce_loss + network.config.energy_reg_weight * out.energy_loss)
+
+
+def test_save_pretrained_round_trips_through_ten_and_transformers(hf_model, tmp_path):
+    model, network = hf_model
+    model.save_pretrained(tmp_path / "hf")
+    again = TemporalEigenstateNetwork.from_pretrained(tmp_path / "hf")
+    for (name, a), (_, b) in zip(network.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert isinstance(AutoConfig.from_pretrained(tmp_path / "hf").to_ten(), TemporalEigenstateConfig)
+
+
+def test_the_tokenizer_of_a_checkpoint_loads_with_auto_tokenizer(saved):
+    folder, _ = saved
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    text = "Now is the winter — of our discontent\n"
+    assert tokenizer(text)["input_ids"] == ByteTokenizer().encode(text).tolist()
+
+
+# ---------------------------------------------------------------- generate
+
+
+def forward_lengths(model):
+    """Record the length of every forward call's input_ids."""
+    lengths = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append((args[0] if args else kwargs["input_ids"]).shape[1]),
+        with_kwargs=True,
+    )
+    return lengths
+
+
+def recomputed_logits(model, sequences, prompt_length):
+    """Each step's next-token logits from the whole prefix, without any state."""
+    with torch.no_grad():
+        full = model(sequences, use_cache=False).logits
+    return [full[:, t] for t in range(prompt_length - 1, sequences.shape[1] - 1)]
+
+
+def test_generate_reads_the_prompt_once_then_one_token_per_step(hf_model):
+    model, _ = hf_model
+    lengths = forward_lengths(model)
+    prompt = torch.randint(0, 256, (1, 9))
+    out = model.generate(prompt, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    assert lengths == [9, 1, 1, 1, 1, 1]
+    for step, expected in zip(out.logits, recomputed_logits(model, out.sequences, 9), strict=True):
+        torch.testing.assert_close(step, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_generate_matches_ten_generate(hf_model):
+    model, network = hf_model
+    prompt = torch.randint(0, 256, (2, 7))
+    out = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert torch.equal(out, network.generate(prompt, 8, temperature=0))
+
+
+def test_sampling_with_the_state_equals_sampling_by_recomputation(hf_model):
+    model, _ = hf_model
+    prompt = torch.randint(0, 256, (2, 6))
+    settings = dict(max_new_tokens=8, do_sample=True, temperature=0.9, top_k=50, top_p=0.95)
+    torch.manual_seed(3)
+    with_state = model.generate(prompt, **settings)
+    torch.manual_seed(3)
+    recomputed = model.generate(prompt, use_cache=False, **settings)
+    assert torch.equal(with_state, recomputed)
+
+
+def test_beam_search_with_the_state_equals_beam_search_by_recomputation(hf_model):
+    model, _ = hf_model
+    prompt = torch.randint(0, 256, (2, 6))
+    settings = dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=False,
+                    output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    lengths = forward_lengths(model)
+    with_state = model.generate(prompt, **settings)
+    assert lengths[0] == 6 and set(lengths[1:]) == {1}
+    recomputed = model.generate(prompt, use_cache=False, **settings)
+    assert torch.equal(with_state.sequences, recomputed.sequences)
+    torch.testing.assert_close(with_state.sequences_scores, recomputed.sequences_scores)
+
+
+def test_a_left_padded_batch_generates_what_each_prompt_does_alone(hf_model):
+    """Prompts of 5, 8 and 11 tokens: for HTEN, rows at different positions of their windows."""
+    model, _ = hf_model
+    prompts = [torch.randint(1, 256, (n,)) for n in (5, 8, 11)]
+    width = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
+    mask = (ids != 0).long()
+    settings = dict(max_new_tokens=7, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                    pad_token_id=0)  # fmt: skip
+    batch = model.generate(ids, attention_mask=mask, **settings)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt.unsqueeze(0), **settings)
+        assert torch.equal(batch.sequences[row, width:], alone.sequences[0, len(prompt) :])
+        for step_batch, step_alone in zip(batch.logits, alone.logits, strict=True):
+            torch.testing.assert_close(step_batch[row], step_alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_generation_continues_from_the_returned_state(hf_model):
+    """The returned state holds all but the last token: continuing feeds that token plus the new ones."""
+    model, _ = hf_model
+    prompt = torch.randint(0, 256, (1, 6))
+    first = model.generate(prompt, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    assert first.cache.seen_tokens == first.sequences.shape[1] - 1
+    follow_up = torch.cat([first.sequences, torch.randint(0, 256, (1, 3))], dim=1)
+    lengths = forward_lengths(model)
+    continued = model.generate(follow_up, cache=first.cache, max_new_tokens=4, do_sample=False)
+    assert lengths == [4, 1, 1, 1]
+    assert torch.equal(continued, model.generate(follow_up, max_new_tokens=4, do_sample=False))
+
+
+def test_a_right_padded_batch_keeps_the_logits_of_its_real_positions(hf_model):
+    model, _ = hf_model
+    ids = torch.randint(1, 256, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    torch.testing.assert_close(model(ids, attention_mask=mask, use_cache=False).logits[1, :6],
+                               model(ids[1:, :6]).logits[0])  # fmt: skip
+    with pytest.raises(ValueError, match="pad on the left"):
+        model(ids, attention_mask=mask, use_cache=True)
+
+
+# ---------------------------------------------------------------- export and bad input
+
+
+def test_an_exported_folder_loads_with_trust_remote_code_alone(saved_ten, tmp_path):
+    folder, network = saved_ten
+    assert main(["export", "--checkpoint", str(folder), "--hf", str(tmp_path / "export")]) == 0
+    ids = torch.randint(0, 256, (1, 12))
+    torch.save(network(ids).detach(), tmp_path / "expected.pt")
+    torch.save(ids, tmp_path / "ids.pt")
+    script = (
+        "import torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'export')!r}, trust_remote_code=True)\n"
+        f"ids = torch.load({str(tmp_path / 'ids.pt')!r})\n"
+        f"torch.testing.assert_close(model(ids).logits, torch.load({str(tmp_path / 'expected.pt')!r}))\n"
+        "print('ok', type(model).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **OFFLINE}, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ok TenForCausalLM" in done.stdout
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_ten.TenForCausalLM"
+
+
+def one_line_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_export_refuses_bad_folders_in_one_line(saved_ten, tmp_path, capsys):
+    folder, _ = saved_ten
+    out = str(tmp_path / "out")
+    assert "no checkpoint" in one_line_error(capsys, ["export", "--checkpoint", str(tmp_path / "nothing"), "--hf", out])
+
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+    (other / "model.safetensors").write_bytes(b"")
+    assert "'gpt2' model" in one_line_error(capsys, ["export", "--checkpoint", str(other), "--hf", out])
+
+    (folder / "tokenizer_meta.json").unlink()
+    assert "tokenizer" in one_line_error(capsys, ["export", "--checkpoint", str(folder), "--hf", out])
+
+    baseline = tmp_path / "transformer"
+    TransformerLM(TransformerConfig(d_model=16, n_layers=1, num_heads=2)).save_pretrained(baseline)
+    save_tokenizer(ByteTokenizer(), baseline)
+    assert "baseline" in one_line_error(capsys, ["export", "--checkpoint", str(baseline), "--hf", out])
+    with pytest.raises(ValueError, match="serves TEN and HTEN"):
+        AutoModelForCausalLM.from_pretrained(baseline)
+
+
+def test_an_unsupported_transformers_version_is_one_line(saved_ten, tmp_path, capsys, monkeypatch):
+    folder, _ = saved_ten
+    monkeypatch.setattr("ten.hf.metadata.version", lambda name: "5.3.0")
+    assert "transformers 5.3.0 is installed" in transformers_problem()
+    assert ">=5.24" in one_line_error(capsys, ["export", "--checkpoint", str(folder), "--hf", str(tmp_path / "o")])
