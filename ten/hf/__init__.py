@@ -1,0 +1,1 @@
+"""Hugging Face integration: evaluation with lm-evaluation-harness (evaluate.py)."""
