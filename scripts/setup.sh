@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # triton (the fused GPU kernel, tested here through its interpreter) has Linux wheels only.
-if ! .venv/bin/python -c "import sys, ten, pytest, ruff, tokenizers; sys.platform != 'linux' or __import__('triton')" \
+if ! .venv/bin/python -c "import sys, ten, pytest, ruff, tokenizers, transformers, lm_eval, accelerate; sys.platform != 'linux' or __import__('triton')" \
     2>/dev/null; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch first and pinned: 2.13.0 is the build this project is tested with.

@@ -252,6 +252,34 @@ def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
     print(f"written: {output}/bench.md, bench.json, bench_scaling.png")
 
 
+def cmd_eval(args: argparse.Namespace, explicit: set[str]) -> None:
+    import json
+
+    from .atomic import WriteError, atomic_open, write_failure
+    from .device import resolve_device
+    from .hf import evaluate as harness
+    from .training import find_checkpoint
+
+    tasks = harness.parse_tasks(args.tasks)  # before anything slow: a misspelt task fails at once
+    checkpoint = find_checkpoint(Path(args.checkpoint))
+    device = str(resolve_device(args.device))
+    results = harness.evaluate(checkpoint, tasks, limit=args.limit, batch_size=args.batch_size, device=device,
+                               max_length=args.max_length)  # fmt: skip
+    rows = harness.metric_rows(results)
+    print(f"\n{checkpoint}" + (f" (at most {args.limit} documents per task)" if args.limit else ""))
+    print(harness.format_table(rows))
+    validation = harness.ten_validation(checkpoint)
+    if validation is not None:
+        print("\n" + "\n".join(harness.comparison_lines(validation, rows)))
+    if args.output:
+        try:
+            with atomic_open(Path(args.output)) as handle:
+                handle.write((json.dumps(results, indent=2, default=str) + "\n").encode("utf-8"))
+        except OSError as err:
+            raise WriteError(f"cannot write --output {args.output}: {write_failure(err)}") from err
+        print(f"written: {args.output}")
+
+
 # ---------------------------------------------------------------- the parser and main
 
 
@@ -302,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--hf", required=True, metavar="DIR", help="the folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
     export.set_defaults(run=cmd_export)
+
+    evaluate = commands.add_parser("eval", help="lm-evaluation-harness on a model folder, with ten's local tasks")
+    evaluate.add_argument("--checkpoint", required=True,
+                          help="a folder transformers loads (an exported model, a checkpoint) or a run's --output_dir")
+    evaluate.add_argument("--tasks", default="ten_shakespeare_ppl,ten_shakespeare_mc",
+                          help="comma-separated, from: ten_shakespeare_ppl, ten_shakespeare_mc (default: both)")
+    evaluate.add_argument("--limit", type=positive(int), help="at most N documents per task")
+    evaluate.add_argument("--batch_size", type=positive(int), default=1)
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--max_length", type=positive(int),
+                          help="the harness's context window (default: the model config's)")
+    evaluate.add_argument("--output", help="write lm-eval's results as JSON to this file")
+    evaluate.set_defaults(run=cmd_eval)
 
     prepare = commands.add_parser("prepare", help="tokenize a corpus into token files for --tokenized_dir")
     prepare.add_argument("--dataset", default="shakespeare")

@@ -18,6 +18,13 @@ from ..lm import MODEL_TYPE, config_fields
 @strict
 class TenConfig(PreTrainedConfig):
     model_type = MODEL_TYPE
+    # transformers' names for ten's settings; lm-eval reads max_position_embeddings as its context window, and
+    # the training window is where a ten model's own validation figure is measured.
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_hidden_layers": "n_layers",
+        "max_position_embeddings": "max_seq_len",
+    }
 
     architecture: str = "ten"  # ten's own key: "transformer" marks the attention baseline, which is not served here
     use_cache: bool = True

@@ -1,0 +1,171 @@
+"""Rebuild the JSONL files of the local lm-evaluation-harness tasks from the Shakespeare validation split.
+
+    python -m ten.eval_tasks.build            # writes ten/eval_tasks/*.jsonl from the cached corpus
+    python -m ten.eval_tasks.build --check    # exit 1 if the committed files differ from what it would write
+
+The validation split is the last 10% of the corpus text, the part `ten train --dataset shakespeare` holds
+out (the corpus is ASCII, so for the byte tokenizer the character cut is exactly the token cut). Everything
+is a pure function of the text and a seed, so the output is the same on every machine.
+
+- ten_shakespeare_ppl.jsonl: {"text", "offset"} documents of about 1-3 KB, whole blank-line-separated
+  blocks (speeches, stage directions) of the validation text, evenly spaced through it.
+- ten_shakespeare_mc.jsonl: {"context", "choices", "label", "offset"} items: four lines of a speech, and
+  the true next line among four, the three others lines of speech from elsewhere in the validation split.
+
+`offset` is where the document (the context) starts, in characters from the start of the validation text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..data.batching import VALIDATION_FRACTION
+
+TASK_DIR = Path(__file__).resolve().parent
+PPL_FILE = "ten_shakespeare_ppl.jsonl"
+MC_FILE = "ten_shakespeare_mc.jsonl"
+SEED = 1234
+PPL_DOCS = 60
+PPL_MIN_CHARS, PPL_MAX_CHARS = 1000, 3000
+MC_ITEMS = 200
+MC_CONTEXT_LINES = 4
+MC_CHOICES = 4
+MC_MIN_LINE_CHARS = 20
+MC_DISTRACTOR_GAP = 100  # distractors come from lines at least this far (in lines) from the true one
+
+_BLANK_RUN = re.compile(r"\n(?:[ \t]*\n)+")  # one or more blank lines: a block boundary
+_SPEAKER = re.compile(r"[A-Z][A-Z0-9' ,.&-]*\.")  # "SIR TOBY.", "ACT I." — headings, never speech
+
+
+def validation_text(text: str) -> str:
+    """The held-out part of the corpus, cut where ten's 90/10 split cuts it."""
+    return text[int(len(text) * (1.0 - VALIDATION_FRACTION)) :]
+
+
+def _clean_start(val: str) -> int:
+    """The offset of the first whole block: the split cuts mid-sentence, so skip to after a blank line."""
+    match = _BLANK_RUN.search(val)
+    return match.end() if match else len(val)
+
+
+def _evenly(items: list[Any], count: int) -> list[Any]:
+    """`count` items spread evenly over the list (all of them when there are fewer)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
+
+
+def perplexity_documents(
+    val: str, count: int = PPL_DOCS, min_chars: int = PPL_MIN_CHARS, max_chars: int = PPL_MAX_CHARS
+) -> list[dict[str, Any]]:
+    """Runs of whole blocks holding min_chars..max_chars characters, consecutive and non-overlapping, then
+    `count` of them evenly spaced. Each text is an exact slice of `val`; `offset` is where it starts."""
+    start = _clean_start(val)
+    ends = [m.start() for m in _BLANK_RUN.finditer(val, start)] + [len(val.rstrip("\n"))]
+    starts = {m.start(): m.end() for m in _BLANK_RUN.finditer(val, start)}  # block end -> next block start
+    documents, doc_start = [], start
+    for end in ends:
+        if end <= doc_start:
+            continue
+        size = end - doc_start
+        if size >= min_chars:
+            if size <= max_chars:
+                documents.append({"text": val[doc_start:end], "offset": doc_start})
+            doc_start = starts.get(end, len(val))  # a run too long is dropped whole; start again after it
+    return _evenly(documents, count)
+
+
+def _is_speech(line: str) -> bool:
+    """A line of verse or prose: unindented, long enough, not a speaker heading or a stage direction."""
+    return (
+        line == line.strip()
+        and len(line) >= MC_MIN_LINE_CHARS
+        and not line.startswith("[")
+        and _SPEAKER.fullmatch(line) is None
+        and any(c.islower() for c in line)
+    )
+
+
+def multiple_choice_items(
+    val: str, count: int = MC_ITEMS, seed: int = SEED, context_lines: int = MC_CONTEXT_LINES
+) -> list[dict[str, Any]]:
+    """Items whose context is `context_lines` non-blank lines and whose answer is the line after them.
+
+    The answer is a line of speech; the distractors are distinct lines of speech at least
+    MC_DISTRACTOR_GAP lines away, and the answer's position is drawn from the same seeded generator.
+    """
+    start = _clean_start(val)
+    lines, offsets, position = [], [], start
+    for line in val[start:].split("\n"):
+        lines.append(line)
+        offsets.append(position)
+        position += len(line) + 1
+    speech = [i for i, line in enumerate(lines) if _is_speech(line)]
+    answers = [
+        i for i in speech if i >= context_lines and all(lines[j].strip() for j in range(i - context_lines, i))
+    ]
+    rng = random.Random(seed)
+    items = []
+    for i in _evenly(answers, count):
+        gold = lines[i]
+        seen = {gold.casefold()}
+        distractors: list[str] = []
+        pool = [j for j in speech if abs(j - i) >= MC_DISTRACTOR_GAP]
+        while len(distractors) < MC_CHOICES - 1 and pool:
+            line = lines[pool.pop(rng.randrange(len(pool)))]
+            if line.casefold() not in seen:
+                seen.add(line.casefold())
+                distractors.append(line)
+        if len(distractors) < MC_CHOICES - 1:
+            continue  # a text too small for distinct distractors
+        label = rng.randrange(MC_CHOICES)
+        choices = distractors[:label] + [gold] + distractors[label:]
+        context = "\n".join(lines[i - context_lines : i])
+        items.append({"context": context, "choices": choices, "label": label, "offset": offsets[i - context_lines]})
+    return items
+
+
+def to_jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+
+
+def build(text: str) -> dict[str, str]:
+    """File name -> JSONL content, from the whole corpus text."""
+    val = validation_text(text)
+    return {PPL_FILE: to_jsonl(perplexity_documents(val)), MC_FILE: to_jsonl(multiple_choice_items(val))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ten.eval_tasks.build", description=__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", type=Path, default=TASK_DIR, help="default: the package's task folder")
+    parser.add_argument("--corpus", type=Path, help="a text file instead of the built-in Shakespeare corpus")
+    parser.add_argument("--check", action="store_true", help="compare with the files there; write nothing")
+    args = parser.parse_args(argv)
+    if args.corpus is not None:
+        text = args.corpus.read_text(encoding="utf-8")
+    else:
+        from ..data import load_shakespeare
+
+        text = load_shakespeare()
+    outputs = build(text)
+    if args.check:
+        stale = [name for name, content in outputs.items() if not (args.output_dir / name).is_file()
+                 or (args.output_dir / name).read_text(encoding="utf-8") != content]  # fmt: skip
+        for name in stale:
+            print(f"{args.output_dir / name} differs from what the builder writes", file=sys.stderr)
+        return 1 if stale else 0
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for name, content in outputs.items():
+        (args.output_dir / name).write_text(content, encoding="utf-8")
+        print(f"wrote {args.output_dir / name}: {content.count(chr(10))} rows, {len(content.encode()):,} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""lm-evaluation-harness on ten's local tasks: the task files, the builder of their data, `ten eval`.
+
+The model is a tiny random GPT-2 with a byte-level tokenizer, built offline: the evaluation code takes
+any folder AutoModelForCausalLM loads. Nothing here reaches the network.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ten.cli import main
+from ten.data.corpus import SHAKESPEARE_CACHE_NAME, SHAKESPEARE_TEXT_SHA256, cache_dir, sha256_file
+from ten.eval_tasks import build
+from ten.hf import evaluate as harness
+
+TASKS = ("ten_shakespeare_ppl", "ten_shakespeare_mc")
+CONTEXT = 128  # tokens: a whole MC line (up to ~70 bytes) must fit beside some of its context
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+# ---------------------------------------------------------------- fixtures
+
+
+def fake_play(scenes: int = 100) -> str:
+    """Text shaped like the corpus: speaker headings, speeches, stage directions, blank lines between."""
+    blocks = []
+    for scene in range(scenes):
+        blocks.append(f"SCENE {scene}. A room in the castle")
+        for speech in range(6):
+            speaker = ("HAMLET.", "HORATIO.", "SIR TOBY.")[speech % 3]
+            lines = [f"Line {k} of speech {speech} in scene {scene}, spoken with some care" for k in range(7)]
+            blocks.append("\n".join([speaker, *lines]))
+        blocks.append("[Exeunt.]")
+    return "\n\n".join(blocks) + "\n"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path_factory):
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "hf-datasets"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A folder AutoModelForCausalLM and AutoTokenizer load: 1-layer GPT-2, 256 byte-level tokens, eos = pad."""
+    pytest.importorskip("lm_eval")
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    core = Tokenizer(models.BPE(vocab={symbol: i for i, symbol in enumerate(alphabet)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    eos = alphabet[0]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, pad_token=eos, model_max_length=CONTEXT)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=256, n_positions=CONTEXT, bos_token_id=0,
+                        eos_token_id=0)  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def fake_run(model: Path, root: Path, step: int = 10) -> Path:
+    """A run folder as `ten train` leaves it, its checkpoint holding the tiny model's files."""
+    run = root / "run"
+    checkpoint = run / "checkpoints" / f"step-{step:07d}"
+    shutil.copytree(model, checkpoint)
+    for name in ("optimizer.safetensors", "rng.safetensors"):
+        (checkpoint / name).write_bytes(b"")  # present, as find_checkpoint requires; never read here
+    state = {"format": "ten-checkpoint", "version": 1, "step": step, "best_val_loss": 2.0,
+             "args": {"dataset": "shakespeare", "tokenizer": "byte"}, "optimizer": {}}  # fmt: skip
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    (checkpoint / "tokenizer_meta.json").write_text(json.dumps({"kind": "byte", "name": "byte", "vocab_size": 256}))
+    records = [{"event": "eval", "step": s, "val_ce": ce, "val_bits_per_byte": ce / math.log(2)}
+               for s, ce in ((5, 3.0), (step, 1.5))]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [{"event": "train"}, *records]))
+    return run
+
+
+def cached_corpus() -> str | None:
+    """The Shakespeare text when it is already cached here (never downloaded by the tests)."""
+    path = cache_dir() / SHAKESPEARE_CACHE_NAME
+    if not path.is_file() or sha256_file(path) != SHAKESPEARE_TEXT_SHA256:
+        return None
+    return path.read_text(encoding="utf-8")
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ---------------------------------------------------------------- the builder of the task data
+
+
+def test_builder_is_deterministic_and_gold_is_the_next_line():
+    text = fake_play()
+    val = build.validation_text(text)
+    first, second = build.build(text), build.build(text)
+    assert first == second
+    assert set(first) == {build.PPL_FILE, build.MC_FILE}
+
+    items = build.multiple_choice_items(val, count=20)
+    assert len(items) == 20
+    for item in items:
+        assert len(item["choices"]) == build.MC_CHOICES
+        assert len({c.casefold() for c in item["choices"]}) == build.MC_CHOICES
+        gold = item["choices"][item["label"]]
+        assert val[item["offset"] :].startswith(item["context"] + "\n" + gold + "\n")  # the true next line
+        distractors = [c for i, c in enumerate(item["choices"]) if i != item["label"]]
+        assert all(d + "\n" in val and d != gold for d in distractors)
+    assert len({item["label"] for item in items}) > 1
+
+    docs = build.perplexity_documents(val, count=5, min_chars=300, max_chars=900)
+    assert len(docs) == 5
+    for doc in docs:
+        assert 300 <= len(doc["text"]) <= 900
+        assert val[doc["offset"] : doc["offset"] + len(doc["text"])] == doc["text"]
+        assert not doc["text"].startswith("\n") and not doc["text"].endswith("\n")
+
+
+def test_builder_writes_and_checks(tmp_path):
+    corpus = tmp_path / "play.txt"
+    corpus.write_text(fake_play())
+    out = tmp_path / "tasks"
+    assert build.main(["--corpus", str(corpus), "--output_dir", str(out)]) == 0
+    assert build.main(["--corpus", str(corpus), "--output_dir", str(out), "--check"]) == 0
+    (out / build.MC_FILE).write_text("{}\n")
+    assert build.main(["--corpus", str(corpus), "--output_dir", str(out), "--check"]) == 1
+
+
+def test_committed_task_data_is_what_the_builder_writes():
+    text = cached_corpus()
+    if text is None:
+        pytest.skip("the Shakespeare corpus is not cached here")
+    for name, content in build.build(text).items():
+        assert (harness.task_dir() / name).read_text(encoding="utf-8") == content, name
+
+
+def test_committed_task_data_sizes():
+    rows = {name: [json.loads(line) for line in (harness.task_dir() / name).read_text().splitlines()]
+            for name in (build.PPL_FILE, build.MC_FILE)}  # fmt: skip
+    assert 40 <= len(rows[build.PPL_FILE]) <= 100
+    assert all(1000 <= len(doc["text"]) <= 3000 for doc in rows[build.PPL_FILE])
+    assert len(rows[build.MC_FILE]) == 200
+    assert all(0 <= item["label"] < 4 and len(item["choices"]) == 4 for item in rows[build.MC_FILE])
+
+
+# ---------------------------------------------------------------- the tasks in lm-eval
+
+
+def test_task_names_and_files():
+    assert harness.task_names() == sorted(TASKS)
+    assert harness.parse_tasks("ten_shakespeare_mc, ten_shakespeare_ppl") == list(reversed(TASKS))
+    assert harness.parse_tasks(["ten_shakespeare_ppl", "ten_shakespeare_ppl"]) == ["ten_shakespeare_ppl"]
+    with pytest.raises(ValueError, match="unknown task nope"):
+        harness.parse_tasks("ten_shakespeare_ppl,nope")
+    with pytest.raises(ValueError, match="comma-separated"):
+        harness.parse_tasks("ten_shakespeare_ppl,")
+
+
+def test_task_yamls_load_in_lm_eval(tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.chdir(tmp_path)  # data files are found beside the YAMLs, not in the working directory
+    manager = TaskManager(include_path=str(harness.task_dir()), include_defaults=False)
+    assert set(TASKS) <= set(manager.all_tasks)
+    loaded = manager.load(list(TASKS))["tasks"]
+    ppl, mc = loaded["ten_shakespeare_ppl"], loaded["ten_shakespeare_mc"]
+    assert ppl.OUTPUT_TYPE == "loglikelihood_rolling" and mc.OUTPUT_TYPE == "multiple_choice"
+    docs = list(ppl.test_docs())
+    assert len(docs) == 60 and ppl.doc_to_target(docs[0]) == docs[0]["text"]
+    items = list(mc.test_docs())
+    assert len(items) == 200
+    item = items[0]
+    assert mc.doc_to_text(item) == item["context"] and mc.doc_to_choice(item) == item["choices"]
+    assert mc.doc_to_target(item) == item["label"]
+
+
+# ---------------------------------------------------------------- running them
+
+
+def test_python_api_runs_both_tasks(tiny_model):
+    results = harness.evaluate(tiny_model, TASKS, limit=2, batch_size=4, device="cpu")
+    ppl, mc = results["results"]["ten_shakespeare_ppl"], results["results"]["ten_shakespeare_mc"]
+    for key in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
+        assert finite(ppl[key]), key
+    assert 6.0 < ppl["bits_per_byte,none"] < 10.0  # a random 256-token model: about 8 bits per byte
+    for key in ("acc,none", "acc_norm,none"):
+        assert finite(mc[key]) and 0.0 <= mc[key] <= 1.0, key
+    rows = harness.metric_rows(results)
+    named = {(row.task, row.metric) for row in rows}
+    assert {("ten_shakespeare_ppl", "bits_per_byte"), ("ten_shakespeare_mc", "acc")} <= named
+    table = harness.format_table(rows)
+    assert table.splitlines()[0].split() == ["task", "metric", "value"] and "bits_per_byte" in table
+
+
+def test_a_model_type_registered_in_process_loads(tiny_model, tmp_path):
+    """What `import ten` will do for the `ten` model type: register it with the Auto classes, nothing on disk."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    class ProbeConfig(GPT2Config):
+        model_type = "ten-eval-probe"
+
+    class ProbeLM(GPT2LMHeadModel):
+        config_class = ProbeConfig
+
+    AutoConfig.register(ProbeConfig.model_type, ProbeConfig, exist_ok=True)
+    AutoModelForCausalLM.register(ProbeConfig, ProbeLM, exist_ok=True)
+    folder = tmp_path / "probe"
+    shutil.copytree(tiny_model, folder)
+    ProbeLM(ProbeConfig(**GPT2Config.from_pretrained(tiny_model).to_dict())).save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "ten-eval-probe"
+    results = harness.evaluate(folder, ["ten_shakespeare_ppl"], limit=1, device="cpu")
+    assert finite(results["results"]["ten_shakespeare_ppl"]["bits_per_byte,none"])
+
+
+def test_lm_eval_command_runs_a_local_task(tiny_model, tmp_path):
+    command = shutil.which("lm_eval", path=str(Path(sys.executable).parent)) or shutil.which("lm_eval")
+    if command is None:
+        pytest.skip("the lm_eval command is not installed")
+    env = {**os.environ, **OFFLINE, "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}
+    done = subprocess.run(
+        [command, "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--include_path",
+         str(harness.task_dir()), "--tasks", "ten_shakespeare_ppl", "--limit", "2", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ten_shakespeare_ppl" in done.stdout and "bits_per_byte" in done.stdout
+
+
+def test_ten_eval_on_a_run_folder_compares_with_training(tiny_model, tmp_path, capsys):
+    run = fake_run(tiny_model, tmp_path)
+    output = tmp_path / "results.json"
+    argv = ["eval", "--checkpoint", str(run), "--tasks", "ten_shakespeare_ppl", "--limit", "2", "--device", "cpu",
+            "--batch_size", "2", "--output", str(output)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "step-0000010" in out and "bits_per_byte" in out
+    assert "ten validation (trained on shakespeare): ce 1.5000 nats/token" in out
+    assert f"{1.5 / math.log(2):.4f} bits/byte" in out
+    assert "harness ten_shakespeare_ppl: bits_per_byte" in out
+    assert finite(json.loads(output.read_text())["results"]["ten_shakespeare_ppl"]["bits_per_byte,none"])
+
+
+# ---------------------------------------------------------------- ten's validation figures
+
+
+def test_ten_validation_figures(tiny_model, tmp_path):
+    run = fake_run(tiny_model, tmp_path)
+    checkpoint = run / "checkpoints" / "step-0000010"
+    found = harness.ten_validation(checkpoint)
+    assert (found.step, found.ce, found.dataset) == (10, 1.5, "shakespeare")
+    assert found.bits_per_byte == pytest.approx(1.5 / math.log(2)) and "metrics.jsonl" in found.source
+
+    (run / "metrics.jsonl").unlink()  # no record of the step: the best loss of trainer_state.json
+    found = harness.ten_validation(checkpoint)
+    assert found.ce == 2.0 and found.bits_per_byte == pytest.approx(2.0 / math.log(2))
+    assert "trainer_state.json" in found.source
+    assert harness.ten_validation(tiny_model) is None  # not a training checkpoint
+
+
+# ---------------------------------------------------------------- `ten eval` mistakes: one line, exit 2
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ten eval: error: "), err
+    return err
+
+
+def test_ten_eval_bad_input(tiny_model, tmp_path, capsys, monkeypatch):
+    err = one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path / "missing"), "--device", "cpu"])
+    assert "no checkpoint in" in err
+    err = one_line_error(capsys, ["eval", "--checkpoint", str(tiny_model), "--tasks", "hellaswag", "--device", "cpu"])
+    assert "unknown task hellaswag" in err and "ten_shakespeare_ppl" in err
+
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text("{}")
+    err = one_line_error(capsys, ["eval", "--checkpoint", str(not_a_model), "--device", "cpu"])
+    assert "cannot load" in err
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if lm-eval were not installed
+    err = one_line_error(capsys, ["eval", "--checkpoint", str(tiny_model), "--device", "cpu"])
+    assert "pip install 'ten[hf]'" in err
