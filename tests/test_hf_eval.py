@@ -1,7 +1,6 @@
 """lm-evaluation-harness on ten's local tasks: the task files, the builder of their data, `ten eval`.
 
-The model is a tiny random GPT-2 with a byte-level tokenizer, built offline: the evaluation code takes
-any folder AutoModelForCausalLM loads. Nothing here reaches the network.
+The model is a tiny random TEN with the byte tokenizer; nothing here reaches the network.
 """
 
 import json
@@ -48,24 +47,18 @@ def _offline(monkeypatch, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    """A folder AutoModelForCausalLM and AutoTokenizer load: 1-layer GPT-2, 256 byte-level tokens, eos = pad."""
+    """A ten checkpoint folder (2-layer TEN, byte tokenizer), as `ten train` writes its model and tokenizer."""
     pytest.importorskip("lm_eval")
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    core = Tokenizer(models.BPE(vocab={symbol: i for i, symbol in enumerate(alphabet)}, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    eos = alphabet[0]
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, pad_token=eos, model_max_length=CONTEXT)
-    tokenizer.save_pretrained(folder)
+    from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+    from ten.data import ByteTokenizer, save_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-ten")
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=256, n_positions=CONTEXT, bos_token_id=0,
-                        eos_token_id=0)  # fmt: skip
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    config = TemporalEigenstateConfig(d_model=32, n_layers=2, num_eigenstates=8, num_heads=2, max_seq_len=CONTEXT)
+    TemporalEigenstateNetwork(config).save_pretrained(folder)
+    save_tokenizer(ByteTokenizer(), folder)
     return folder
 
 
@@ -204,33 +197,16 @@ def test_python_api_runs_both_tasks(tiny_model):
     assert table.splitlines()[0].split() == ["task", "metric", "value"] and "bits_per_byte" in table
 
 
-def test_a_model_type_registered_in_process_loads(tiny_model, tmp_path):
-    """What `import ten` will do for the `ten` model type: register it with the Auto classes, nothing on disk."""
-    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
-
-    class ProbeConfig(GPT2Config):
-        model_type = "ten-eval-probe"
-
-    class ProbeLM(GPT2LMHeadModel):
-        config_class = ProbeConfig
-
-    AutoConfig.register(ProbeConfig.model_type, ProbeConfig, exist_ok=True)
-    AutoModelForCausalLM.register(ProbeConfig, ProbeLM, exist_ok=True)
-    folder = tmp_path / "probe"
-    shutil.copytree(tiny_model, folder)
-    ProbeLM(ProbeConfig(**GPT2Config.from_pretrained(tiny_model).to_dict())).save_pretrained(folder)
-    assert json.loads((folder / "config.json").read_text())["model_type"] == "ten-eval-probe"
-    results = harness.evaluate(folder, ["ten_shakespeare_ppl"], limit=1, device="cpu")
-    assert finite(results["results"]["ten_shakespeare_ppl"]["bits_per_byte,none"])
-
-
-def test_lm_eval_command_runs_a_local_task(tiny_model, tmp_path):
+def test_lm_eval_command_runs_a_local_task_on_an_exported_model(tiny_model, tmp_path):
+    """The ordinary command, in a process that never imports ten itself: the exported folder's code does."""
     command = shutil.which("lm_eval", path=str(Path(sys.executable).parent)) or shutil.which("lm_eval")
     if command is None:
         pytest.skip("the lm_eval command is not installed")
+    exported = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(tiny_model), "--hf", str(exported)]) == 0
     env = {**os.environ, **OFFLINE, "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}
     done = subprocess.run(
-        [command, "--model", "hf", "--model_args", f"pretrained={tiny_model}", "--include_path",
+        [command, "--model", "hf", "--model_args", f"pretrained={exported},trust_remote_code=True", "--include_path",
          str(harness.task_dir()), "--tasks", "ten_shakespeare_ppl", "--limit", "2", "--device", "cpu"],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )  # fmt: skip

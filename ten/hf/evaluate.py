@@ -148,8 +148,15 @@ def evaluate(
         model = load_harness_model(Path(model_dir), batch_size=batch_size, device=device, max_length=max_length,
                                    trust_remote_code=trust_remote_code)  # fmt: skip
         manager = TaskManager(include_path=str(task_dir()), include_defaults=False)
-        return lm_eval.simple_evaluate(model=model, tasks=names, task_manager=manager, limit=limit,
-                                       log_samples=log_samples, bootstrap_iters=bootstrap_iters)  # fmt: skip
+        try:
+            return lm_eval.simple_evaluate(model=model, tasks=names, task_manager=manager, limit=limit,
+                                           log_samples=log_samples, bootstrap_iters=bootstrap_iters)  # fmt: skip
+        except AssertionError:
+            # lm-eval asserts that each answer fits its context window (the training window by default).
+            raise EvaluationError(
+                f"an answer of these tasks is longer than the context window ({model.max_length} tokens, the "
+                "model's max_seq_len unless given): pass a larger --max_length (a ten model reads any length)"
+            ) from None
 
 
 @dataclass
