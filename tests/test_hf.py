@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa
 
 from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork, TransformerConfig, TransformerLM  # noqa: E402
 from ten.cli import main  # noqa: E402
-from ten.data import ByteTokenizer, save_tokenizer  # noqa: E402
+from ten.data import ByteTokenizer, load_tokenizer, save_tokenizer  # noqa: E402
 from ten.hf import transformers_problem  # noqa: E402
 from ten.hf.modeling import TenForCausalLM  # noqa: E402
 
@@ -245,3 +245,41 @@ def test_an_unsupported_transformers_version_is_one_line(saved_ten, tmp_path, ca
     monkeypatch.setattr("ten.hf.metadata.version", lambda name: "5.3.0")
     assert "transformers 5.3.0 is installed" in transformers_problem()
     assert ">=5.24" in one_line_error(capsys, ["export", "--checkpoint", str(folder), "--hf", str(tmp_path / "o")])
+
+
+def test_training_through_transformers_gives_the_same_gradients_with_activation_checkpointing(hf_model):
+    model, _ = hf_model
+    ids = torch.randint(0, 256, (2, 16))
+
+    def gradients():
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    model.train()
+    plain = gradients()
+    model.activation_checkpointing_enable()
+    assert model.network.gradient_checkpointing and model(input_ids=ids).cache is None  # no state kept in training
+    for a, b in zip(plain, gradients(), strict=True):
+        torch.testing.assert_close(a, b)
+    model.activation_checkpointing_disable()
+    model.eval()
+
+
+def test_a_checkpoint_of_ten_train_with_a_bpe_tokenizer_loads_and_generates(corpus, tmp_path):
+    from .test_training import TINY
+
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", str(corpus), *TINY, "--max_steps", "2", "--tokenizer", "bpe:300", "--use_hten",
+            "--hten_scales", "1,2", "--output_dir", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    checkpoint = run / "checkpoints" / "final"
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    ten_tokenizer = load_tokenizer(checkpoint)
+    text = "Now is the winter of our discontent"
+    assert tokenizer(text)["input_ids"] == ten_tokenizer.encode(text).tolist()
+    batch = tokenizer([text, "Now"], return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=5, do_sample=False)
+    alone = model.generate(tokenizer(["Now"], return_tensors="pt")["input_ids"], max_new_tokens=5, do_sample=False)
+    assert torch.equal(out[1, -5:], alone[0, -5:])

@@ -77,7 +77,8 @@ class TenForCausalLM(TenPreTrainedModel, GenerationMixin):
         self.network.training = mode  # its children follow through this module; its own flag does not
         return self
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
+        """transformers' activation checkpointing switches the network's own (each block, non-reentrant)."""
         self.network.gradient_checkpointing = enable
 
     def prepare_inputs_for_generation(
