@@ -94,8 +94,11 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--scan_backend", choices=list(SCAN_BACKENDS))
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=positive(float), help="passes over the training split (default 1, or as "
-                     "many as --time_budget allows)")
+    opt.add_argument(
+        "--epochs",
+        type=positive(float),
+        help="passes over the training split (default 1, or as many as --time_budget allows)",
+    )
     opt.add_argument("--max_steps", type=positive(int), help="optimiser steps (overrides --epochs)")
     opt.add_argument("--learning_rate", "--lr", type=positive(float), help="peak (default: the preset's)")
     opt.add_argument("--min_lr_ratio", type=non_negative_float, default=d.min_lr_ratio, help="final lr / peak lr")
@@ -108,8 +111,13 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                      choices=["no", "auto", "bf16", "fp16"],
                      help="bf16 autocast where supported, else fp16 + scaler on GPUs (flag alone: auto)")  # fmt: skip
     opt.add_argument("--gradient_checkpointing", action="store_true", help="recompute layers in backward")
-    opt.add_argument("--compile", dest="compile", action="store_const", const=True,
-                     help="torch.compile the training step (default: on CUDA only, where it is faster)")
+    opt.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_const",
+        const=True,
+        help="torch.compile the training step (default: on CUDA only, where it is faster)",
+    )
     opt.add_argument("--no_compile", dest="compile", action="store_const", const=False, help="never torch.compile")
     opt.add_argument("--use_8bit_optim", action="store_true", help="bitsandbytes 8-bit AdamW (CUDA)")
     opt.add_argument("--seed", type=int, default=d.seed)
@@ -252,6 +260,77 @@ def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
     print(f"written: {output}/bench.md, bench.json, bench_scaling.png")
 
 
+def float_list(text: str) -> list[float]:
+    """'1e-3,3e-3' -> [0.001, 0.003]."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers such as 1e-3,3e-3, got {text!r}") from None
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return values
+
+
+def cmd_synthetic(args: argparse.Namespace, explicit: set[str]) -> None:
+    import json
+
+    from .atomic import atomic_write
+    from .device import resolve_device
+    from .synthetic import TASKS
+    from .synthetic.experiment import VARIANTS, Cell, as_json, best_of_sweep, check_cell, describe, run_cell
+    from .synthetic.report import markdown_table, plot
+
+    task = TASKS[args.task]
+    settings = task.paper if args.paper else task.cpu
+    variants = [v.strip() for v in args.variants.split(",")]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown variant {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    options = dict(settings.options)
+    for name in ("vocab_size", "num_kv_pairs", "num_tokens"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    sizes = {name: getattr(args, name) for name in ("num_eigenstates", "num_heads", "selective_range", "n_layers")
+             if getattr(args, name) is not None}  # fmt: skip
+    if args.mlp:
+        sizes["mlp_hidden"] = None  # the library's default width instead of none
+    train_lengths = args.lengths or [settings.train_seq_len]
+    if args.task == "mqar" and args.lengths and args.num_kv_pairs is None:
+        options["num_kv_pairs"] = None  # Zoology's number of pairs for each length
+    cells = [
+        Cell(task=args.task, variant=variant, d_model=d_model, train_seq_len=length,
+             test_seq_lens=tuple(args.test_lengths or ([length] if args.lengths else settings.test_seq_lens)),
+             learning_rate=rate, options=options, sizes=sizes, steps=args.steps, batch_size=args.batch_size,
+             test_examples=args.test_examples,
+             seed=args.seed)
+        for length in train_lengths for d_model in args.d_models for variant in variants
+        for rate in args.learning_rates
+    ]  # fmt: skip
+    for cell in cells:
+        check_cell(cell)  # every setting before any training: a bad one fails at once
+    device = resolve_device(args.device)
+    output = Path(args.output_dir or f"runs/synthetic-{args.task}")
+    output.mkdir(parents=True, exist_ok=True)
+    print(describe(task, args.paper))
+    print(f"{len(cells)} models, {args.steps} steps of {args.batch_size} sequences each -> {output}")
+    results = []
+    for number, cell in enumerate(cells, 1):
+        name = f"[{number}/{len(cells)}] {cell.variant} d={cell.d_model} T={cell.train_seq_len}"
+        name += f" lr={cell.learning_rate:g}"
+        rows = run_cell(cell, device, lambda step, loss: None)
+        results += rows
+        print(f"{name}: loss {rows[0].final_loss:.3f}, {rows[0].train_seconds:.0f} s, accuracy "
+              + ", ".join(f"{r.accuracy:.3f} at {r.test_seq_len:,}" for r in rows), flush=True)  # fmt: skip
+        text = json.dumps(as_json(results), indent=1) + "\n"  # after every model: an interrupted grid keeps its rows
+        atomic_write(output / "results.json", lambda p, text=text: p.write_text(text))
+    best = best_of_sweep(results)
+    table = markdown_table(best)
+    title = describe(task, args.paper)
+    atomic_write(output / "results.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
+    plot(best, output / "accuracy.png", title)
+    print("\n" + table + f"\nwritten: {output}/results.md, results.json, accuracy.png")
+
+
 def cmd_eval(args: argparse.Namespace, explicit: set[str]) -> None:
     import json
 
@@ -304,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="train variants on the same data and budget; table and plot")
     add_train_flags(compare)
-    compare.add_argument("--variants", default=",".join(VARIANTS),
-                         help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all)")
+    compare.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all)"
+    )
     compare.add_argument("--tokens", type=positive(int), help="training tokens per variant (instead of --time_budget)")
     compare.set_defaults(run=cmd_compare)
 
@@ -332,17 +412,55 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=cmd_export)
 
     evaluate = commands.add_parser("eval", help="lm-evaluation-harness on a model folder, with ten's local tasks")
-    evaluate.add_argument("--checkpoint", required=True,
-                          help="a folder transformers loads (an exported model, a checkpoint) or a run's --output_dir")
-    evaluate.add_argument("--tasks", default="ten_shakespeare_ppl,ten_shakespeare_mc",
-                          help="comma-separated, from: ten_shakespeare_ppl, ten_shakespeare_mc (default: both)")
+    evaluate.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a folder transformers loads (an exported model, a checkpoint) or a run's --output_dir",
+    )
+    evaluate.add_argument(
+        "--tasks",
+        default="ten_shakespeare_ppl,ten_shakespeare_mc",
+        help="comma-separated, from: ten_shakespeare_ppl, ten_shakespeare_mc (default: both)",
+    )
     evaluate.add_argument("--limit", type=positive(int), help="at most N documents per task")
     evaluate.add_argument("--batch_size", type=positive(int), default=1)
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    evaluate.add_argument("--max_length", type=positive(int),
-                          help="the harness's context window (default: the model config's)")
+    evaluate.add_argument(
+        "--max_length", type=positive(int), help="the harness's context window (default: the model config's)"
+    )
     evaluate.add_argument("--output", help="write lm-eval's results as JSON to this file")
     evaluate.set_defaults(run=cmd_eval)
+
+    synthetic = commands.add_parser("synthetic", help="recall tasks (MQAR, selective copying, induction heads)")
+    synthetic.add_argument("--task", required=True, choices=["mqar", "selective_copying", "induction_heads"])
+    synthetic.add_argument(
+        "--variants",
+        default="ten,hten,transformer",
+        help="comma-separated, from: ten, ten-noselective, hten, transformer",
+    )
+    synthetic.add_argument("--d_models", type=integer_list, default=[64], help="widths, e.g. 64,128,256")
+    synthetic.add_argument("--lengths", type=integer_list, help="training lengths (default: the task's)")
+    synthetic.add_argument("--test_lengths", type=integer_list, help="test lengths (default: the training length; "
+                           "induction_heads: 64 ... 64x)")  # fmt: skip
+    synthetic.add_argument(
+        "--learning_rates", type=float_list, default=[1e-3, 3e-3], help="the sweep: each cell reports its best rate"
+    )
+    synthetic.add_argument("--steps", type=positive(int), default=400)
+    synthetic.add_argument("--batch_size", type=positive(int), default=32)
+    synthetic.add_argument("--test_examples", type=positive(int), default=256)
+    synthetic.add_argument("--vocab_size", type=positive(int), help="the task's data vocabulary")
+    synthetic.add_argument("--num_kv_pairs", type=positive(int), help="MQAR (default: Zoology's for the length)")
+    synthetic.add_argument("--num_tokens", type=positive(int), help="selective copying: tokens to copy")
+    synthetic.add_argument("--num_eigenstates", type=positive(int), help="TEN/HTEN (default: d_model)")
+    synthetic.add_argument("--num_heads", type=positive(int))
+    synthetic.add_argument("--selective_range", type=non_negative_float, help="TEN's |da|, |dw| bound (default 0.1)")
+    synthetic.add_argument("--n_layers", type=positive(int), help="default 2")
+    synthetic.add_argument("--mlp", action="store_true", help="keep an MLP in each block (default: mixers only)")
+    synthetic.add_argument("--paper", action="store_true", help="the papers' settings (for a GPU)")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    synthetic.add_argument("--output_dir", help="default: runs/synthetic-TASK")
+    synthetic.set_defaults(run=cmd_synthetic)
 
     prepare = commands.add_parser("prepare", help="tokenize a corpus into token files for --tokenized_dir")
     prepare.add_argument("--dataset", default="shakespeare")

@@ -74,12 +74,13 @@ class TemporalEigenstateConfig(ConfigDict):
     max_seq_len: int = 512  # training window; sets the slowest initial memory, not a hard limit
     dropout: float = 0.0
     selective: bool = True  # input-dependent eigenvalue perturbations (da, dw)
+    selective_range: float = 0.1  # |da|, |dw| <= this (decay logit and phase)
     use_hten: bool = False
     hten_scales: list[int] = field(default_factory=lambda: list(DEFAULT_HTEN_SCALES))
     energy_reg_weight: float = 0.01
     scan_backend: str = "auto"
     chunk_size: int = 32
-    mlp_hidden: int | None = None  # SwiGLU width; None: 8/3 d rounded up to a multiple of 64
+    mlp_hidden: int | None = None  # SwiGLU width; None: 8/3 d rounded up to a multiple of 64; 0: no MLP
     coupling_init: float = 0.01  # eps in R = I + eps M
     norm_eps: float = 1e-5
 
@@ -122,8 +123,10 @@ class TemporalEigenstateConfig(ConfigDict):
             or not 1 <= self.chunk_size <= MAX_CHUNK_SIZE
         ):
             raise ValueError(f"chunk_size must be an integer in [1, {MAX_CHUNK_SIZE}], got {self.chunk_size!r}")
-        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
-            raise ValueError(f"mlp_hidden must be a positive integer or None, got {self.mlp_hidden!r}")
+        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 0):
+            raise ValueError(f"mlp_hidden must be an integer >= 0 (0: no MLP) or None, got {self.mlp_hidden!r}")
+        if not (math.isfinite(self.selective_range) and self.selective_range >= 0):
+            raise ValueError(f"selective_range must be a finite number >= 0, got {self.selective_range!r}")
         if not (math.isfinite(self.coupling_init) and self.coupling_init >= 0):
             raise ValueError(f"coupling_init must be a finite number >= 0, got {self.coupling_init!r}")
         scales = self.hten_scales

@@ -68,13 +68,16 @@ class Block(nn.Module):
         super().__init__()
         self.mixer_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.mixer = mixer
-        self.mlp_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.mlp = SwiGLU(config.d_model, config.mlp_width, residual_gain=residual_gain)
+        self.mlp_norm = self.mlp = None
+        if config.mlp_width:  # 0: mixers only, as the 2-layer models of the recall papers
+            self.mlp_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+            self.mlp = SwiGLU(config.d_model, config.mlp_width, residual_gain=residual_gain)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any, Tensor | None]:
         """Returns the new residual stream, the mixer's state and its aux loss (None if it has none)."""
         mixed, state, aux_loss = self.mixer(self.mixer_norm(x), state)
         x = x + self.dropout(mixed)
-        x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+        if self.mlp is not None:
+            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x, state, aux_loss

@@ -2,7 +2,7 @@
 
     beta(t)  = W_in u(t)                                    K complex values
     lam_k(t) = |lam_k(t)| exp(i (w_k + dw_k(t)))
-    (da, dw) = 0.1 tanh(W_sel u(t))                         selective only, else 0
+    (da, dw) = r tanh(W_sel u(t))                           selective only, else 0 (r: selective_range, 0.1)
     c(t)     = lam(t) c(t-1) + beta(t)                      ten.ops.scan
     h(t)     = W_out [Re R c(t); Im R c(t)]                 R = I + eps M, block-diagonal
     y(t)     = sigmoid(W_g u(t) + b_g) * h(t)
@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from ..ops import MIN_DECAY, scan
 from .block import MixerOutput, SequenceMixer, no_weight_decay
 
-SELECTIVE_RANGE = 0.1  # |da|, |dw| <= 0.1
 # sigmoid rounds to exactly 1.0 in float32 past ~17; capping its argument keeps |lam| < 1
 # (1 - 2.3e-7 at the cap, a memory of 4 million tokens).
 MAX_DECAY_LOGIT = 15.0
@@ -61,6 +60,7 @@ class EigenstateCore(nn.Module):
         num_heads: int,
         longest_timescale: float,
         selective: bool = True,
+        selective_range: float = 0.1,
         coupling_init: float = 0.01,
         residual_gain: float = 1.0,
         scan_backend: str = "auto",
@@ -70,6 +70,7 @@ class EigenstateCore(nn.Module):
         self.num_eigenstates = num_eigenstates
         self.num_heads = num_heads
         self.selective = selective
+        self.selective_range = selective_range  # |da|, |dw| <= selective_range
         self.scan_backend = scan_backend
         self.chunk_size = chunk_size
         self.longest_timescale = longest_timescale
@@ -113,7 +114,7 @@ class EigenstateCore(nn.Module):
         """lam, complex64: (K,) from the parameters alone, or (B, T, K) for input u if selective."""
         a, w = self.decay_logit.float(), self.frequency.float()
         if self.selection is not None and u is not None:
-            da, dw = (SELECTIVE_RANGE * torch.tanh(self.selection(u).float())).unflatten(-1, (-1, 2)).unbind(-1)
+            da, dw = (self.selective_range * torch.tanh(self.selection(u).float())).unflatten(-1, (-1, 2)).unbind(-1)
             a, w = a + da, w + dw
         magnitude = MIN_DECAY + (1 - MIN_DECAY) * torch.sigmoid(a.clamp(max=MAX_DECAY_LOGIT))
         return complex_exp_parts(magnitude, w)
@@ -183,6 +184,7 @@ class EigenstateLayer(SequenceMixer):
             config.num_heads,
             longest_timescale=config.max_seq_len,
             selective=config.selective,
+            selective_range=config.selective_range,
             coupling_init=config.coupling_init,
             residual_gain=residual_gain,
             scan_backend=config.scan_backend,

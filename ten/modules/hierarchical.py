@@ -46,6 +46,7 @@ class HierarchicalEigenstateLayer(SequenceMixer):
                 config.num_heads,
                 longest_timescale=config.max_seq_len / s,  # in steps of s tokens
                 selective=config.selective,
+                selective_range=config.selective_range,
                 coupling_init=config.coupling_init,
                 residual_gain=residual_gain,
                 scan_backend=config.scan_backend,
