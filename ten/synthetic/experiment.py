@@ -134,7 +134,7 @@ def _logit_pieces(model: LanguageModel, inputs: Tensor, piece: int) -> Iterator[
 
 
 @torch.no_grad()
-def test(model: LanguageModel, cell: Cell, seq_len: int, device: torch.device) -> tuple[float, int]:
+def score(model: LanguageModel, cell: Cell, seq_len: int, device: torch.device) -> tuple[float, int]:
     """Accuracy on `cell.test_examples` held-out sequences of `seq_len` tokens, and the answers counted."""
     task = TASKS[cell.task]
     batch = task.generate(cell.test_examples, seq_len, seed=-(cell.seed + 1) % (1 << 62), **cell.options)
@@ -158,7 +158,7 @@ def run_cell(cell: Cell, device: torch.device, progress: Callable[[int, float], 
     seconds = time.perf_counter() - began
     results = []
     for seq_len in cell.test_seq_lens:
-        acc, scored = test(model, cell, seq_len, device) if math.isfinite(final_loss) else (0.0, 0)
+        acc, scored = score(model, cell, seq_len, device) if math.isfinite(final_loss) else (0.0, 0)
         results.append(Result(
             task=cell.task, variant=cell.variant, d_model=cell.d_model, train_seq_len=cell.train_seq_len,
             test_seq_len=seq_len, learning_rate=cell.learning_rate, accuracy=acc, scored=scored,
