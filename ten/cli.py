@@ -331,6 +331,43 @@ def cmd_synthetic(args: argparse.Namespace, explicit: set[str]) -> None:
     print("\n" + table + f"\nwritten: {output}/results.md, results.json, accuracy.png")
 
 
+def cmd_positions(args: argparse.Namespace, explicit: set[str]) -> None:
+    import json
+
+    from .atomic import atomic_write
+    from .data import load_token_data
+    from .device import resolve_device
+    from .experiments.positions import PositionLoss, loss_by_position, markdown, plot, validation_windows
+    from .training import find_checkpoint, load_model
+
+    device = resolve_device(args.device)
+    data = load_token_data(args.dataset, args.tokenizer)
+    windows = validation_windows(data.val, args.length, args.sequences)
+    results = []
+    for target in args.checkpoint:
+        checkpoint = find_checkpoint(Path(target))
+        model = load_model(checkpoint, device)
+        if model.config.vocab_size != data.tokenizer.vocab_size:
+            raise UserError(f"{checkpoint} has {model.config.vocab_size} tokens, --tokenizer {args.tokenizer} "
+                            f"{data.tokenizer.vocab_size}")  # fmt: skip
+        name = f"{model.architecture}{'/hten' if getattr(model.config, 'use_hten', False) else ''}"
+        name += f" ({Path(target).name})"
+        loss = loss_by_position(model, windows, args.batch_size)
+        results.append(PositionLoss(name, model.config.max_seq_len, loss))
+        print(f"{name}: mean loss {sum(loss) / len(loss):.4f} over {len(windows)} windows of {args.length:,}")
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    shortest = min(r.train_length for r in results)
+    marks = sorted({min(shortest * 2**i, args.length) for i in range(20)})
+    table = markdown(results, marks)
+    title = f"{data.description.split(':')[0]}: validation loss by position ({len(windows)} windows of {args.length:,})"
+    text = json.dumps([vars(r) for r in results]) + "\n"
+    atomic_write(output / "positions.json", lambda p: p.write_text(text))
+    atomic_write(output / "positions.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
+    plot(results, output / "positions.png", title)
+    print("\n" + table + f"\nwritten: {output}/positions.md, positions.json, positions.png")
+
+
 def cmd_eval(args: argparse.Namespace, explicit: set[str]) -> None:
     import json
 
@@ -461,6 +498,19 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     synthetic.add_argument("--output_dir", help="default: runs/synthetic-TASK")
     synthetic.set_defaults(run=cmd_synthetic)
+
+    positions = commands.add_parser("positions", help="validation loss by position, past the training length")
+    positions.add_argument(
+        "--checkpoint", action="append", required=True, help="a checkpoint or run folder (repeat for several models)"
+    )
+    positions.add_argument("--dataset", default="shakespeare")
+    positions.add_argument("--tokenizer", default="byte")
+    positions.add_argument("--length", type=positive(int), default=4096, help="window length (tokens)")
+    positions.add_argument("--sequences", type=positive(int), default=16, help="windows to average over")
+    positions.add_argument("--batch_size", type=positive(int), default=1)
+    positions.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    positions.add_argument("--output_dir", default="runs/positions")
+    positions.set_defaults(run=cmd_positions)
 
     prepare = commands.add_parser("prepare", help="tokenize a corpus into token files for --tokenized_dir")
     prepare.add_argument("--dataset", default="shakespeare")

@@ -60,3 +60,21 @@ def test_long_test_sequences_read_through_the_state_score_what_a_whole_forward_d
     with torch.no_grad():
         correct, total = accuracy(model(batch.inputs), batch.targets)
     assert scored == total == 6 * 8 and streamed == correct / total
+
+
+def test_loss_by_position_reads_windows_longer_than_training(corpus, tmp_path, capsys):
+    from .test_training import TINY
+
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(corpus), *TINY, "--max_steps", "2", "--output_dir", str(run)]) == 0
+    out = tmp_path / "positions"
+    argv = ["positions", "--checkpoint", str(run), "--dataset", str(corpus), "--length", "128", "--sequences", "2",
+            "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (result,) = json.loads((out / "positions.json").read_text())
+    assert result["train_length"] == 32 and len(result["loss"]) == 128
+    assert "| 1-32 | 33-64 | 65-128 |" in (out / "positions.md").read_text()
+    capsys.readouterr()
+    argv[argv.index("128")] = "100000"
+    assert main(argv) == 2
+    assert "too few for one window" in capsys.readouterr().err

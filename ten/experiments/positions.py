@@ -1,0 +1,92 @@
+"""Validation loss by position, past the training length: does a model keep using a longer context?
+
+Each model reads the same validation windows of `length` tokens whole, from position 1 (TEN and HTEN in one
+pass of the scan, the transformer with attention over the whole window and rotary positions it never
+trained on); the cross-entropy of every position is averaged over the windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..lm import LanguageModel
+
+
+@dataclass
+class PositionLoss:
+    name: str
+    train_length: int
+    loss: list[float]  # nats, mean over the windows, position 1 ... length
+
+
+def validation_windows(tokens: np.ndarray, length: int, count: int) -> torch.Tensor:
+    """`count` windows of length + 1 tokens, evenly spaced over the stream (at most every token once)."""
+    available = len(tokens) - (length + 1)
+    if available < 0:
+        raise ValueError(f"the validation split holds {len(tokens):,} tokens: too few for one window of {length + 1:,}")
+    count = min(count, available // (length + 1) + 1)
+    starts = np.linspace(0, available, count).astype(np.int64)
+    return torch.from_numpy(np.stack([tokens[s : s + length + 1].astype(np.int64) for s in starts]))
+
+
+@torch.no_grad()
+def loss_by_position(model: LanguageModel, windows: torch.Tensor, batch_size: int = 1) -> list[float]:
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)
+    for batch in windows.split(batch_size):
+        batch = batch.to(device)
+        logits = model(batch[:, :-1]).float()
+        ce = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (B, T)
+        total += ce.sum(0).double().cpu()
+    return (total / len(windows)).tolist()
+
+
+def binned(loss: Sequence[float], bins: int = 40) -> tuple[list[float], list[float]]:
+    """Log-spaced bins of positions (1-based) and the mean loss in each: readable from 1 to thousands."""
+    edges = np.unique(np.geomspace(1, len(loss) + 1, bins + 1).astype(int))
+    centres, means = [], []
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        centres.append(math.sqrt(low * (high - 1)) if high - 1 > low else float(low))
+        means.append(float(np.mean(loss[low - 1 : high - 1])))
+    return centres, means
+
+
+def markdown(results: Sequence[PositionLoss], marks: Sequence[int]) -> str:
+    """Mean loss over position ranges ending at each mark (e.g. the training length, 2x, ... the window)."""
+    ranges = list(zip([0, *marks[:-1]], marks, strict=True))
+    header = "| model | trained at | " + " | ".join(f"{a + 1:,}-{b:,}" for a, b in ranges) + " |"
+    lines = [header, "|---|---:|" + "---:|" * len(ranges)]
+    for r in results:
+        cells = [f"{np.mean(r.loss[a:b]):.3f}" for a, b in ranges]
+        lines.append(f"| {r.name} | {r.train_length:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: Sequence[PositionLoss], path: Path, title: str) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axis = plt.subplots(figsize=(7, 4.2))
+    for r in results:
+        x, y = binned(r.loss)
+        line = axis.plot(x, y, marker=".", label=f"{r.name} (trained at {r.train_length})")[0]
+        axis.axvline(r.train_length, color=line.get_color(), linestyle=":", alpha=0.6)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("position in the window (tokens)")
+    axis.set_ylabel("validation cross-entropy (nats/token)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
