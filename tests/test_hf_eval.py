@@ -19,7 +19,7 @@ from ten.eval_tasks import build
 from ten.hf import evaluate as harness
 
 TASKS = ("ten_shakespeare_ppl", "ten_shakespeare_mc")
-CONTEXT = 128  # tokens: a whole MC line (up to ~70 bytes) must fit beside some of its context
+CONTEXT = 128  # tokens: an MC choice (the rest of a line, up to ~60 bytes) must fit beside some of its context
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 # ---------------------------------------------------------------- fixtures
@@ -94,7 +94,12 @@ def finite(value) -> bool:
 # ---------------------------------------------------------------- the builder of the task data
 
 
-def test_builder_is_deterministic_and_gold_is_the_next_line():
+def within_length(choice: str, gold: str) -> bool:
+    """Within 20% or 5 characters of the gold's length; the builder in fact makes them equal."""
+    return abs(len(choice) - len(gold)) <= max(0.2 * len(gold), 5)
+
+
+def test_builder_is_deterministic_and_gold_is_the_rest_of_the_line():
     text = fake_play()
     val = build.validation_text(text)
     first, second = build.build(text), build.build(text)
@@ -107,9 +112,17 @@ def test_builder_is_deterministic_and_gold_is_the_next_line():
         assert len(item["choices"]) == build.MC_CHOICES
         assert len({c.casefold() for c in item["choices"]}) == build.MC_CHOICES
         gold = item["choices"][item["label"]]
-        assert val[item["offset"] :].startswith(item["context"] + "\n" + gold + "\n")  # the true next line
+        whole = item["context"] + " " + gold  # lm-eval's context + target_delimiter + choice
+        assert val[item["offset"] : item["offset"] + len(whole)] == whole
+        assert val[item["offset"] + len(whole)] == "\n"  # the gold ends where the line ends
+        context_lines = item["context"].split("\n")
+        assert len(context_lines) == build.MC_CONTEXT_LINES + 1
+        cut_line = context_lines[-1]  # the start of the line whose rest is asked for
+        assert len(cut_line.split()) >= 2 and len(cut_line) <= len(cut_line + " " + gold) / 2
+        assert not item["context"].endswith(" ") and all(c and not c[0].isspace() for c in item["choices"])
         distractors = [c for i, c in enumerate(item["choices"]) if i != item["label"]]
-        assert all(d + "\n" in val and d != gold for d in distractors)
+        assert all(" " + d + "\n" in val and "\n" not in d for d in distractors)  # rests of other lines
+        assert all(within_length(d, gold) and len(d) == len(gold) for d in distractors)
     assert len({item["label"] for item in items}) > 1
 
     docs = build.perplexity_documents(val, count=5, min_chars=300, max_chars=900)
@@ -145,6 +158,10 @@ def test_committed_task_data_sizes():
     assert all(1000 <= len(doc["text"]) <= 3000 for doc in rows[build.PPL_FILE])
     assert len(rows[build.MC_FILE]) == 200
     assert all(0 <= item["label"] < 4 and len(item["choices"]) == 4 for item in rows[build.MC_FILE])
+    for item in rows[build.MC_FILE]:
+        gold = item["choices"][item["label"]]
+        assert all(within_length(choice, gold) and len(choice) == len(gold) for choice in item["choices"])
+        assert not item["context"].endswith((" ", "\n")) and not any(c[0].isspace() for c in item["choices"])
 
 
 # ---------------------------------------------------------------- the tasks in lm-eval
@@ -177,6 +194,10 @@ def test_task_yamls_load_in_lm_eval(tmp_path, monkeypatch):
     item = items[0]
     assert mc.doc_to_text(item) == item["context"] and mc.doc_to_choice(item) == item["choices"]
     assert mc.doc_to_target(item) == item["label"]
+    requests = mc.construct_requests(doc=item, ctx=mc.fewshot_context(item, 0), metadata=("ten_shakespeare_mc", 0, 1))
+    conditional = [(item["context"], " " + choice) for choice in item["choices"]]
+    unconditional = [("", " " + choice) for choice in item["choices"]]  # for acc_mutual_info
+    assert [r.arguments for r in requests] == conditional + unconditional
 
 
 # ---------------------------------------------------------------- running them
@@ -188,7 +209,7 @@ def test_python_api_runs_both_tasks(tiny_model):
     for key in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
         assert finite(ppl[key]), key
     assert 6.0 < ppl["bits_per_byte,none"] < 10.0  # a random 256-token model: about 8 bits per byte
-    for key in ("acc,none", "acc_norm,none"):
+    for key in ("acc,none", "acc_norm,none", "acc_mutual_info,none"):
         assert finite(mc[key]) and 0.0 <= mc[key] <= 1.0, key
     rows = harness.metric_rows(results)
     named = {(row.task, row.metric) for row in rows}

@@ -9,8 +9,11 @@ is a pure function of the text and a seed, so the output is the same on every ma
 
 - ten_shakespeare_ppl.jsonl: {"text", "offset"} documents of about 1-3 KB, whole blank-line-separated
   blocks (speeches, stage directions) of the validation text, evenly spaced through it.
-- ten_shakespeare_mc.jsonl: {"context", "choices", "label", "offset"} items: four lines of a speech, and
-  the true next line among four, the three others lines of speech from elsewhere in the validation split.
+- ten_shakespeare_mc.jsonl: {"context", "choices", "label", "offset"} items: four lines of a speech and
+  the first words of the next line (cut at a space in its first half), then the true rest of that line
+  among four; the three others are rests of lines of speech from elsewhere in the validation split, cut at
+  a space so that all four have the same length. lm-eval joins context and choice with one space, so
+  context + " " + true rest is exactly the validation text.
 
 `offset` is where the document (the context) starts, in characters from the start of the validation text.
 """
@@ -38,6 +41,7 @@ MC_CONTEXT_LINES = 4
 MC_CHOICES = 4
 MC_MIN_LINE_CHARS = 20
 MC_DISTRACTOR_GAP = 100  # distractors come from lines at least this far (in lines) from the true one
+MC_MIN_PREFIX_WORDS = 2  # words of a line kept before its cut (in the context; before a distractor's rest)
 
 _BLANK_RUN = re.compile(r"\n(?:[ \t]*\n)+")  # one or more blank lines: a block boundary
 _SPEAKER = re.compile(r"[A-Z][A-Z0-9' ,.&-]*\.")  # "SIR TOBY.", "ACT I." — headings, never speech
@@ -92,13 +96,34 @@ def _is_speech(line: str) -> bool:
     )
 
 
+def _word_cuts(line: str, min_words: int = MC_MIN_PREFIX_WORDS) -> list[int]:
+    """Where `line` may be cut: indices of single spaces with at least `min_words` words before them."""
+    return [
+        p
+        for p, char in enumerate(line)
+        if char == " "
+        and 0 < p < len(line) - 1
+        and line[p - 1] != " "
+        and line[p + 1] != " "
+        and len(line[:p].split()) >= min_words
+    ]
+
+
 def multiple_choice_items(
     val: str, count: int = MC_ITEMS, seed: int = SEED, context_lines: int = MC_CONTEXT_LINES
 ) -> list[dict[str, Any]]:
-    """Items whose context is `context_lines` non-blank lines and whose answer is the line after them.
+    """Items that ask how a line of speech goes on, given the lines before it and its first few words.
 
-    The answer is a line of speech; the distractors are distinct lines of speech at least
-    MC_DISTRACTOR_GAP lines away, and the answer's position is drawn from the same seeded generator.
+    The context is `context_lines` non-blank lines, a newline, then the start of the next line (a line of
+    speech) cut at a space in its first half, keeping at least MC_MIN_PREFIX_WORDS words. The answer is the
+    rest of that line after the space, so `context + " " + answer` is exactly the text at `offset` and the
+    answer ends where the line ends. The three distractors are rests of distinct lines of speech at least
+    MC_DISTRACTOR_GAP lines away, each cut at a space (after at least MC_MIN_PREFIX_WORDS words) that leaves
+    exactly as many characters as the answer has; a line with no such space is passed over. Equal lengths
+    give length nothing to tell: distractors merely close in length, spread around the answer's, would make
+    the answer the one of middling length (picking a choice that is neither the shortest nor the longest
+    would score 0.32 with lengths within 20% of the answer's). All choices differ case-insensitively. The
+    answer's cut, the distractor lines and the answer's position come from one seeded generator.
     """
     start = _clean_start(val)
     lines, offsets, position = [], [], start
@@ -107,26 +132,34 @@ def multiple_choice_items(
         offsets.append(position)
         position += len(line) + 1
     speech = [i for i, line in enumerate(lines) if _is_speech(line)]
+    cuts = {i: _word_cuts(lines[i]) for i in speech}
     answers = [
-        i for i in speech if i >= context_lines and all(lines[j].strip() for j in range(i - context_lines, i))
+        i
+        for i in speech
+        if i >= context_lines
+        and all(lines[j].strip() for j in range(i - context_lines, i))
+        and any(2 * p <= len(lines[i]) for p in cuts[i])
     ]
     rng = random.Random(seed)
     items = []
     for i in _evenly(answers, count):
-        gold = lines[i]
+        line = lines[i]
+        cut = rng.choice([p for p in cuts[i] if 2 * p <= len(line)])
+        prefix, gold = line[:cut], line[cut + 1 :]
         seen = {gold.casefold()}
         distractors: list[str] = []
         pool = [j for j in speech if abs(j - i) >= MC_DISTRACTOR_GAP]
         while len(distractors) < MC_CHOICES - 1 and pool:
-            line = lines[pool.pop(rng.randrange(len(pool)))]
-            if line.casefold() not in seen:
-                seen.add(line.casefold())
-                distractors.append(line)
+            j = pool.pop(rng.randrange(len(pool)))
+            rest = lines[j][len(lines[j]) - len(gold) :]
+            if len(lines[j]) - len(gold) - 1 in cuts[j] and rest.casefold() not in seen:
+                seen.add(rest.casefold())
+                distractors.append(rest)
         if len(distractors) < MC_CHOICES - 1:
             continue  # a text too small for distinct distractors
         label = rng.randrange(MC_CHOICES)
         choices = distractors[:label] + [gold] + distractors[label:]
-        context = "\n".join(lines[i - context_lines : i])
+        context = "\n".join([*lines[i - context_lines : i], prefix])
         items.append({"context": context, "choices": choices, "label": label, "offset": offsets[i - context_lines]})
     return items
 
