@@ -90,6 +90,8 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--num_heads", type=positive(int), help="eigenstate heads (blocks of the coupling)")
     model.add_argument("--no_selective", dest="selective", action="store_const", const=False,
                        help="eigenvalues independent of the input (time-invariant)")  # fmt: skip
+    model.add_argument("--selective_range", type=non_negative_float,
+                       help="bound on the selective change of decay logit and phase (default 0.1)")
     model.add_argument("--dropout", type=non_negative_float)
     model.add_argument("--scan_backend", choices=list(SCAN_BACKENDS))
 

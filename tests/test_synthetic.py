@@ -66,7 +66,9 @@ def test_loss_by_position_reads_windows_longer_than_training(corpus, tmp_path, c
     from .test_training import TINY
 
     run = tmp_path / "run"
-    assert main(["train", "--dataset", str(corpus), *TINY, "--max_steps", "2", "--output_dir", str(run)]) == 0
+    argv = ["train", "--dataset", str(corpus), *TINY, "--max_steps", "2", "--selective_range", "0.5"]
+    assert main([*argv, "--output_dir", str(run)]) == 0
+    assert json.loads((run / "checkpoints" / "final" / "config.json").read_text())["selective_range"] == 0.5
     out = tmp_path / "positions"
     argv = ["positions", "--checkpoint", str(run), "--dataset", str(corpus), "--length", "128", "--sequences", "2",
             "--output_dir", str(out)]  # fmt: skip

@@ -14,7 +14,7 @@ RESUMABLE_OVERRIDES = frozenset(
 )  # fmt: skip
 # The settings that override a preset's model: each applies to the architectures whose config has it.
 MODEL_FIELDS = ("use_hten", "hten_scales", "energy_reg_weight", "max_seq_len", "d_model", "n_layers",
-                "num_eigenstates", "num_heads", "selective", "dropout", "scan_backend")  # fmt: skip
+                "num_eigenstates", "num_heads", "selective", "selective_range", "dropout", "scan_backend")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class TrainArguments:
     num_eigenstates: int | None = None
     num_heads: int | None = None
     selective: bool | None = None
+    selective_range: float | None = None
     dropout: float | None = None
     scan_backend: str | None = None
     # optimisation
