@@ -89,6 +89,24 @@ class EigenstateCore(nn.Module):
         self.out_proj = nn.Linear(2 * k, d_model, bias=False)
         self.reset_parameters()
 
+    @classmethod
+    def from_config(
+        cls, config, num_eigenstates: int, longest_timescale: float, residual_gain: float
+    ) -> EigenstateCore:
+        """A core with the config's settings: K and the longest timescale differ between TEN and each HTEN scale."""
+        return cls(
+            config.d_model,
+            num_eigenstates,
+            config.num_heads,
+            longest_timescale=longest_timescale,
+            selective=config.selective,
+            selective_range=config.selective_range,
+            coupling_init=config.coupling_init,
+            residual_gain=residual_gain,
+            scan_backend=config.scan_backend,
+            chunk_size=config.chunk_size,
+        )
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         k = self.num_eigenstates
@@ -178,18 +196,7 @@ class EigenstateLayer(SequenceMixer):
 
     def __init__(self, config, residual_gain: float = 1.0) -> None:
         super().__init__()
-        self.core = EigenstateCore(
-            config.d_model,
-            config.num_eigenstates,
-            config.num_heads,
-            longest_timescale=config.max_seq_len,
-            selective=config.selective,
-            selective_range=config.selective_range,
-            coupling_init=config.coupling_init,
-            residual_gain=residual_gain,
-            scan_backend=config.scan_backend,
-            chunk_size=config.chunk_size,
-        )
+        self.core = EigenstateCore.from_config(config, config.num_eigenstates, config.max_seq_len, residual_gain)
         self.gate = OutputGate(config.d_model)
 
     def forward(self, u: Tensor, state: Tensor | None = None) -> MixerOutput:

@@ -39,19 +39,8 @@ class HierarchicalEigenstateLayer(SequenceMixer):
         super().__init__()
         self.scales = list(config.hten_scales)
         self.d_model = config.d_model
-        self.scale_cores = nn.ModuleList(
-            EigenstateCore(
-                config.d_model,
-                config.eigenstates_per_scale,
-                config.num_heads,
-                longest_timescale=config.max_seq_len / s,  # in steps of s tokens
-                selective=config.selective,
-                selective_range=config.selective_range,
-                coupling_init=config.coupling_init,
-                residual_gain=residual_gain,
-                scan_backend=config.scan_backend,
-                chunk_size=config.chunk_size,
-            )
+        self.scale_cores = nn.ModuleList(  # scale s steps once per s tokens: its longest timescale is T / s steps
+            EigenstateCore.from_config(config, config.eigenstates_per_scale, config.max_seq_len / s, residual_gain)
             for s in self.scales
         )
         self.scale_weights = nn.Parameter(torch.full((len(self.scales),), 1.0 / len(self.scales)))
