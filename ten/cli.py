@@ -90,8 +90,11 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--num_heads", type=positive(int), help="eigenstate heads (blocks of the coupling)")
     model.add_argument("--no_selective", dest="selective", action="store_const", const=False,
                        help="eigenvalues independent of the input (time-invariant)")  # fmt: skip
-    model.add_argument("--selective_range", type=non_negative_float,
-                       help="bound on the selective change of decay logit and phase (default 0.1)")
+    model.add_argument(
+        "--selective_range",
+        type=non_negative_float,
+        help="bound on the selective change of decay logit and phase (default 0.1)",
+    )
     model.add_argument("--dropout", type=non_negative_float)
     model.add_argument("--scan_backend", choices=list(SCAN_BACKENDS))
 
@@ -274,13 +277,10 @@ def float_list(text: str) -> list[float]:
 
 
 def cmd_synthetic(args: argparse.Namespace, explicit: set[str]) -> None:
-    import json
-
-    from .atomic import atomic_write
     from .device import resolve_device
     from .synthetic import TASKS
-    from .synthetic.experiment import VARIANTS, Cell, as_json, best_of_sweep, check_cell, describe, run_cell
-    from .synthetic.report import markdown_table, plot
+    from .synthetic.experiment import VARIANTS, Cell, check_cell, describe, run_grid
+    from .synthetic.report import write_report
 
     task = TASKS[args.task]
     settings = task.paper if args.paper else task.cpu
@@ -315,21 +315,8 @@ def cmd_synthetic(args: argparse.Namespace, explicit: set[str]) -> None:
     output.mkdir(parents=True, exist_ok=True)
     print(describe(task, args.paper))
     print(f"{len(cells)} models, {args.steps} steps of {args.batch_size} sequences each -> {output}")
-    results = []
-    for number, cell in enumerate(cells, 1):
-        name = f"[{number}/{len(cells)}] {cell.variant} d={cell.d_model} T={cell.train_seq_len}"
-        name += f" lr={cell.learning_rate:g}"
-        rows = run_cell(cell, device, lambda step, loss: None)
-        results += rows
-        print(f"{name}: loss {rows[0].final_loss:.3f}, {rows[0].train_seconds:.0f} s, accuracy "
-              + ", ".join(f"{r.accuracy:.3f} at {r.test_seq_len:,}" for r in rows), flush=True)  # fmt: skip
-        text = json.dumps(as_json(results), indent=1) + "\n"  # after every model: an interrupted grid keeps its rows
-        atomic_write(output / "results.json", lambda p, text=text: p.write_text(text))
-    best = best_of_sweep(results)
-    table = markdown_table(best)
-    title = describe(task, args.paper)
-    atomic_write(output / "results.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
-    plot(best, output / "accuracy.png", title)
+    results = run_grid(cells, device, output, log=lambda line: print(line, flush=True))
+    table = write_report(results, output, describe(task, args.paper))
     print("\n" + table + f"\nwritten: {output}/results.md, results.json, accuracy.png")
 
 

@@ -47,12 +47,11 @@ def require_transformers() -> None:
 
 
 def register() -> bool:
-    """Register TenConfig / TenForCausalLM with the Auto classes; False (and a warning if the version is
-    unsupported) when transformers cannot be used."""
+    """Register TenConfig / TenForCausalLM with the Auto classes (called once transformers is imported);
+    False, with a warning saying why, when this transformers cannot be used."""
     problem = transformers_problem()
     if problem:
-        if "is installed" in problem:
-            warnings.warn(problem, stacklevel=2)
+        warnings.warn(problem, stacklevel=2)
         return False
     from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415  (optional extra)
 

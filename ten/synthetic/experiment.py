@@ -9,15 +9,18 @@ transformer reads them whole (its rotary positions are all it has to go on).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write
 from ..lm import LanguageModel
 from ..timing import build_model
 from ..training.optimizer import build_optimizer
@@ -96,7 +99,7 @@ def build(cell: Cell, device: torch.device) -> LanguageModel:
                        max_seq_len=cell.train_seq_len, **sizes)  # fmt: skip
 
 
-def train(model: LanguageModel, cell: Cell, device: torch.device, progress: Callable[[int, float], None]) -> float:
+def train(model: LanguageModel, cell: Cell, device: torch.device) -> float:
     """`cell.steps` AdamW steps on fresh batches (warm-up, then cosine); the mean loss of the last tenth."""
     task = TASKS[cell.task]
     optimizer = build_optimizer(model, cell.learning_rate, WEIGHT_DECAY, use_8bit=False)
@@ -117,7 +120,6 @@ def train(model: LanguageModel, cell: Cell, device: torch.device, progress: Call
         if not math.isfinite(value):
             return value
         recent = (recent + [value])[-max(1, cell.steps // 10) :]
-        progress(step + 1, value)
     return sum(recent) / len(recent)
 
 
@@ -150,11 +152,11 @@ def score(model: LanguageModel, cell: Cell, seq_len: int, device: torch.device) 
     return correct / max(total, 1), total
 
 
-def run_cell(cell: Cell, device: torch.device, progress: Callable[[int, float], None]) -> list[Result]:
+def run_cell(cell: Cell, device: torch.device) -> list[Result]:
     torch.manual_seed(cell.seed)
     model = build(cell, device)
     began = time.perf_counter()
-    final_loss = train(model, cell, device, progress)
+    final_loss = train(model, cell, device)
     seconds = time.perf_counter() - began
     results = []
     for seq_len in cell.test_seq_lens:
@@ -169,6 +171,21 @@ def run_cell(cell: Cell, device: torch.device, progress: Callable[[int, float], 
     return results
 
 
+def run_grid(cells: Sequence[Cell], device: torch.device, output: Path, log: Callable[[str], None]) -> list[Result]:
+    """Every cell in turn, a line each; results.json is rewritten after every model, so an interrupted grid
+    keeps its rows."""
+    results: list[Result] = []
+    for number, cell in enumerate(cells, 1):
+        rows = run_cell(cell, device)
+        results += rows
+        log(f"[{number}/{len(cells)}] {cell.variant} d={cell.d_model} T={cell.train_seq_len} "
+            f"lr={cell.learning_rate:g}: loss {rows[0].final_loss:.3f}, {rows[0].train_seconds:.0f} s, accuracy "
+            + ", ".join(f"{r.accuracy:.3f} at {r.test_seq_len:,}" for r in rows))  # fmt: skip
+        text = json.dumps(as_json(results), indent=1) + "\n"
+        atomic_write(output / "results.json", lambda p, text=text: p.write_text(text))
+    return results
+
+
 def best_of_sweep(results: Sequence[Result]) -> list[Result]:
     """Per cell (all but the learning rate), the rows of the rate with the best accuracy at the training length."""
 
@@ -176,15 +193,15 @@ def best_of_sweep(results: Sequence[Result]) -> list[Result]:
         return (r.task, r.variant, r.d_model, r.train_seq_len, repr(sorted(r.sizes.items())),
                 repr(sorted(r.options.items())))  # fmt: skip
 
-    chosen: dict[tuple, float] = {}
-    for r in results:
-        at_train = [x for x in results if cell_key(x) == cell_key(r) and x.learning_rate == r.learning_rate
-                    and x.test_seq_len == r.train_seq_len] or [r]  # fmt: skip
-        score = (at_train[0].accuracy, -at_train[0].final_loss)
-        best = chosen.get(cell_key(r))
-        if best is None or score > best[0]:
-            chosen[cell_key(r)] = (score, r.learning_rate)
-    return [r for r in results if chosen[cell_key(r)][1] == r.learning_rate]
+    # Each (cell, rate) is scored by its row at the training length (else its shortest test length).
+    scores: dict[tuple, tuple[float, float]] = {}
+    for r in sorted(results, key=lambda r: (r.test_seq_len != r.train_seq_len, r.test_seq_len)):
+        scores.setdefault((cell_key(r), r.learning_rate), (r.accuracy, -r.final_loss))
+    best: dict[tuple, float] = {}
+    for (cell, rate), score in scores.items():
+        if cell not in best or score > scores[cell, best[cell]]:
+            best[cell] = rate
+    return [r for r in results if best[cell_key(r)] == r.learning_rate]
 
 
 def describe(task: SyntheticTask, paper: bool) -> str:

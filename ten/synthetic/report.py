@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .experiment import Result
+from ..atomic import atomic_write
+from .experiment import Result, best_of_sweep
 
 
 def markdown_table(results: Sequence[Result]) -> str:
@@ -49,3 +50,12 @@ def plot(results: Sequence[Result], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_report(results: Sequence[Result], output: Path, title: str) -> str:
+    """results.md and accuracy.png of the best learning rate of each cell; the table."""
+    best = best_of_sweep(results)
+    table = markdown_table(best)
+    atomic_write(output / "results.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
+    plot(best, output / "accuracy.png", title)
+    return table
