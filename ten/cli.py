@@ -512,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .atomic import WriteError
+    from safetensors import SafetensorError
+
+    from .atomic import WriteError, write_failure
     from .data import DataError
     from .training import TrainingDiverged
 
@@ -532,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TEN_DEBUG"):
             raise
         print(f"{prefix}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    except (OSError, SafetensorError) as err:  # the file system failed (a full disk): not the user's mistake
+        if os.environ.get("TEN_DEBUG"):
+            raise
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"{prefix}: error: {where}{write_failure(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)

@@ -283,3 +283,18 @@ def test_a_checkpoint_of_ten_train_with_a_bpe_tokenizer_loads_and_generates(corp
     out = model.generate(**batch, max_new_tokens=5, do_sample=False)
     alone = model.generate(tokenizer(["Now"], return_tensors="pt")["input_ids"], max_new_tokens=5, do_sample=False)
     assert torch.equal(out[1, -5:], alone[0, -5:])
+
+
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing_behind(saved_ten, tmp_path, capsys, monkeypatch):
+    import errno
+
+    folder, _ = saved_ten
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("ten.hf.export.save_tokenizer", full)
+    assert main(["export", "--checkpoint", str(folder), "--hf", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no export, no staging folder

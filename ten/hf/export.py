@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from ..atomic import WriteError, write_failure
 from ..data import load_tokenizer, save_tokenizer
 from ..data.jsonfile import write_json
@@ -66,7 +68,7 @@ def export_hf(checkpoint: Path, destination: Path, overwrite: bool = False) -> P
         if destination.exists():
             shutil.rmtree(destination)
         staging.rename(destination)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # a full disk: nothing half-written is left
         shutil.rmtree(staging, ignore_errors=True)
         raise WriteError(f"cannot write {destination}: {write_failure(err)}") from None
     return destination
