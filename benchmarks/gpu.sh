@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures, side by side in one run on one CUDA machine. Writes $OUT (default runs/gpu):
+#   check.json       benchmarks/gpu_check.py: the CUDA paths against their references
 #   core.md/.json    the scan alone (triton vs chunked vs sequential, fwd and fwd+bwd, B=8, K=64,
 #                    T = 2k..64k, GB/s against the card's copy bandwidth), a 2-layer training step,
 #                    generation after 1k/8k/32k tokens
@@ -15,6 +16,7 @@ mkdir -p "$OUT"
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'benchmarks/gpu.sh: no CUDA GPU here')"
 "$PYTHON" -c "import triton" 2>/dev/null || echo "note: triton is not installed (pip install 'ten[gpu]'): no fused-kernel column"
 
+"$PYTHON" benchmarks/gpu_check.py --json "$OUT/check.json"  # correctness first: stops here if a check fails
 "$PYTHON" benchmarks/bench_core.py --device cuda --size gpu --json "$OUT/core.json" --markdown "$OUT/core.md"
 "$PYTHON" -m ten bench --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --num_eigenstates 128 \
     --lengths 512,2048,8192,32768 --tokens_per_batch 32768 --contexts 1024,8192,32768 --decode_batches 1,16 \

@@ -49,6 +49,29 @@ class RecurrentState:
     layers: list[Any] = field(default_factory=list)
 
 
+def with_standard_strides(tensor: Tensor) -> Tensor:
+    """``tensor``, copied if its strides are not the row-major ones of its shape (size-1 dims included)."""
+    expected, stride = [], 1
+    for size in reversed(tensor.shape):
+        expected.append(stride)
+        stride *= size
+    if tensor.stride() == tuple(reversed(expected)):
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def map_tensors(state: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``state`` with ``fn`` applied to every tensor in it (lists and dataclasses walked; ints and None kept)."""
+    if torch.is_tensor(state):
+        return fn(state)
+    if isinstance(state, list):
+        return [map_tensors(item, fn) for item in state]
+    if dataclasses.is_dataclass(state):
+        return dataclasses.replace(state, **{f.name: map_tensors(getattr(state, f.name), fn)
+                                             for f in dataclasses.fields(state)})  # fmt: skip
+    return state
+
+
 def load_config(path: Path) -> tuple[str, Any]:
     """(architecture, config) from a config.json; files without the key are TEN's (the first format).
 
@@ -242,9 +265,16 @@ class LanguageModel(nn.Module):
         """The compiled step; where compiling fails (a backend missing on this machine), the eager one."""
         if self._compiled_step is not self._step:
             try:
-                if token.is_cuda:
-                    torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are this one's inputs
-                return self._compiled_step(token, state)
+                # One graph for every step: each mixer's state in its decoding form, and row-major strides
+                # (the graph is specialised on strides; a prefill's last-step slice of batch 1 keeps the prompt's).
+                layers = [block.mixer.decoding_state(s) for block, s in zip(self.blocks, state.layers, strict=True)]
+                state = map_tensors(RecurrentState(layers), with_standard_strides)
+                if not token.is_cuda:
+                    return self._compiled_step(token, state)
+                torch.compiler.cudagraph_mark_step_begin()
+                logits, state = self._compiled_step(token, state)
+                # The next replay writes into the same output buffers, and these outputs are its inputs: copy them.
+                return logits.clone(), map_tensors(state, torch.clone)
             except Exception as err:  # noqa: BLE001  (the eager step computes the same thing)
                 warnings.warn(f"decoding eagerly: compiling the step failed ({type(err).__name__}: {err})",
                               stacklevel=2)  # fmt: skip

@@ -56,6 +56,26 @@ def test_a_compiled_decode_step_generates_what_eager_does(use_hten):
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("use_hten", [False, True])
+def test_one_decode_graph_serves_every_prompt_length_and_window_position(use_hten):
+    """Batch 1 keeps the prompt's stride in the prefill state, and HTEN's window position is an int: either
+    would compile the step again (on a GPU, tens of seconds each)."""
+    from torch._dynamo.utils import counters
+
+    from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+
+    config = TemporalEigenstateConfig(vocab_size=64, d_model=16, n_layers=1, num_eigenstates=12, num_heads=2,
+                                      max_seq_len=32, use_hten=use_hten, hten_scales=[1, 2, 4])  # fmt: skip
+    model = TemporalEigenstateNetwork(config).eval()
+    torch._dynamo.reset()
+    counters.clear()
+    for length in (1, 3, 6, 11):  # HTEN: before its first 4-window and at each point of it
+        prompt = torch.randint(0, 64, (1, length))
+        eager = model.generate(prompt, 7, temperature=0, compile_step=False)
+        assert torch.equal(model.generate(prompt, 7, temperature=0, compile_step=True), eager)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_a_growing_kv_cache_is_never_compiled():
     from ten import TransformerConfig, TransformerLM
 

@@ -13,19 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..lm import RecurrentState
+from ..lm import RecurrentState, map_tensors
 
 
 def select_rows(state: Any, index: Tensor) -> Any:
     """The state of the batch rows ``index`` (beam search's reordering): every per-row tensor indexed on dim 0."""
-    if torch.is_tensor(state):
-        return state.index_select(0, index.to(state.device))
-    if isinstance(state, list):
-        return [select_rows(item, index) for item in state]
-    if dataclasses.is_dataclass(state):
-        return dataclasses.replace(state, **{f.name: select_rows(getattr(state, f.name), index)
-                                             for f in dataclasses.fields(state)})  # fmt: skip
-    return state  # None, or a count shared by all rows
+    return map_tensors(state, lambda tensor: tensor.index_select(0, index.to(tensor.device)))
 
 
 def concat_rows(parts: list[Any], rows: list[int], device: torch.device) -> Any:

@@ -39,6 +39,11 @@ class SequenceMixer(nn.Module, ABC):
     def state_bytes(self, context_length: int) -> int:
         """Bytes of state one sequence carries after ``context_length`` tokens, in this layer."""
 
+    def decoding_state(self, state: Any) -> Any:
+        """``state`` in the form a compiled one-token step takes: the same types at every step, so that one
+        graph serves them all (the default: the state as it is)."""
+        return state
+
 
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, hidden: int, residual_gain: float = 1.0) -> None:

@@ -11,7 +11,7 @@ past t, or interpolating coarse outputs, would let position t see the future.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +62,22 @@ class HierarchicalEigenstateLayer(SequenceMixer):
         """Per scale: its eigenstates, and the open window's sum and the last window's output in float32."""
         window = 2 * self.d_model * torch.float32.itemsize
         return sum(core.state_bytes() + window for core in self.scale_cores)
+
+    def decoding_state(self, state: list[ScaleState]) -> list[ScaleState]:
+        """Window counts as per-row tensors and no eigenstates as zeros: an int count would be a constant of
+        the compiled graph, one graph per window position (lcm of the scales), and None another."""
+        decoding = []
+        for core, scale_state in zip(self.scale_cores, state, strict=True):
+            rows, device = scale_state.window_sum.shape[0], scale_state.window_sum.device
+            count = scale_state.window_count
+            eigenstates = scale_state.eigenstates
+            if eigenstates is None:
+                eigenstates = torch.zeros(rows, core.num_eigenstates, dtype=torch.complex64, device=device)
+            decoding.append(replace(
+                scale_state, eigenstates=eigenstates,
+                window_count=count if torch.is_tensor(count) else torch.full((rows,), count, device=device),
+            ))  # fmt: skip
+        return decoding
 
     @staticmethod
     def _scale_forward(
