@@ -97,6 +97,15 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--dropout", type=non_negative_float)
     model.add_argument("--scan_backend", choices=list(SCAN_BACKENDS))
+    ablation = parser.add_argument_group("ablations of TEN (the paper's; docs/RESULTS.md measures each)")
+    ablation.add_argument("--no_output_gate", dest="output_gate", action="store_const", const=False,
+                          help="no output gate: g = 1")  # fmt: skip
+    ablation.add_argument("--no_coupling", dest="coupling", action="store_const", const=False,
+                          help="no resonance coupling: R = I")  # fmt: skip
+    ablation.add_argument("--real_eigenvalues", action="store_const", const=True,
+                          help="frequencies fixed at 0 or pi (no rotation, no selective phase)")  # fmt: skip
+    ablation.add_argument("--fixed_basis", action="store_const", const=True,
+                          help="eigenvalue magnitudes and frequencies frozen at their initial values")  # fmt: skip
 
     opt = parser.add_argument_group("optimisation")
     opt.add_argument(

@@ -82,6 +82,11 @@ class TemporalEigenstateConfig(ConfigDict):
     chunk_size: int = 32
     mlp_hidden: int | None = None  # SwiGLU width; None: 8/3 d rounded up to a multiple of 64; 0: no MLP
     coupling_init: float = 0.01  # eps in R = I + eps M
+    # The paper's ablations, all off by default (docs/RESULTS.md measures each).
+    output_gate: bool = True  # False: g = 1, the layer's output ungated
+    coupling: bool = True  # False: R = I, the eigenstates read out independently
+    real_eigenvalues: bool = False  # w fixed at 0 or pi, no dw: decaying (and sign-flipping) states, no rotation
+    fixed_basis: bool = False  # a and w frozen at their initial values (the Fourier basis), not learned
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -129,6 +134,12 @@ class TemporalEigenstateConfig(ConfigDict):
             raise ValueError(f"selective_range must be a finite number >= 0, got {self.selective_range!r}")
         if not (math.isfinite(self.coupling_init) and self.coupling_init >= 0):
             raise ValueError(f"coupling_init must be a finite number >= 0, got {self.coupling_init!r}")
+        for name in ("selective", "use_hten", "output_gate", "coupling", "real_eigenvalues", "fixed_basis"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.real_eigenvalues and self.fixed_basis:
+            raise ValueError("real_eigenvalues and fixed_basis both fix the frequencies (at 0 or pi, or the Fourier "
+                             "basis): choose one")  # fmt: skip
         scales = self.hten_scales
         if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
             raise ValueError(f"hten_scales must be a non-empty list of positive integers, got {scales!r}")

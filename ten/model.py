@@ -70,8 +70,14 @@ class TemporalEigenstateNetwork(LanguageModel):
             f"  selective={cfg.selective}  scan_backend={cfg.scan_backend}  chunk_size={cfg.chunk_size}",
             f"  HTEN: {'scales ' + ','.join(map(str, cfg.hten_scales)) if cfg.use_hten else 'off'}",
             f"  energy_reg_weight={cfg.energy_reg_weight:g}",
-            "  parameters by component:",
         ]
+        ablations = [name for name, on in (("no output gate (g = 1)", not cfg.output_gate),
+                                           ("no coupling (R = I)", not cfg.coupling),
+                                           ("real eigenvalues (w = 0 or pi)", cfg.real_eigenvalues),
+                                           ("fixed basis (a, w frozen)", cfg.fixed_basis)) if on]  # fmt: skip
+        if ablations:
+            lines.append(f"  ablations: {', '.join(ablations)}")
+        lines.append("  parameters by component:")
         width = max(len(k) for k in self.parameter_groups())
         for key, count in self.parameter_groups().items():
             lines.append(f"    {key:<{width}}  {count:>14,}  {100 * count / total:5.1f}%")
@@ -98,7 +104,7 @@ class TemporalEigenstateNetwork(LanguageModel):
                         "magnitude": magnitude.cpu(),
                         "frequency": torch.remainder(lam.angle(), 2 * torch.pi).cpu(),
                         "timescale": (1 / (1 - magnitude)).cpu(),
-                        "coupling_deviation": float(core.coupling.norm()),
+                        "coupling_deviation": 0.0 if core.coupling is None else float(core.coupling.norm()),
                     }
                 )
         return report

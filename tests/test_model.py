@@ -20,7 +20,21 @@ VARIANTS = [
     (True, [1, 2, 4], False, "fft"),
     (True, [2, 3], True, "chunked"),  # no unit scale, windows out of phase with each other
 ]
-IDS = [f"{'hten' + ''.join(map(str, s)) if h else 'ten'}-{'sel' if sel else 'lti'}-{b}" for h, s, sel, b in VARIANTS]
+# The paper's ablations (a fifth element: config overrides), each on TEN and on HTEN.
+ABLATIONS = {
+    "nogate": {"output_gate": False},
+    "nocoupling": {"coupling": False},
+    "onehead": {"num_heads": 1},  # one full K x K coupling
+    "real": {"real_eigenvalues": True},
+    "fixed": {"fixed_basis": True},
+}
+VARIANTS += [(h, [1, 2, 4] if h else [1], True, "chunked", ablation) for ablation in ABLATIONS.values()
+             for h in (False, True)]  # fmt: skip
+IDS = [
+    f"{'hten' + ''.join(map(str, v[1])) if v[0] else 'ten'}-{'sel' if v[2] else 'lti'}-{v[3]}"
+    + "".join(f"-{name}" for name, ablation in ABLATIONS.items() if v[4:] and v[4] == ablation)
+    for v in VARIANTS
+]
 
 
 def small_config(use_hten=False, hten_scales=(1, 2, 4), selective=True, backend="auto", **overrides):
@@ -40,9 +54,13 @@ def small_config(use_hten=False, hten_scales=(1, 2, 4), selective=True, backend=
     return TemporalEigenstateConfig(**{**values, **overrides})
 
 
+def variant_config(variant, **overrides):
+    use_hten, scales, selective, backend, *ablation = variant
+    return small_config(use_hten, scales, selective, backend, **(ablation[0] if ablation else {}), **overrides)
+
+
 def make_model(variant, **overrides):
-    use_hten, scales, selective, backend = variant
-    model = TemporalEigenstateNetwork(small_config(use_hten, scales, selective, backend, **overrides))
+    model = TemporalEigenstateNetwork(variant_config(variant, **overrides))
     # Move away from the initialisation so every parameter matters (coupling, gate, selection).
     with torch.no_grad():
         for p in model.parameters():
@@ -82,7 +100,7 @@ def test_streaming_matches_whole(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 def test_gradient_reaches_first_token_of_1000(variant):
-    model = TemporalEigenstateNetwork(small_config(*variant, max_seq_len=1024))
+    model = TemporalEigenstateNetwork(variant_config(variant, max_seq_len=1024))
     ids = torch.randint(0, 64, (1, 1000))
     embedded = {}
 
@@ -242,6 +260,60 @@ def test_generate(use_hten):
     greedy = model.generate(prompt[0], max_new_tokens=10, temperature=0)
     logits = model(greedy[:, :-1])
     assert torch.equal(logits[0, 6:].argmax(-1), greedy[0, 7:])  # each token is the argmax given the prefix
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+@pytest.mark.parametrize("use_hten", [False, True])
+def test_each_ablation_generates_and_changes_what_it_names(name, use_hten):
+    variant = (use_hten, [1, 2, 4] if use_hten else [1], True, "chunked", ABLATIONS[name])
+    model = make_model(variant)
+    greedy = model.generate(torch.randint(0, 64, (1, 7)), max_new_tokens=9, temperature=0)
+    assert torch.equal(model(greedy[:, :-1])[0, 6:].argmax(-1), greedy[0, 7:])
+
+    full = TemporalEigenstateNetwork(variant_config(variant[:4]))
+    cores = [core for block in model.blocks for _, core in block.mixer.cores()]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if name == "nogate":
+        assert all(block.mixer.gate is None for block in model.blocks) and not any(".gate." in n for n in trainable)
+        assert model.num_parameters() < full.num_parameters()
+    if name == "nocoupling":
+        assert all(torch.equal(core.coupling_matrix(), torch.eye(core.num_eigenstates)) for core in cores)
+        assert not any("coupling" in n for n in trainable)
+    if name == "onehead":
+        assert all(core.coupling.shape == (1, core.num_eigenstates, core.num_eigenstates) for core in cores)
+    if name == "real":
+        ids = torch.randint(0, 64, (2, 11))
+        u = model.embedding(ids)
+        for core in cores:
+            lam = core.eigenvalues(u)  # selective: only |lam| moves with the input
+            assert lam.imag.abs().max() < 1e-6 and ((lam.real > 0) == (torch.arange(lam.shape[-1]) % 2 == 0)).all()
+        assert not any("frequency" in n for n in trainable)
+    if name == "fixed":
+        assert not any("decay_logit" in n or "frequency" in n for n in trainable)
+        before = [core.eigenvalues().clone() for core in cores]
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        ids = torch.randint(0, 64, (2, 12))
+        model.train()
+        model.compute_loss(ids[:, :-1], ids[:, 1:]).backward()
+        optimizer.step()
+        assert all(torch.equal(core.eigenvalues(), b) for core, b in zip(cores, before, strict=True))
+
+
+@pytest.mark.parametrize("name", ["fixed", "real", "nocoupling"])
+def test_an_ablation_saves_and_loads(tmp_path, name):
+    model = make_model((False, [1], True, "chunked", ABLATIONS[name]))
+    model.save_pretrained(tmp_path / "m")
+    loaded = TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
+    assert getattr(loaded.config, next(iter(ABLATIONS[name]))) == next(iter(ABLATIONS[name].values()))
+    ids = torch.randint(0, 64, (1, 9))
+    assert torch.equal(loaded.eval()(ids), model(ids))  # frozen eigenvalues (buffers) travel with the weights
+
+
+def test_contradictory_ablations_are_refused():
+    with pytest.raises(ValueError, match="real_eigenvalues and fixed_basis"):
+        small_config(real_eigenvalues=True, fixed_basis=True)
+    with pytest.raises(ValueError, match="coupling must be true or false"):
+        small_config(coupling="no")
 
 
 def test_top_k_one_is_greedy():

@@ -13,6 +13,10 @@ floor that keeps the chunked scan exact (ten/ops/common.py).  MIN_DECAY <= |lam|
 Initialisation: w_k = 2 pi k / K and R = I + 0.01 M as in the paper.  The paper's a_k ~ U(-3, 0)
 would cap |lam| at 0.5, a memory of two tokens; instead the timescales 1 / (1 - |lam_k|) start
 log-uniform from 1.5 tokens to max_seq_len, and every head gets the whole range.
+
+The paper's ablations are settings of the same layer (all off by default): ``coupling=False`` is R = I,
+``real_eigenvalues`` fixes w_k at 0 or pi (no dw), ``fixed_basis`` freezes a_k and w_k at their initial
+values (buffers, not parameters), and the layers' ``output_gate=False`` is g = 1.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ class EigenstateCore(nn.Module):
         residual_gain: float = 1.0,
         scan_backend: str = "auto",
         chunk_size: int = 32,
+        coupling: bool = True,
+        real_eigenvalues: bool = False,
+        fixed_basis: bool = False,
     ) -> None:
         super().__init__()
         self.num_eigenstates = num_eigenstates
@@ -76,18 +83,28 @@ class EigenstateCore(nn.Module):
         self.longest_timescale = longest_timescale
         self.coupling_init = coupling_init
         self.residual_gain = residual_gain
+        self.real_eigenvalues = real_eigenvalues
         k, per_head = num_eigenstates, num_eigenstates // num_heads
 
         self.in_proj = nn.Linear(d_model, 2 * k, bias=False)  # beta, interleaved (re, im)
-        self.selection = nn.Linear(d_model, 2 * k, bias=False) if selective else None  # (da, dw)
-        self.decay_logit = nn.Parameter(torch.empty(k))  # a_k
-        self.frequency = nn.Parameter(torch.empty(k))  # w_k
-        self.coupling = nn.Parameter(torch.empty(num_heads, per_head, per_head))  # eps M_h
+        # (da, dw) per eigenstate; da alone where the frequencies are fixed at 0 or pi.
+        self.selection = nn.Linear(d_model, (1 if real_eigenvalues else 2) * k, bias=False) if selective else None
+        learned_decay, learned_frequency = not fixed_basis, not (fixed_basis or real_eigenvalues)
+        self._eigenvalue_tensor("decay_logit", k, learned_decay)  # a_k
+        self._eigenvalue_tensor("frequency", k, learned_frequency)  # w_k
+        self.coupling = nn.Parameter(torch.empty(num_heads, per_head, per_head)) if coupling else None  # eps M_h
         # The eigenvalues and the coupling set the dynamics: decaying them would pull every
         # eigenvalue towards one fixed point.
-        no_weight_decay(self.decay_logit, self.frequency, self.coupling)
+        no_weight_decay(*(p for p in (self.decay_logit, self.frequency, self.coupling) if isinstance(p, nn.Parameter)))
         self.out_proj = nn.Linear(2 * k, d_model, bias=False)
         self.reset_parameters()
+
+    def _eigenvalue_tensor(self, name: str, k: int, learned: bool) -> None:
+        """A learned parameter, or a buffer kept at its initial value (saved with the weights all the same)."""
+        if learned:
+            self.register_parameter(name, nn.Parameter(torch.empty(k)))
+        else:
+            self.register_buffer(name, torch.empty(k))
 
     @classmethod
     def from_config(
@@ -105,6 +122,9 @@ class EigenstateCore(nn.Module):
             residual_gain=residual_gain,
             scan_backend=config.scan_backend,
             chunk_size=config.chunk_size,
+            coupling=config.coupling,
+            real_eigenvalues=config.real_eigenvalues,
+            fixed_basis=config.fixed_basis,
         )
 
     @torch.no_grad()
@@ -113,8 +133,12 @@ class EigenstateCore(nn.Module):
         timescales = initial_timescales(k, self.num_heads, self.longest_timescale)
         magnitude = 1 - 1 / timescales
         self.decay_logit.copy_(torch.logit((magnitude - MIN_DECAY) / (1 - MIN_DECAY)))
-        self.frequency.copy_(2 * math.pi * torch.arange(k) / k)
-        self.coupling.normal_(0, self.coupling_init / math.sqrt(k))
+        if self.real_eigenvalues:  # alternately 0 and pi: every head gets both signs
+            self.frequency.copy_(math.pi * (torch.arange(k) % 2))
+        else:
+            self.frequency.copy_(2 * math.pi * torch.arange(k) / k)
+        if self.coupling is not None:
+            self.coupling.normal_(0, self.coupling_init / math.sqrt(k))
         nn.init.orthogonal_(self.in_proj.weight)
         # Scale beta_k by sqrt(1 - |lam_k|^2) so every eigenstate starts with unit energy however
         # long its memory: otherwise slow eigenstates start ~timescale times louder.
@@ -132,13 +156,19 @@ class EigenstateCore(nn.Module):
         """lam, complex64: (K,) from the parameters alone, or (B, T, K) for input u if selective."""
         a, w = self.decay_logit.float(), self.frequency.float()
         if self.selection is not None and u is not None:
-            da, dw = (self.selective_range * torch.tanh(self.selection(u).float())).unflatten(-1, (-1, 2)).unbind(-1)
-            a, w = a + da, w + dw
+            delta = self.selective_range * torch.tanh(self.selection(u).float())
+            if self.real_eigenvalues:
+                a = a + delta
+            else:
+                da, dw = delta.unflatten(-1, (-1, 2)).unbind(-1)
+                a, w = a + da, w + dw
         magnitude = MIN_DECAY + (1 - MIN_DECAY) * torch.sigmoid(a.clamp(max=MAX_DECAY_LOGIT))
         return complex_exp_parts(magnitude, w)
 
     def coupling_matrix(self) -> Tensor:
-        """R = I + eps M, block-diagonal over heads, (K, K)."""
+        """R = I + eps M, block-diagonal over heads, (K, K); I where the coupling is off."""
+        if self.coupling is None:
+            return torch.eye(self.num_eigenstates, device=self.frequency.device)
         eye = torch.eye(self.coupling.shape[-1], device=self.coupling.device, dtype=self.coupling.dtype)
         return torch.block_diag(*(eye + self.coupling))
 
@@ -155,6 +185,8 @@ class EigenstateCore(nn.Module):
     def readout(self, states: Tensor) -> Tensor:
         """h = W_out view_as_real(R c), applying the coupling R where it costs least."""
         pairs = torch.view_as_real(states)  # (..., K, 2): R is real, so it acts on re and im alike
+        if self.coupling is None:
+            return self.out_proj(pairs.flatten(-2).to(self.out_proj.weight.dtype))
         if states[..., 0].numel() < self.out_proj.out_features:
             # Few positions (generation): couple the states, B T (2K)^2 work.
             return self.out_proj(torch.einsum("jk,...kc->...jc", self.coupling_matrix(), pairs).flatten(-2))
@@ -191,19 +223,24 @@ class OutputGate(nn.Module):
         return torch.sigmoid(self.proj(u))
 
 
+def gated(gate: OutputGate | None, u: Tensor, h: Tensor) -> Tensor:
+    """y = g(u) * h, or h itself where the layer has no gate (g = 1)."""
+    return h if gate is None else gate(u) * h
+
+
 class EigenstateLayer(SequenceMixer):
     """The TEN sequence mixer. State: the last eigenstates, (B, K) complex."""
 
     def __init__(self, config, residual_gain: float = 1.0) -> None:
         super().__init__()
         self.core = EigenstateCore.from_config(config, config.num_eigenstates, config.max_seq_len, residual_gain)
-        self.gate = OutputGate(config.d_model)
+        self.gate = OutputGate(config.d_model) if config.output_gate else None
 
     def forward(self, u: Tensor, state: Tensor | None = None) -> MixerOutput:
         """y (B, T, d), the new state, and as aux loss E(t) averaged over batch and positions."""
         h, states = self.core(u, state)
         # The carried state is laid out alike after a prompt and after a step: a compiled decode step compiles once.
-        return MixerOutput(self.gate(u) * h, states[:, -1].contiguous(), mean_energy(states))
+        return MixerOutput(gated(self.gate, u, h), states[:, -1].contiguous(), mean_energy(states))
 
     def state_bytes(self, context_length: int) -> int:
         return self.core.state_bytes()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .block import MixerOutput, SequenceMixer, no_weight_decay
-from .eigenstate import EigenstateCore, OutputGate, mean_energy
+from .eigenstate import EigenstateCore, OutputGate, gated, mean_energy
 
 
 @dataclass
@@ -45,7 +45,7 @@ class HierarchicalEigenstateLayer(SequenceMixer):
         )
         self.scale_weights = nn.Parameter(torch.full((len(self.scales),), 1.0 / len(self.scales)))
         no_weight_decay(self.scale_weights)  # the mix of timescales is dynamics, like the eigenvalues
-        self.gate = OutputGate(config.d_model)
+        self.gate = OutputGate(config.d_model) if config.output_gate else None
 
     def forward(self, u: Tensor, state: list[ScaleState] | None = None) -> MixerOutput:
         """y (B, T, d), the new state, and as aux loss the energy averaged over each scale's positions, summed."""
@@ -56,7 +56,7 @@ class HierarchicalEigenstateLayer(SequenceMixer):
             mixed = mixed + self.scale_weights[i].to(u.dtype) * up
             new_state.append(scale_state)
             total_energy = total_energy + scale_energy
-        return MixerOutput(self.gate(u) * mixed, new_state, total_energy)
+        return MixerOutput(gated(self.gate, u, mixed), new_state, total_energy)
 
     def state_bytes(self, context_length: int) -> int:
         """Per scale: its eigenstates, and the open window's sum and the last window's output in float32."""

@@ -14,7 +14,8 @@ RESUMABLE_OVERRIDES = frozenset(
 )  # fmt: skip
 # The settings that override a preset's model: each applies to the architectures whose config has it.
 MODEL_FIELDS = ("use_hten", "hten_scales", "energy_reg_weight", "max_seq_len", "d_model", "n_layers",
-                "num_eigenstates", "num_heads", "selective", "selective_range", "dropout", "scan_backend")  # fmt: skip
+                "num_eigenstates", "num_heads", "selective", "selective_range", "dropout", "scan_backend",
+                "output_gate", "coupling", "real_eigenvalues", "fixed_basis")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class TrainArguments:
     selective_range: float | None = None
     dropout: float | None = None
     scan_backend: str | None = None
+    output_gate: bool | None = None  # the paper's ablations (TemporalEigenstateConfig)
+    coupling: bool | None = None
+    real_eigenvalues: bool | None = None
+    fixed_basis: bool | None = None
     # optimisation
     epochs: float | None = None  # None: one epoch, or as many steps as --time_budget allows
     max_steps: int | None = None
