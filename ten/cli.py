@@ -366,6 +366,42 @@ def cmd_positions(args: argparse.Namespace, explicit: set[str]) -> None:
     print("\n" + table + f"\nwritten: {output}/positions.md, positions.json, positions.png")
 
 
+def cmd_analyze(args: argparse.Namespace, explicit: set[str]) -> None:
+    import json
+    from dataclasses import asdict
+
+    from .atomic import atomic_write
+    from .data import load_token_data
+    from .device import resolve_device
+    from .experiments.analyze import analyze, markdown, plot
+    from .experiments.positions import validation_windows
+    from .training import find_checkpoint, load_model
+
+    output = Path(args.output_dir)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output_dir {output} is a file")
+    device = resolve_device(args.device)
+    checkpoint = find_checkpoint(Path(args.checkpoint))
+    model = load_model(checkpoint, device)
+    if model.architecture != "ten":
+        raise UserError(f"{checkpoint} is a {model.architecture} model: only TEN has eigenstates to analyze")
+    data = load_token_data(args.dataset, args.tokenizer)
+    if model.config.vocab_size != data.tokenizer.vocab_size:
+        raise UserError(f"{checkpoint} has {model.config.vocab_size} tokens, --tokenizer {args.tokenizer} "
+                        f"{data.tokenizer.vocab_size}")  # fmt: skip
+    length = args.length or 4 * model.config.max_seq_len
+    windows = validation_windows(data.val, length, args.sequences)[:, :-1].to(device)
+    reports = analyze(model, windows)
+    output.mkdir(parents=True, exist_ok=True)
+    table = markdown(reports)
+    title = f"{checkpoint}: eigenstates over {len(windows)} validation windows of {length:,} tokens"
+    text = json.dumps({"checkpoint": str(checkpoint), "length": length, "cores": [asdict(r) for r in reports]})
+    atomic_write(output / "analysis.json", lambda p: p.write_text(text + "\n"))
+    atomic_write(output / "analysis.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
+    pictures = plot(reports, output)
+    print(f"{title}\n\n{table}\n\nwritten: {output}/analysis.md, analysis.json, {', '.join(pictures)}")
+
+
 def cmd_eval(args: argparse.Namespace, explicit: set[str]) -> None:
     import json
 
@@ -509,6 +545,16 @@ def build_parser() -> argparse.ArgumentParser:
     positions.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     positions.add_argument("--output_dir", default="runs/positions")
     positions.set_defaults(run=cmd_positions)
+
+    analyze = commands.add_parser("analyze", help="a TEN checkpoint's eigenvalues, timescales, coupling and energy")
+    analyze.add_argument("--checkpoint", required=True, help="a checkpoint or run folder")
+    analyze.add_argument("--dataset", default="shakespeare", help="validation text to read (default %(default)s)")
+    analyze.add_argument("--tokenizer", default="byte")
+    analyze.add_argument("--length", type=positive(int), help="tokens per window (default 4 x max_seq_len)")
+    analyze.add_argument("--sequences", type=positive(int), default=8, help="windows (default %(default)s)")
+    analyze.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    analyze.add_argument("--output_dir", default="runs/analyze")
+    analyze.set_defaults(run=cmd_analyze)
 
     prepare = commands.add_parser("prepare", help="tokenize a corpus into token files for --tokenized_dir")
     prepare.add_argument("--dataset", default="shakespeare")
