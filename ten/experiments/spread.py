@@ -1,0 +1,119 @@
+"""Several seeds of each variant, read against their noise: mean and spread at equal tokens and equal time.
+
+Every run of a comparison logs its validation curve (metrics.jsonl). Two budgets are read off those
+curves, the same for every run: the fewest tokens any run reached (equal tokens: what the architecture
+learns from the same data) and the shortest wall time any run took (equal wall-clock: what it learns for
+the same cost on this machine); between evaluations the curve is interpolated linearly.
+
+A difference from the reference variant is told apart from noise when the two variants' seed ranges
+(min..max) do not overlap: with 3 seeds each, two variants that are truly alike give that 1 time in 10.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+# The paper's ablation table (WikiText-103, T = 2,048, matched parameters): validation perplexity.
+PAPER_PERPLEXITY = {
+    "full": 16.1,
+    "no-selective": 16.9,
+    "no-gate": 16.7,
+    "one-head": 16.4,
+    "no-coupling": 17.8,
+    "real-eigenvalues": 18.3,
+    "fixed-basis": 19.7,
+    "k32": 17.2,
+    "k128": 15.9,
+    "hten4": 15.3,
+}
+
+
+def value_at(curve: list[dict[str, float]], key: str, x: float) -> float:
+    """val_ce of an evaluation curve at ``x`` of ``key`` ("tokens" or "elapsed_s"), linearly interpolated."""
+    points = sorted((c[key], c["val_ce"]) for c in curve)
+    if not points:
+        raise ValueError("the run has no evaluation")
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return points[-1][1]
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant (in the order first met): parameters, seeds, and the spread of val CE at both budgets.
+
+    ``rows``: one per finished run, each with "variant", "seed", "parameters", "tokens_per_s" and "curve".
+    """
+    tokens = min(max(c["tokens"] for c in r["curve"]) for r in rows)
+    seconds = min(max(c["elapsed_s"] for c in r["curve"]) for r in rows)
+    variants: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        entry = variants.setdefault(r["variant"], {"parameters": r["parameters"], "seeds": [], "equal_tokens": [],
+                                                   "equal_time": [], "tokens_per_s": []})  # fmt: skip
+        entry["seeds"].append(r["seed"])
+        entry["equal_tokens"].append(value_at(r["curve"], "tokens", tokens))
+        entry["equal_time"].append(value_at(r["curve"], "elapsed_s", seconds))
+        entry["tokens_per_s"].append(r["tokens_per_s"])
+    for entry in variants.values():
+        for budget in ("equal_tokens", "equal_time"):
+            entry[budget] = {**spread(entry[budget]), "values": entry[budget]}
+        entry["tokens_per_s"] = statistics.fmean(entry["tokens_per_s"])
+    return {"tokens": tokens, "seconds": seconds, "variants": variants}
+
+
+def apart(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Whether two seed ranges do not overlap."""
+    return a["min"] > b["max"] or b["min"] > a["max"]
+
+
+def verdict(ours: dict[str, float], reference: dict[str, float], paper_delta: float | None) -> str:
+    """Against the reference variant: does our difference go the paper's way, beyond the seeds' noise?"""
+    if not apart(ours, reference):
+        return "cannot be told from noise"
+    if paper_delta is None:
+        return "apart from noise"
+    same_way = (ours["mean"] - reference["mean"]) * paper_delta > 0
+    return "holds here" if same_way else "does not hold here"
+
+
+def markdown(summary: dict[str, Any], reference: str | None) -> str:
+    """The table: val CE mean ± std (min..max) at equal tokens and at equal time, and the verdicts."""
+    variants = summary["variants"]
+    ref = variants.get(reference) if reference else None
+    paper_ref = PAPER_PERPLEXITY.get(reference or "")
+    lines = [
+        f"Validation CE (nats/token), mean ± std (min..max) over seeds, at {summary['tokens'] / 1e6:.2f} M tokens "
+        f"and at {summary['seconds'] / 60:.1f} min" + (f"; differences against `{reference}`" if ref else ""),
+        "",
+        "| variant | parameters | seeds | equal tokens | Δ | equal time | Δ | tokens/s | paper ppl | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, entry in variants.items():
+        cells = []
+        for budget in ("equal_tokens", "equal_time"):
+            s = entry[budget]
+            cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} ({s['min']:.4f}..{s['max']:.4f})")
+            cells.append(f"{s['mean'] - ref[budget]['mean']:+.4f}" if ref and name != reference else "")
+        paper = PAPER_PERPLEXITY.get(name)
+        judged = ""
+        if ref and name != reference:
+            delta = None if paper is None or paper_ref is None else math.log(paper) - math.log(paper_ref)
+            judged = verdict(entry["equal_tokens"], ref["equal_tokens"], delta)
+        lines.append(
+            f"| {name} | {entry['parameters'] / 1e6:.2f} M | {len(entry['seeds'])} | {cells[0]} | {cells[1]} "
+            f"| {cells[2]} | {cells[3]} | {entry['tokens_per_s']:,.0f} | {paper if paper else ''} | {judged} |"
+        )
+    return "\n".join(lines) + "\n"

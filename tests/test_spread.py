@@ -1,0 +1,48 @@
+"""Seeds read against their noise: interpolation on the curves, common budgets, verdicts."""
+
+import pytest
+
+from ten.experiments.spread import markdown, summarize, value_at, verdict
+
+
+def curve(points):
+    return [{"tokens": t, "elapsed_s": s, "val_ce": ce} for t, s, ce in points]
+
+
+def test_value_at_interpolates_between_evaluations():
+    c = curve([(0, 0.0, 5.0), (100, 10.0, 3.0), (200, 20.0, 2.0)])
+    assert value_at(c, "tokens", 50) == pytest.approx(4.0)
+    assert value_at(c, "elapsed_s", 15.0) == pytest.approx(2.5)
+    assert value_at(c, "tokens", 200) == 2.0
+    with pytest.raises(ValueError, match="no evaluation"):
+        value_at([], "tokens", 1)
+
+
+def test_summarize_reads_every_run_at_the_shortest_budget():
+    rows = [
+        {"variant": "full", "seed": 0, "parameters": 10, "tokens_per_s": 100.0,
+         "curve": curve([(0, 0, 5.0), (200, 20, 2.0)])},
+        {"variant": "full", "seed": 1, "parameters": 10, "tokens_per_s": 300.0,
+         "curve": curve([(0, 0, 5.0), (200, 10, 3.0)])},
+        {"variant": "no-gate", "seed": 0, "parameters": 8, "tokens_per_s": 50.0,
+         "curve": curve([(0, 0, 5.0), (100, 40, 4.0)])},
+    ]  # fmt: skip
+    summary = summarize(rows)
+    assert summary["tokens"] == 100 and summary["seconds"] == 10
+    full = summary["variants"]["full"]
+    assert full["seeds"] == [0, 1] and full["tokens_per_s"] == 200.0
+    assert full["equal_tokens"]["values"] == pytest.approx([3.5, 4.0])  # halfway to 200 tokens
+    assert full["equal_time"]["values"] == pytest.approx([3.5, 3.0])
+    assert full["equal_tokens"]["min"] == pytest.approx(3.5) and full["equal_tokens"]["max"] == pytest.approx(4.0)
+    assert summary["variants"]["no-gate"]["equal_time"]["values"] == pytest.approx([4.75])
+    table = markdown(summary, "full")
+    assert "| no-gate | 0.00 M | 1 |" in table and "16.7" in table
+
+
+def test_a_verdict_needs_the_seed_ranges_apart_and_says_which_way():
+    ref = {"mean": 2.0, "min": 1.9, "max": 2.1}
+    worse, overlapping = {"mean": 2.5, "min": 2.4, "max": 2.6}, {"mean": 2.05, "min": 2.0, "max": 2.2}
+    assert verdict(overlapping, ref, 0.1) == "cannot be told from noise"
+    assert verdict(worse, ref, 0.1) == "holds here"  # the paper says it hurts, and it does
+    assert verdict(worse, ref, -0.05) == "does not hold here"  # the paper says it helps
+    assert verdict(worse, ref, None) == "apart from noise"
