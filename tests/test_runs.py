@@ -8,6 +8,7 @@ import errno
 import hashlib
 import multiprocessing
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from ten.atomic import WriteError, write_failure
 from ten.cli import main
 from ten.experiments.compare import variant_arguments
-from ten.training import TrainArguments, Trainer, resolve_run
+from ten.training import TrainArguments, Trainer, find_checkpoint, resolve_run
 from ten.training import checkpoint as checkpoint_module
 from ten.training import trainer as trainer_module
 from ten.training.budget import TimeBudget
@@ -126,6 +127,86 @@ def test_resuming_a_loose_checkpoint_needs_an_output_dir(corpus, tmp_path, capsy
     shutil.copytree(tmp_path / "run" / "checkpoints" / "final", loose)
     code, _, err = run_cli(["train", "--resume", str(loose), "--max_steps", "3"], capsys)
     assert code == 2 and "--output_dir" in err and err.count("\n") == 1
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_resuming_an_older_checkpoint_sets_the_abandoned_branch_aside(corpus, tmp_path, capsys, monkeypatch):
+    """Resumed at step 2 of a run that reached step 6, with --keep_checkpoints 1: pruning keeps the new branch's
+    checkpoints, and a later --resume continues the new branch, not the old final."""
+    output = tmp_path / "run"
+    checkpoints, aside = output / "checkpoints", output / "abandoned-after-step-0000002"
+    Trainer(tiny_arguments(corpus, output, max_steps=6, save_steps=2, keep_checkpoints=3)).train()
+    assert names(checkpoints) == ["best", "final", "step-0000002", "step-0000004"]
+    original = Trainer.train_step
+
+    def step_then_signal(self):
+        values = original(self)
+        if self.state.step == 3:
+            signal.raise_signal(signal.SIGTERM)  # stopped after the new branch's step 3 (saved: --save_steps 1)
+        return values
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    argv = ["train", "--resume", str(checkpoints / "step-0000002"), "--save_steps", "1", "--keep_checkpoints", "1"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert f"(step-0000004, final, best) are moved to {aside}" in out + err
+    assert names(checkpoints) == ["step-0000003"] and names(aside / "checkpoints") == ["best", "final", "step-0000004"]
+    assert [r["step"] for r in records(aside)] == [6, 6]  # the old branch's final evaluation and end
+    assert find_checkpoint(output) == checkpoints / "step-0000003"
+    monkeypatch.setattr(Trainer, "train_step", original)
+    code, out, err = run_cli(["train", "--resume", str(output)], capsys)
+    assert code == 0 and "resuming from" in out and str(checkpoints / "step-0000003") in out, err
+    assert names(checkpoints) == ["best", "final", "step-0000005"]
+    assert [r["step"] for r in records(output) if r["event"] == "start"] == [0, 2, 3]
+
+
+class Killed(BaseException):
+    """The process dies here (a kill, a power cut)."""
+
+
+@pytest.mark.parametrize("kill_at, found_step", [(0, 2), (1, 2), (2, 2), (3, 4)],
+                         ids=["before-writing", "before-setting-the-old-aside", "between-the-renames",
+                              "before-removing-the-old"])  # fmt: skip
+def test_a_save_killed_at_any_point_leaves_a_checkpoint_that_resume_finds(corpus, tmp_path, monkeypatch, kill_at,
+                                                                          found_step):  # fmt: skip
+    """Replacing final (step 2) by step 4: the disk as a kill at each rename or removal leaves it, and as the
+    save's own error handling leaves it when that call raises; --resume finds a whole checkpoint in both."""
+    output = tmp_path / "run"
+    checkpoints, disk = output / "checkpoints", tmp_path / "disk"
+    trainer = Trainer(tiny_arguments(corpus, output, max_steps=2))
+    trainer.train()
+    trainer.train_step()
+    trainer.train_step()
+    calls = {"count": 0, "killed": False}
+
+    def kill_point(original):
+        def call(*args, **kwargs):
+            if calls["count"] == kill_at and not calls["killed"]:
+                calls["killed"] = True
+                shutil.copytree(checkpoints, disk)  # what a kill now would leave
+                raise Killed
+            calls["count"] += 1
+            return original(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(Path, "rename", kill_point(Path.rename))
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", kill_point(shutil.rmtree))
+    with pytest.raises(Killed):
+        trainer.save("final")
+    monkeypatch.undo()
+    for how in ("raised", "killed"):
+        if how == "killed":
+            shutil.rmtree(checkpoints)
+            disk.rename(checkpoints)
+        leftovers = [p.name for p in checkpoints.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+        plan = resolve_run(tiny_arguments(corpus, output, resume="", max_steps=6))
+        assert plan.resume_from == checkpoints / "final" and plan.resumed_state["step"] == found_step, how
+        assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")], how  # recovered or removed
+        assert bool(plan.notes) == bool(leftovers) and all(name in " ".join(plan.notes) for name in leftovers)
 
 
 # ---------------------------------------------------------------- time budgets, on a fake clock

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ten import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
 from ten.atomic import WriteError
 from ten.cli import main
 from ten.training import TrainArguments, Trainer
 from ten.training import checkpoint as checkpoint_module
+from ten.training import trainer as trainer_module
 from ten.training.optimizer import parameter_groups
 from ten.training.precision import cpu_supports_bf16, resolve_precision
 from ten.training.schedule import learning_rate_at
@@ -197,8 +198,9 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpu
 
     def poisoned(self, inputs, targets, return_dict=False):
         out = original(self, inputs, targets, return_dict=True)
-        calls.append(1)
-        if len(calls) > 3:  # from step 4 on
+        if self.training:  # training steps only: the check before each save runs in evaluation mode
+            calls.append(1)
+        if self.training and len(calls) > 3:  # from step 4 on
             out = {k: v * float("nan") for k, v in out.items()}
         return out if return_dict else out["loss"]
 
@@ -209,6 +211,97 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpu
     code, _, err = run_cli(argv, capsys)
     assert code == 1 and "the loss became nan at step 4" in err and "Traceback" not in err
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-0000002"]
+    assert f"the last good checkpoint is {output / 'checkpoints' / 'step-0000002'}" in err
+
+
+def test_after_a_divergence_the_checkpoints_work_and_the_advice_is_accepted(corpus, tmp_path, capsys):
+    """A step's weights are only tested by the next step's forward: a save checks them first."""
+    output = tmp_path / "run"
+    argv = ["train", "--dataset", str(corpus), *TINY, "--max_steps", "10", "--learning_rate", "300", "--save_steps",
+            "1", "--warmup_steps", "0", "--eval_steps", "100", "--output_dir", str(output)]  # fmt: skip
+    code, _, err = run_cli(argv, capsys)
+    last = err.splitlines()[-1]
+    assert code == 1 and "nan" in last and "so they are not saved" in last, last
+    saved = sorted((output / "checkpoints").iterdir())
+    assert saved and f"the last good checkpoint is {saved[-1]}" in last
+    for checkpoint in saved:  # each gives a finite loss: resuming from it does not diverge at once
+        model = checkpoint_module.load_model(checkpoint)
+        inputs = torch.randint(0, 256, (2, 32))
+        with torch.no_grad():
+            assert math.isfinite(float(model.compute_loss(inputs, inputs.roll(-1, 1))))
+    advice = last.split("ten train ")[-1].split()  # --resume <the checkpoint> --learning_rate <a tenth>
+    assert advice[:2] == ["--resume", str(saved[-1])] and advice[2:] == ["--learning_rate", "30"]
+    code, out, err = run_cli(["train", *advice], capsys)
+    assert code == 0, err
+    assert "the peak learning rate is lowered from 300 to 30" in out + err
+    assert records(output)[-1]["event"] == "end" and records(output)[-1]["step"] == 10
+    code, _, err = run_cli(["train", "--resume", str(output), "--learning_rate", "3000", "--max_steps", "11"], capsys)
+    assert code == 2 and "a resumed run may only lower it" in err and err.count("\n") == 1
+
+
+def test_a_checkpoint_with_weights_that_are_not_finite_is_one_line(corpus, tmp_path, capsys):
+    output = tmp_path / "run"
+    Trainer(tiny_arguments(corpus, output, max_steps=1)).train()
+    final = output / "checkpoints" / "final"
+    poisoned = weights(final)
+    next(iter(poisoned.values()))[0] = float("nan")
+    save_file(poisoned, str(final / "model.safetensors"))
+    for argv in (["generate", "--checkpoint", str(output), "--prompt", "Now"], ["train", "--resume", str(final)]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and "not finite numbers" in err and err.count("\n") == 1, (argv, err)
+
+
+def signal_at(monkeypatch, module, name: str, signum: int, when=lambda *args, **kwargs: True) -> None:
+    """Make module.name send `signum` to this process before it does its work (when `when(*its arguments)`)."""
+    original = getattr(module, name)
+
+    def signalling(*args, **kwargs):
+        if when(*args, **kwargs):
+            os.kill(os.getpid(), signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, signalling)
+
+
+@pytest.fixture
+def sigterm_exits():
+    """SIGTERM's default ends the process (pytest with it): raise SystemExit(143) instead while a test runs."""
+
+    def exit_143(signum, frame):
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, exit_143)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_final_evaluation_saves_the_last_step(corpus, tmp_path, capsys, monkeypatch, signum,
+                                                                  sigterm_exits):  # fmt: skip
+    signal_at(monkeypatch, trainer_module, "evaluate", signum)  # only the final evaluation runs: eval_steps 1000
+    output = tmp_path / "run"
+    argv = ["train", "--dataset", str(corpus), *TINY, "--max_steps", "3", "--eval_batches", "4", "--output_dir",
+            str(output)]  # fmt: skip
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert f"{signum.name}: the evaluation at step 3 is skipped" in out + err and "Traceback" not in err
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-0000003"]
+    end = records(output)[-1]
+    assert end["event"] == "end" and end["status"] == "stopped" and end["step"] == 3 and "val_ce" not in end
+    monkeypatch.undo()
+    code, _, err = run_cli(["train", "--resume", str(output)], capsys)  # continuing it: the evaluation, then final
+    assert code == 0 and (output / "checkpoints" / "final").is_dir() and "val_ce" in records(output)[-1], err
+
+
+def test_a_signal_during_the_final_save_keeps_it_and_skips_the_sample(corpus, tmp_path, capsys, monkeypatch,
+                                                                      sigterm_exits):  # fmt: skip
+    signal_at(monkeypatch, trainer_module, "save_checkpoint", signal.SIGTERM, lambda path, *rest: path.name == "final")
+    output = tmp_path / "run"
+    argv = ["train", "--dataset", str(corpus), *TINY, "--max_steps", "2", "--sample_tokens", "5", "--output_dir",
+            str(output)]  # fmt: skip
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and "sample (" not in out + err, err
+    assert (output / "checkpoints" / "final").is_dir() and records(output)[-1]["status"] == "finished"
 
 
 def test_prepared_token_files_train_like_the_text(corpus, tmp_path, capsys):

@@ -7,14 +7,17 @@
         trainer_state.json                  step, tokens, best loss, arguments, optimiser hyperparameters
         tokenizer_meta.json, ...            the tokenizer, so `ten generate` needs nothing else
 
-A checkpoint is written into a hidden temporary folder and renamed into place, so a crash or a
-full disk leaves either the previous checkpoint or the new one. Nothing is ever unpickled.
+A checkpoint is written into a hidden temporary folder (.tmp-NAME-PID) and renamed into place, the
+older one set aside (.old-NAME-PID) meanwhile, so a crash or a full disk leaves either the previous
+checkpoint or the new one; the next --resume puts back or removes what a killed save left behind.
+A checkpoint is only written from weights that give a finite loss. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE)
 BEST, FINAL = "best", "final"
+LEFTOVER = re.compile(r"\.(tmp|old)-(.+)-\d+")  # what a save killed half-way leaves: see _replace_folder
 
 
 class CheckpointError(ValueError):
@@ -115,17 +119,48 @@ def save_checkpoint(
 
 
 def _replace_folder(new: Path, path: Path) -> None:
-    """Move `new` to `path`; an older `path` is set aside first and put back if the move fails."""
+    """Move `new` to `path`; an older `path` is set aside first and put back if the move fails.
+
+    A kill between the two renames leaves `.old-NAME-PID` without NAME: recover_interrupted_saves puts it back.
+    """
     old = path.parent / f".old-{path.name}-{os.getpid()}"
     if path.exists():
         path.rename(old)
     try:
         new.rename(path)
-    except OSError:
+    except BaseException:  # a failed move or a second Ctrl-C: the older checkpoint goes back
         if old.exists() and not path.exists():
             old.rename(path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted_saves(folder: Path) -> str | None:
+    """Put back or remove what saves killed half-way left in a run's checkpoints/ folder; say what was done.
+
+    `.old-NAME-PID` without NAME is the last complete NAME (killed between the two renames): it goes back.
+    Any other `.tmp-*` (a new checkpoint never moved in) or `.old-*` (one already replaced) is removed.
+    """
+    folder = Path(folder)
+    if folder.name != CHECKPOINTS or not folder.is_dir():
+        return None  # only a run's checkpoints/ folder holds saves of ours
+    restored, removed = [], []
+    for path in sorted(folder.iterdir()):  # .old-* before .tmp-*
+        match = LEFTOVER.fullmatch(path.name)
+        if match is None or not path.is_dir():
+            continue
+        target = folder / match.group(2)
+        if match.group(1) == "old" and not target.exists():
+            path.rename(target)
+            restored.append(f"{target.name} (from {path.name})")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    if not restored and not removed:
+        return None
+    done = [f"put back {', '.join(restored)}"] if restored else []
+    done += [f"removed {', '.join(removed)}"] if removed else []
+    return f"{folder}: a save was interrupted; {'; '.join(done)}"
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -163,11 +198,29 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file} is truncated or corrupt: {err}") from None
 
 
+def non_finite_parameters(model: torch.nn.Module) -> list[str]:
+    """The names of the parameters holding a NaN or an infinity (what a diverged run leaves)."""
+    with torch.no_grad():
+        return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def check_finite_weights(path: Path, model: torch.nn.Module) -> None:
+    bad = non_finite_parameters(model)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{path} holds weights that are not finite numbers ({bad[0]}{more}): the run diverged before it was "
+            "saved; use an earlier checkpoint"
+        )
+
+
 def load_model(path: Path, device: torch.device | str = "cpu") -> LanguageModel:
     try:
-        return LanguageModel.from_pretrained(path, device=device)
+        model = LanguageModel.from_pretrained(path, device=device)
     except (ValueError, FileNotFoundError) as err:
         raise CheckpointError(f"cannot load the model of {path}: {err}") from None
+    check_finite_weights(path, model)
+    return model
 
 
 def load_checkpoint(
@@ -186,6 +239,7 @@ def load_checkpoint(
         first = str(err).strip().splitlines()
         reason = first[1] if len(first) > 1 else first[0]
         raise CheckpointError(f"{path}: the weights do not fit this model: {reason.strip()}") from None
+    check_finite_weights(path, model)
     optimizer_state = _join_optimizer_state(_load_tensors(path / OPTIMIZER_FILE), state["optimizer"])
     try:
         optimizer.load_state_dict(optimizer_state)
@@ -203,9 +257,30 @@ def load_checkpoint(
 # ---------------------------------------------------------------- finding and pruning
 
 
+def step_of_name(path: Path) -> int | None:
+    """N of a step-N checkpoint folder; None for any other name."""
+    number = path.name.removeprefix("step-")
+    return int(number) if path.name.startswith("step-") and number.isdigit() else None
+
+
 def step_checkpoints(folder: Path) -> list[Path]:
     """The step-N checkpoints of a run, oldest first."""
-    return sorted(Path(folder).glob("step-*"), key=lambda p: p.name)
+    return sorted((p for p in Path(folder).glob("step-*") if step_of_name(p) is not None), key=step_of_name)
+
+
+def later_checkpoints(folder: Path, step: int) -> list[Path]:
+    """The checkpoints of `folder` past `step`: step-N with N > step, and a final or best saved after it
+    (or unreadable). A run resumed at `step` abandons them."""
+    later = [p for p in step_checkpoints(folder) if step_of_name(p) > step]
+    for path in (Path(folder) / FINAL, Path(folder) / BEST):
+        if path.is_dir():
+            try:
+                saved_at = read_trainer_state(path).get("step", step + 1)
+            except CheckpointError:
+                saved_at = step + 1
+            if saved_at > step:
+                later.append(path)
+    return later
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

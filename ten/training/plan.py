@@ -17,7 +17,7 @@ from typing import Any
 from ..config import PRESETS
 from ..lm import ARCHITECTURES, LanguageModel, config_fields, load_config
 from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
-from .checkpoint import CONFIG_FILE, find_checkpoint, read_trainer_state
+from .checkpoint import CONFIG_FILE, find_checkpoint, read_trainer_state, recover_interrupted_saves
 from .distributed import DistributedContext
 from .run_dirs import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
 
@@ -61,6 +61,7 @@ class RunPlan:
     output_dir: Path | None  # None for runs that write nothing (--dry_run, --benchmark)
     resume_from: Path | None = None  # the checkpoint folder this run continues
     resumed_state: dict[str, Any] | None = None  # its trainer_state.json, read once
+    notes: tuple[str, ...] = ()  # what working out the plan did to the run folder, for the log
 
     @property
     def length_follows_budget(self) -> bool:
@@ -116,11 +117,17 @@ def merge_resumed_arguments(saved: dict[str, Any], args: TrainArguments, explici
     changes = {}
     for name in explicit:
         value, before = getattr(args, name), getattr(merged, name)
-        if name in RESUMABLE_OVERRIDES:
+        if name in RESUMABLE_OVERRIDES or lowers_learning_rate(name, value, before):
             changes[name] = value
         elif value != before:
-            raise ValueError(f"--{name} {value} differs from the resumed run's {before}; a resumed run keeps it")
+            rule = "may only lower it" if name == "learning_rate" else "keeps it"
+            raise ValueError(f"--{name} {value} differs from the resumed run's {before}; a resumed run {rule}")
     return dataclasses.replace(merged, **changes)
+
+
+def lowers_learning_rate(name: str, value: Any, before: Any) -> bool:
+    """A resumed run may lower its peak learning rate (what a diverged run is advised to do), never raise it."""
+    return name == "learning_rate" and value is not None and before is not None and value < before
 
 
 # ---------------------------------------------------------------- the plan
@@ -160,6 +167,10 @@ def _resume_plan(args: TrainArguments, explicit: set[str], context: DistributedC
         target = Path(args.output_dir).expanduser()
     else:
         target = context.broadcast(latest_run_dir(Path("runs") / model_plan(args).run_name(args.config)))
+    # Before looking: a save killed between its renames may have set the latest checkpoint aside.
+    folders = [p for p in (target / CHECKPOINTS, target, target.parent) if p.name == CHECKPOINTS and p.is_dir()]
+    note = recover_interrupted_saves(folders[0]) if folders and context.is_main else None
+    notes = context.broadcast(() if note is None else (note,))
     checkpoint = find_checkpoint(target)
     state = read_trainer_state(checkpoint)
     merged = merge_resumed_arguments(state["args"], args, explicit)
@@ -168,7 +179,8 @@ def _resume_plan(args: TrainArguments, explicit: set[str], context: DistributedC
     output_dir = resumed_output_dir(args, target, checkpoint, context) if writes else None
     architecture, config = load_config(checkpoint / CONFIG_FILE)
     model = ModelPlan(architecture, config, from_checkpoint=True)
-    return _plan(resolved_arguments(merged, model, output_dir), model, output_dir, checkpoint, state)
+    plan = _plan(resolved_arguments(merged, model, output_dir), model, output_dir, checkpoint, state)
+    return dataclasses.replace(plan, notes=notes)
 
 
 def resumed_output_dir(args: TrainArguments, target: Path, checkpoint: Path, context: DistributedContext) -> Path:

@@ -1,5 +1,8 @@
 """The training loop, in one place: set up from a run plan, then step, evaluate and checkpoint until
-the schedule or the time budget ends, or a signal stops the run."""
+the schedule or the time budget ends, or a signal stops the run.
+
+From the first step to the exit, a first SIGINT/SIGTERM ends the run with a checkpoint of its latest step
+(an evaluation under way is cut short); only a second Ctrl-C stops at once."""
 
 from __future__ import annotations
 
@@ -29,8 +32,10 @@ from .checkpoint import (
     CheckpointError,
     TrainerState,
     checkpoint_name,
+    later_checkpoints,
     latest_checkpoint,
     load_checkpoint,
+    non_finite_parameters,
     prune_step_checkpoints,
     save_checkpoint,
 )
@@ -38,7 +43,7 @@ from .distributed import DistributedContext, weights_fingerprint
 from .optimizer import build_optimizer
 from .plan import RunPlan, resolve_run
 from .precision import Precision, resolve_precision
-from .run_dirs import CHECKPOINTS, METRICS, release_run_dir
+from .run_dirs import CHECKPOINTS, METRICS, claim_run_dir, release_run_dir
 from .schedule import MAX_WARMUP_FRACTION, learning_rate_at, learning_rate_at_fraction
 
 EVAL_SEED = 1234  # the same validation windows at every evaluation, so the figures compare
@@ -54,7 +59,7 @@ class RunResult:
     status: str  # finished | time_budget (a step-defined run cut short) | stopped (SIGINT/SIGTERM)
     step: int
     checkpoint: Path | None
-    eval: dict[str, float] = field(default_factory=dict)
+    eval: dict[str, float] = field(default_factory=dict)  # empty when a signal cut the final evaluation short
     sample: str = ""
 
 
@@ -70,7 +75,7 @@ class LanguageModelingObjective(nn.Module):
 
 
 class StopRequest:
-    """Turns the first SIGINT/SIGTERM into a request the loop honours at the next step boundary."""
+    """Turns the first SIGINT/SIGTERM into a request honoured at the next step boundary or evaluation batch."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
@@ -113,25 +118,40 @@ def load_run_data(plan: RunPlan) -> TokenData:
     return data
 
 
-def forget_metrics_after(path: Path, step: int) -> None:
-    """Drop the records of steps after `step`: a run resumed there will log those steps again."""
+def forget_metrics_after(path: Path, step: int, keep_in: Path | None = None) -> None:
+    """Drop the records of steps after `step`: a run resumed there will log those steps again.
+
+    `keep_in`: a folder to write the dropped records to (with the checkpoints they belong to)."""
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) < len(lines):
+        if keep_in is not None:
+            dropped = [line for line in lines if line not in kept]
+            atomic_write(keep_in / METRICS, lambda tmp: tmp.write_text("".join(dropped)))
         atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
 
 
 @torch.no_grad()
 def evaluate(
-    model: LanguageModel, sampler: WindowSampler, batches: int, precision: Precision, device: torch.device
-) -> dict[str, float]:
-    """Mean CE (nats/token) and any auxiliary loss (TEN: raw energy) over fixed validation windows."""
+    model: LanguageModel,
+    sampler: WindowSampler,
+    batches: int,
+    precision: Precision,
+    device: torch.device,
+    stopped: Callable[[], bool] = lambda: False,
+) -> dict[str, float] | None:
+    """Mean CE (nats/token) and any auxiliary loss (TEN: raw energy) over fixed validation windows.
+
+    None when `stopped()` turns true before the last batch (a signal: the run must save, not evaluate)."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
     for index in range(batches):
+        if stopped():
+            model.train(was_training)
+            return None
         inputs, targets = (t.to(device) for t in sampler.batch(index))
         with precision.autocast():
             out = model.compute_loss(inputs, targets, return_dict=True)
@@ -184,13 +204,15 @@ class Trainer:
         self.scaler = self.precision.grad_scaler()
         self.optimizer = build_optimizer(self.model, plan.learning_rate, args.weight_decay, args.use_8bit_optim)
         self.state = TrainerState(args=args.to_dict())
+        self.stop = StopRequest()  # its handlers are installed for the whole of train()
+        self.notes = list(plan.notes)  # logged with the run's description
         if plan.resume_from is not None:
             self.state = load_checkpoint(plan.resume_from, self.model, self.optimizer, plan.resumed_state)
             self.state.args = args.to_dict()
             if self.state.scaler:
                 self.scaler.load_state_dict(self.state.scaler)
             if self.context.is_main and plan.output_dir is not None:
-                forget_metrics_after(plan.output_dir / METRICS, self.state.step)
+                self.set_aside_abandoned_work()
 
         self.tokens_per_step = plan.batch_size * plan.seq_len * args.gradient_accumulation * self.context.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
@@ -212,6 +234,19 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
         self.objective = self.maybe_compile(self.objective)
+
+    def set_aside_abandoned_work(self) -> None:
+        """A run resumed from an older checkpoint starts a new branch: the checkpoints saved after it, and their
+        records, move to <run>/abandoned-after-step-N, so pruning and a later --resume see only the new branch."""
+        step = self.state.step
+        later = later_checkpoints(self.checkpoint_dir, step)
+        aside = claim_run_dir(self.output_dir / f"abandoned-after-{checkpoint_name(step)}") if later else None
+        for path in later:
+            path.rename(aside / CHECKPOINTS / path.name)
+        forget_metrics_after(self.output_dir / METRICS, step, keep_in=aside)
+        if aside is not None:
+            self.notes.append(f"resuming at step {step:,}: the later checkpoints of this run "
+                              f"({', '.join(p.name for p in later)}) are moved to {aside}")  # fmt: skip
 
     def check_budget_left(self) -> None:
         """A resumed run whose time budget is spent (or whose budget-long schedule ended) has nothing to do."""
@@ -261,6 +296,11 @@ class Trainer:
             self.log(f"output: {plan.output_dir}")
         if plan.resume_from is not None:
             self.log(f"resuming from {plan.resume_from} at step {self.state.step:,}")
+            before = plan.resumed_state["args"].get("learning_rate")
+            if before is not None and plan.learning_rate < before:
+                self.log(f"the peak learning rate is lowered from {before:g} to {plan.learning_rate:g} from here on")
+        for note in self.notes:
+            self.log(note)
 
     def log(self, message: str) -> None:
         if self.context.is_main:
@@ -311,14 +351,18 @@ class Trainer:
         return results
 
     def train(self) -> RunResult:
-        self.describe()
-        self.record(event="start", step=self.state.step, total_steps=self.total_steps,
-                    fingerprint=weights_fingerprint(self.model), world_size=self.context.world_size)  # fmt: skip
-        if self.plan.time_budget_s is not None:
-            self.evaluate()  # times the final evaluation the budget must leave room for; the curve's first point
-        with StopRequest() as stop:
-            status = self.loop(stop)
-        return self.finish(status)
+        with self.stop:  # from here to the exit, a signal ends the run with a checkpoint
+            self.describe()
+            self.record(event="start", step=self.state.step, total_steps=self.total_steps,
+                        fingerprint=weights_fingerprint(self.model), world_size=self.context.world_size)  # fmt: skip
+            if self.plan.time_budget_s is not None:
+                self.evaluate()  # times the final evaluation the budget must leave room for; the curve's first point
+            status = self.loop(self.stop)
+            return self.finish(status)
+
+    def stop_requested(self) -> bool:
+        """Whether a signal arrived on any rank (all ranks ask together, so all stop at the same point)."""
+        return self.context.any(self.stop.reason is not None, self.device)
 
     # ------------------------------------------------------------------ the loop
 
@@ -351,10 +395,8 @@ class Trainer:
                           .tolist(), strict=True))  # fmt: skip
         if not math.isfinite(values["loss"]):
             detail = ", ".join(f"{k} {v}" for k, v in values.items() if k not in ("loss", "grad_norm"))
-            raise TrainingDiverged(
-                f"the loss became {values['loss']} at step {step + 1} ({detail}); "
-                "lower --learning_rate or use --mixed_precision no; the last good checkpoint is kept"
-            )
+            raise TrainingDiverged(f"the loss became {values['loss']} at step {step + 1} ({detail}); "
+                                   f"{self.divergence_advice()}")  # fmt: skip
         self.learning_rate = self.learning_rate_now()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate
@@ -426,7 +468,10 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation, checkpoints, the end
 
     def evaluate_and_keep_best(self) -> dict[str, float]:
+        """Evaluate, and save `best` when the loss is the lowest yet; {} when a signal cut the evaluation short."""
         metrics = self.evaluate()
+        if not metrics:
+            return metrics
         best = self.state.best_val_loss
         if best is None or metrics["val_ce"] < best:
             self.state.best_val_loss = metrics["val_ce"]
@@ -434,9 +479,15 @@ class Trainer:
         return metrics
 
     def evaluate(self) -> dict[str, float]:
-        """Validation figures, logged and recorded; the time it takes is what the budget keeps for the end."""
+        """Validation figures, logged and recorded; the time it takes is what the budget keeps for the end.
+
+        {} when a signal arrives before it ends: a preempted job has seconds, not an evaluation's minutes."""
         start = self.budget.clock()
-        metrics = evaluate(self.model, self.eval_sampler, self.args.eval_batches, self.precision, self.device)
+        metrics = evaluate(self.model, self.eval_sampler, self.args.eval_batches, self.precision, self.device,
+                           stopped=self.stop_requested)  # fmt: skip
+        if metrics is None:
+            self.log(f"{self.stop.reason or 'a signal'}: the evaluation at step {self.state.step:,} is skipped")
+            return {}
         if self.context.enabled:  # one set of figures for all ranks, so all make the same `best` choice
             averaged = self.context.mean(torch.tensor(list(metrics.values()), dtype=torch.float64, device=self.device))
             metrics = dict(zip(metrics, averaged.tolist(), strict=True))
@@ -454,10 +505,18 @@ class Trainer:
         return metrics
 
     def save(self, name: str, prune: bool = True) -> Path | None:
-        """Rank 0 writes; every rank learns whether it worked, so none runs ahead of (or waits on) a failed write."""
-        path, failure = None, None
+        """Rank 0 writes; every rank learns whether it worked, so none runs ahead of (or waits on) a failed write.
+
+        Only weights known to give a finite loss are saved: the last step's are checked first (the next step's
+        forward would be the first to see that they diverged)."""
+        path, failure, diverged = None, None, None
+        start = self.budget.clock()
         if self.context.is_main:
-            start = self.budget.clock()
+            diverged = self.divergence()
+        if self.context.any(diverged is not None, self.device):
+            raise TrainingDiverged(f"{diverged or 'the weights diverged'}, so they are not saved as {name}; "
+                                   f"{self.divergence_advice()}")  # fmt: skip
+        if self.context.is_main:
             self.state.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
             try:
                 path = save_checkpoint(self.checkpoint_dir / name, self.model, self.optimizer, self.state,
@@ -471,6 +530,35 @@ class Trainer:
             raise WriteError(f"{failure or 'rank 0 could not write a checkpoint'}; {self.resume_hint()}")
         return path
 
+    @torch.no_grad()
+    def divergence(self) -> str | None:
+        """Why the weights must not be saved (a NaN or infinity in them, or in their loss on the next training
+        batch), or None. Evaluation mode: no dropout, so no random numbers are drawn and resuming stays exact."""
+        step = self.state.step
+        bad = non_finite_parameters(self.model)
+        if bad:
+            return f"the weights after step {step} hold NaN or infinite values ({bad[0]})"
+        inputs, targets = (t.to(self.device) for t in self.train_sampler.batch(step * self.args.gradient_accumulation))
+        was_training = self.model.training
+        self.model.eval()
+        with self.precision.autocast():
+            loss = float(self.model.compute_loss(inputs, targets))
+        self.model.train(was_training)
+        return None if math.isfinite(loss) else f"the weights after step {step} give a loss of {loss}"
+
+    def divergence_advice(self) -> str:
+        """What to do after a divergence: continue from the last checkpoint (all are finite) at a lower rate."""
+        lower = f"--learning_rate {self.plan.learning_rate / 10:g}"
+        precision = " (or --mixed_precision no)" if self.precision.dtype is not None else ""
+        try:
+            last = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir)
+        except CheckpointError:
+            last = None
+        if last is None:
+            return f"no checkpoint of this run was saved: start again with a lower rate, e.g. {lower}{precision}"
+        return (f"the last good checkpoint is {last}: continue from it at a lower rate with "
+                f"ten train --resume {last} {lower}{precision}")  # fmt: skip
+
     def resume_hint(self) -> str:
         """Where a run that cannot write stands: its last good checkpoint and how to continue."""
         try:
@@ -483,18 +571,19 @@ class Trainer:
                 f"ten train --resume {self.output_dir}")
 
     def finish(self, status: str) -> RunResult:
+        """Evaluate and save the end of the run; after a signal (in the loop or in this evaluation), only save."""
         metrics: dict[str, float] = {}
-        if status == "stopped":  # a signal: save at once (a preempted job has seconds, not an evaluation's minutes)
-            path = self.save(checkpoint_name(self.state.step))
-        else:
+        if status != "stopped":
             metrics = self.evaluate_and_keep_best()
-            path = self.save(FINAL if status == "finished" else checkpoint_name(self.state.step))
+            status = status if metrics else "stopped"
+        path = self.save(FINAL if status == "finished" else checkpoint_name(self.state.step))
         fingerprints = self.context.gather_floats(weights_fingerprint(self.model))
         self.record(event="end", status=status, step=self.state.step, elapsed_s=self.budget.elapsed(),
                     lr=self.learning_rate, fingerprints=fingerprints, **metrics)  # fmt: skip
         if len(set(fingerprints)) > 1:
             raise RuntimeError(f"data-parallel ranks ended with different weights: {fingerprints}")
-        sample = self.sample() if self.context.is_main and self.args.sample_tokens and metrics else ""
+        wanted = self.context.is_main and self.args.sample_tokens and metrics and self.stop.reason is None
+        sample = self.sample() if wanted else ""  # a signal during the save: the checkpoint is there, exit now
         self.log(self.throughput_line())
         if path is not None:
             resume = "" if status == "finished" else f"; continue with: ten train --resume {self.output_dir}"
