@@ -70,7 +70,8 @@ def non_negative_float(text: str) -> float:
 # ---------------------------------------------------------------- ten train
 
 
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
+def add_train_flags(parser: argparse.ArgumentParser, modes: bool = True) -> None:
+    """`modes`: offer --dry_run and --benchmark (`ten compare` trains, so it has neither)."""
     d = TRAIN_DEFAULTS
     model = parser.add_argument_group("model (a preset, then overrides)")
     model.add_argument("--config", default=d.config, choices=list(PRESETS), help="preset (default %(default)s)")
@@ -160,6 +161,8 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--hourly_rate", type=non_negative_float, help="$/hour of the machine: show the cost so far")
     out.add_argument("--sample_tokens", type=int, default=d.sample_tokens, help="tokens sampled at the end")
 
+    if not modes:
+        return
     mode = parser.add_argument_group("other modes")
     mode.add_argument("--dry_run", action="store_true", help="summary and the loss of real windows; no training")
     mode.add_argument("--dry_samples", type=positive(int), default=d.dry_samples)
@@ -237,40 +240,44 @@ def cmd_prepare(args: argparse.Namespace, explicit: set[str]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
-    from .experiments.compare import parse_variants, run_comparison, token_budget_steps, write_outputs
+    from .experiments.compare import INTERRUPTED, new_comparison, resume_hint, resumed_comparison, run_comparison
 
-    names = parse_variants(args.variants)
-    if (args.time_budget is None) == (args.tokens is None):
-        raise UserError("give the budget of each variant: --time_budget MINUTES or --tokens N (one of them)")
     values = {k: v for k, v in vars(args).items() if k not in ("command", "run", "variants", "tokens")}
-    base = TrainArguments.from_dict(values)
-    if args.tokens is not None:
-        base = TrainArguments.from_dict({**values, "max_steps": token_budget_steps(args.tokens, base)})
-    output = Path(args.output_dir or "runs/compare")
-    rows = run_comparison(base, names, output)
-    write_outputs(rows, base, output)
+    train_args = TrainArguments.from_dict(values)
+    if args.resume is not None:
+        variants = args.variants if "variants" in explicit else None
+        comparison = resumed_comparison(train_args, variants, args.tokens, explicit & set(values))
+    else:
+        comparison = new_comparison(train_args, args.variants, args.tokens)
+    output = comparison.folder
+    rows = run_comparison(comparison.base, comparison.names, output, comparison.done)
     print(f"\n{(output / 'results.md').read_text()}\nwritten: {output}/results.md, results.json, validation_loss.png")
+    if rows[-1]["status"] == INTERRUPTED:
+        print(resume_hint(output), file=sys.stderr)
 
 
 def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
     from .device import resolve_device
     from .experiments.bench import BenchSettings, growth, markdown, parse_lengths, run_bench, write_outputs
+    from .training.run_dirs import check_writable
 
     device = str(resolve_device(args.device))
+    output = Path(args.output_dir)
+    check_writable(output)  # before any measuring: a folder that cannot be written would lose it all
     settings = BenchSettings(
         d_model=args.d_model, n_layers=args.n_layers, num_eigenstates=args.num_eigenstates,
-        lengths=parse_lengths(args.lengths), contexts=parse_lengths(args.contexts),
-        decode_batches=parse_lengths(args.decode_batches),
+        lengths=parse_lengths(args.lengths), contexts=parse_lengths(args.contexts, "--contexts"),
+        decode_batches=parse_lengths(args.decode_batches, "--decode_batches"),
         tokens_per_batch=args.tokens_per_batch,
         new_tokens=args.new_tokens, reps=args.reps, max_step_seconds=args.max_step_seconds, device=device,
         dtype=args.dtype,
     )  # fmt: skip
     results = run_bench(settings)
-    output = Path(args.output_dir)
     write_outputs(results, output)
     exponents = {name: growth(results, name, "forward_peak_mib_b1") for name in ("ten", "transformer")}
     print("\n" + markdown(results))
-    print("forward peak memory ~ T^p: " + ", ".join(f"{n} p = {e:.2f}" for n, e in exponents.items() if e is not None))
+    if measured := [f"{n} p = {e:.2f}" for n, e in exponents.items() if e is not None]:  # two lengths or more
+        print("forward peak memory ~ T^p: " + ", ".join(measured))
     print(f"written: {output}/bench.md, bench.json, bench_scaling.png")
 
 
@@ -453,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=cmd_generate)
 
     compare = commands.add_parser("compare", help="train variants on the same data and budget; table and plot")
-    add_train_flags(compare)
+    add_train_flags(compare, modes=False)
     compare.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all)"
     )

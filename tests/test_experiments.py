@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
+import torch
 
 from ten.cli import main
+from ten.experiments import bench, compare
 from ten.experiments.bench import BenchSettings, growth, markdown, run_bench, write_outputs
 from ten.experiments.compare import parse_variants, run_comparison
-from ten.training import TrainArguments
+from ten.training import TrainArguments, Trainer
 
 
 def test_compare_trains_each_variant_on_the_same_budget_and_tabulates(tmp_path):
@@ -53,3 +56,138 @@ def test_bench_measures_both_models_side_by_side(tmp_path):
         results)
     write_outputs(results, tmp_path)
     assert (tmp_path / "bench_scaling.png").stat().st_size > 1000 and (tmp_path / "bench.json").is_file()
+
+
+TINY_COMPARE = ["--d_model", "32", "--n_layers", "1", "--num_eigenstates", "16", "--max_seq_len", "32", "--batch_size",
+                "2", "--eval_steps", "1", "--eval_batches", "1", "--sample_tokens", "0", "--tokens", "128"]  # 2 steps
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("Friends, Romans, countrymen, lend me your ears; I come to bury Caesar.\n" * 80)
+    return path
+
+
+def starts(run_dir) -> int:
+    return sum(json.loads(line)["event"] == "start" for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+
+
+def test_compare_never_replaces_an_earlier_comparison(corpus, tmp_path, monkeypatch, capsys):
+    """ten train's rule: the default folder is numbered, an --output_dir holding one is refused unless --overwrite."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(compare, "plot", lambda rows, path: path.write_bytes(b""))  # the slow part, tested above
+    command = ["compare", "--dataset", str(corpus), *TINY_COMPARE, "--variants", "ten"]
+    assert main(command) == 0 and main(command) == 0
+    assert (tmp_path / "runs/compare/results.md").is_file() and (tmp_path / "runs/compare-2/results.md").is_file()
+    first = (tmp_path / "runs/compare/ten/metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main([*command, "--output_dir", "runs/compare"]) == 2
+    err = capsys.readouterr().err
+    assert "runs/compare holds an earlier comparison" in err and err.count("\n") == 1
+    assert (tmp_path / "runs/compare/ten/metrics.jsonl").read_text() == first  # untouched
+    assert main([*command, "--output_dir", "runs/compare", "--overwrite"]) == 0
+    assert starts(tmp_path / "runs/compare/ten") == 1  # started over, not appended to
+
+
+def test_an_interrupted_comparison_keeps_its_table_and_resumes(corpus, tmp_path, monkeypatch, capsys):
+    original_step = Trainer.train_step
+
+    def step_then_signal(self):
+        values = original_step(self)
+        if self.output_dir.name == "transformer" and self.state.step == 1:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C: the trainer stops at this step boundary and saves
+        return values
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    output = tmp_path / "cmp"
+    command = ["compare", "--dataset", str(corpus), *TINY_COMPARE, "--output_dir", str(output),
+               "--variants", "ten,transformer,ten-nonselective"]  # fmt: skip
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"the comparison was interrupted; continue it with: ten compare --resume {output}"
+    table = (output / "results.md").read_text()
+    assert "| transformer | 0.02 M | interrupted at step 1 |" in table and "| ten | 0.02 M | 5." in table
+    assert "ten-nonselective" not in table and not (output / "ten-nonselective").exists()  # the rest did not run
+    assert (output / "validation_loss.png").is_file()
+    kept = (output / "ten" / "metrics.jsonl").read_text()
+
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    assert main(["compare", "--resume", str(output)]) == 0  # the settings and variants are the comparison's
+    rows = json.loads((output / "results.json").read_text())["rows"]
+    assert [(r["variant"], r["status"], r["steps"]) for r in rows] == [
+        ("ten", "finished", 2), ("transformer", "finished", 2), ("ten-nonselective", "finished", 2)]
+    assert (output / "ten" / "metrics.jsonl").read_text() == kept  # finished: kept as it was
+    assert starts(output / "transformer") == 2  # resumed from its checkpoint, not started over
+    assert "interrupted" not in (output / "results.md").read_text()
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(output), "--d_model", "64"]) == 2
+    assert "--d_model 64 differs" in capsys.readouterr().err
+
+
+def test_compare_flags_that_do_not_apply_are_one_line(corpus, capsys):
+    for flag in ("--dry_run", "--benchmark"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["compare", "--dataset", str(corpus), *TINY_COMPARE, flag])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"unrecognized arguments: {flag}" in err and err.count("\n") == 1
+    assert main(["compare", "--dataset", str(corpus), *TINY_COMPARE, "--variants", "ten,ten"]) == 2
+    err = capsys.readouterr().err
+    assert "--variants: ten given more than once" in err and err.count("\n") == 1
+
+
+def fake_bench(monkeypatch, fits: dict[str, int], error: Exception, generation_fits: int | None = None) -> None:
+    """Measuring functions that run out of memory (raise `error`) at lengths >= fits[model], the rest instant."""
+
+    def measure_length(model, length, settings, device):
+        if length >= fits[model.architecture]:
+            raise error
+        return {"T": length, "batch": 1, "train_tflop": 1e-6, "forward_ms": 1.0 * length, "train_step_ms": 3.0 * length,
+                "tokens_per_s": 1e3, "train_tflops": 1e-3, "train_peak_mib": 1.0, "forward_peak_mib_b1": 0.5 * length}
+
+    def measure_generation(model, context, batch, settings, device):
+        if generation_fits is not None and model.architecture == "transformer" and context >= generation_fits:
+            raise error
+        return 0.5
+
+    monkeypatch.setattr(bench, "measure_length", measure_length)
+    monkeypatch.setattr(bench, "warm_up", lambda model, length, settings, device: measure_length(model, length, 0, 0))
+    monkeypatch.setattr(bench, "measure_generation", measure_generation)
+    monkeypatch.setattr(bench, "matmul_peak_tflops", lambda settings, device: 1.0)
+    monkeypatch.setattr(bench, "weight_read_rates", lambda settings, device: {"matvec_gbps": 1.0, "read_gbps": 2.0})
+
+
+TINY_BENCH = ["--d_model", "16", "--n_layers", "1", "--num_eigenstates", "4", "--contexts", "8,16", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("lengths, fits, error, out_of_memory", [
+    ("8,16,32", {"ten": 32, "transformer": 16}, torch.OutOfMemoryError("CUDA out of memory"),
+     [[], ["transformer"], ["ten"]]),
+    ("8,16", {"ten": 16, "transformer": 16},
+     RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1099511627776 bytes."),
+     [[], ["ten", "transformer"]]),  # both at one length
+    ("64", {"ten": 64, "transformer": 64},
+     RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8000000000008 bytes."),
+     [["ten", "transformer"]]),  # the only length
+])  # fmt: skip
+def test_bench_writes_out_of_memory_rows(tmp_path, monkeypatch, capsys, lengths, fits, error, out_of_memory):
+    fake_bench(monkeypatch, fits, error, generation_fits=16)
+    assert main(["bench", *TINY_BENCH, "--lengths", lengths, "--output_dir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["out_of_memory"] for r in results["lengths"]] == out_of_memory
+    assert [r["transformer"] for r in results["generation"]] == [0.5, None]
+    table = (tmp_path / "bench.md").read_text()
+    assert table.count(" OOM ") == 5 * sum(map(len, out_of_memory)) + 1  # 5 cells a length, 1 of generation
+    assert (tmp_path / "bench_scaling.png").is_file()
+
+
+def test_bench_checks_its_output_and_lengths_before_measuring(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("measured before checking"))
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    for flags, message in [(["--output_dir", str(taken)], f"--output_dir {taken} cannot be written"),
+                           (["--lengths", "16,16"], "--lengths: 16 given more than once"),
+                           (["--contexts", "8,x"], "--contexts: expected comma-separated")]:  # fmt: skip
+        assert main(["bench", "--output_dir", str(tmp_path / "out"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -8,6 +8,7 @@ measurements taken in the same run, one after the other.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -213,7 +214,26 @@ def weight_read_rates(settings: BenchSettings, device: torch.device) -> dict[str
             "read_gbps": gigabytes / median_seconds(read, device, 5, SLOW_S)}  # fmt: skip
 
 
+OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError ("DefaultCPUAllocator: not enough memory: ...",
+    or "can't allocate memory" where the kernel refuses the allocation outright)."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and any(phrase in str(err).lower() for phrase in OUT_OF_MEMORY)
+
+
+def free_memory(device: torch.device) -> None:
+    """What a failed allocation left cached, so the other model is measured with the memory it would have had."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measures each length for both models; a model that runs out of memory (or time) at a length gets an
+    out-of-memory (or stopped) entry there and is not measured at longer ones."""
     device = torch.device(settings.device)
     torch.manual_seed(0)
     results: dict[str, Any] = {"settings": settings.__dict__, "machine": machine_description(device),
@@ -221,19 +241,23 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     models = {name: build(name, settings, max(settings.lengths), device) for name in MODELS}
     for name, model in models.items():
         log(f"{name}: {model.num_parameters():,} parameters")
-        warm_up(model.train(), settings.lengths[0], settings, device)
-    active = set(MODELS)
+    active, warm = set(MODELS), set()
     for length in settings.lengths:
-        row: dict[str, Any] = {"T": length}
+        row: dict[str, Any] = {"T": length, "batch": max(1, settings.tokens_per_batch // length), "out_of_memory": []}
         for name in MODELS:
             if name not in active:
                 continue
             try:
+                if name not in warm:  # at the first length measured: it may be the one that does not fit
+                    warm_up(models[name].train(), length, settings, device)
+                    warm.add(name)
                 measured = measure_length(models[name].train(), length, settings, device)
-            except (torch.OutOfMemoryError, RuntimeError) as err:
-                if "memory" not in str(err).lower():
+            except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+                if not is_out_of_memory(err):
                     raise
+                free_memory(device)
                 active.discard(name)
+                row["out_of_memory"].append(name)
                 results["stopped"][name] = f"out of memory at T = {length}"
                 log(f"{name}: out of memory at T = {length}; no longer measured")
                 continue
@@ -247,12 +271,19 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             break
     for batch in settings.decode_batches:
         for context in settings.contexts:
-            row = {"context": context, "batch": batch}
+            row = {"context": context, "batch": batch, "out_of_memory": []}
             for name in MODELS:
-                row[name] = measure_generation(models[name].eval(), context, batch, settings, device)
+                try:
+                    row[name] = measure_generation(models[name].eval(), context, batch, settings, device)
+                except (RuntimeError, MemoryError) as err:
+                    if not is_out_of_memory(err):
+                        raise
+                    free_memory(device)
+                    row[name] = None
+                    row["out_of_memory"].append(name)
             results["generation"].append(row)
-            log(f"generation after {context:,} tokens, batch {batch}: ten {row['ten']:.2f} ms/step, transformer "
-                f"{row['transformer']:.2f} ms/step")  # fmt: skip
+            log(f"generation after {context:,} tokens, batch {batch}: ten {ms_per_step(row, 'ten')}, transformer "
+                f"{ms_per_step(row, 'transformer')}")  # fmt: skip
     results["matmul_peak_tflops"] = matmul_peak_tflops(settings, device)
     results["weight_reads"] = weight_read_rates(settings, device)
     results["weight_mib"] = {name: model.num_parameters() * 4 / 2**20 for name, model in models.items()}
@@ -280,10 +311,16 @@ def ratio(row: dict, key: str) -> str:
     return "-"
 
 
+def ms_per_step(row: dict[str, Any], name: str) -> str:
+    return "out of memory" if row[name] is None else f"{row[name]:.2f} ms/step"
+
+
 def format_length_row(row: dict[str, Any]) -> str:
     parts = [f"T={row['T']:>6}"]
     for name in MODELS:
-        if name in row:
+        if name in row.get("out_of_memory", ()):
+            parts.append(f"{name}: out of memory")
+        elif name in row:
             m = row[name]
             speed = f"{m['tokens_per_s']:,.0f} tok/s"
             parts.append(f"{name}: fwd {m['forward_ms']:.1f} ms, step {m['train_step_ms']:.1f} ms, {speed}")
@@ -292,6 +329,14 @@ def format_length_row(row: dict[str, Any]) -> str:
 
 def _mib(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
+
+
+def length_cell(row: dict[str, Any], name: str, key: str, fmt: str = "{:,.1f}") -> str:
+    """One model's figure at one length; OOM where it ran out of memory, stopped where it was no longer measured."""
+    if name not in row:
+        return "OOM" if name in row.get("out_of_memory", ()) else "stopped"
+    value = row[name][key]
+    return _mib(value) if key.endswith("mib") or key.endswith("b1") else fmt.format(value)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -311,29 +356,24 @@ def markdown(results: dict[str, Any]) -> str:
 
     for row in results["lengths"]:
         ten, attn = row.get("ten"), row.get("transformer")
-        batch = (ten or attn)["batch"]
-
-        def cell(model: dict | None, key: str, fmt: str = "{:,.1f}") -> str:
-            if model is None:
-                return "stopped"
-            value = model[key]
-            return _mib(value) if key.endswith("mib") or key.endswith("b1") else fmt.format(value)
+        batch = row["batch"] if "batch" in row else (ten or attn)["batch"]  # older bench.json: in the models' rows
+        cell = functools.partial(length_cell, row)
 
         lines.append(
-            f"| {row['T']:,} | {batch} | {cell(ten, 'forward_ms')} | {cell(attn, 'forward_ms')} "
-            f"| {ratio(row, 'forward_ms')} | {cell(ten, 'train_step_ms')} | {cell(attn, 'train_step_ms')} "
-            f"| {ratio(row, 'train_step_ms')} | {cell(ten, 'tokens_per_s', '{:,.0f}')} "
-            f"| {cell(attn, 'tokens_per_s', '{:,.0f}')} | {mfu(ten)} | {mfu(attn)} | {cell(ten, 'train_peak_mib')} "
-            f"| {cell(attn, 'train_peak_mib')} "
-            f"| {cell(ten, 'forward_peak_mib_b1')} | {cell(attn, 'forward_peak_mib_b1')} |"
+            f"| {row['T']:,} | {batch} | {cell('ten', 'forward_ms')} | {cell('transformer', 'forward_ms')} "
+            f"| {ratio(row, 'forward_ms')} | {cell('ten', 'train_step_ms')} | {cell('transformer', 'train_step_ms')} "
+            f"| {ratio(row, 'train_step_ms')} | {cell('ten', 'tokens_per_s', '{:,.0f}')} "
+            f"| {cell('transformer', 'tokens_per_s', '{:,.0f}')} | {mfu(ten)} | {mfu(attn)} "
+            f"| {cell('ten', 'train_peak_mib')} | {cell('transformer', 'train_peak_mib')} "
+            f"| {cell('ten', 'forward_peak_mib_b1')} | {cell('transformer', 'forward_peak_mib_b1')} |"
         )
     lines += ["", "| context | batch | TEN ms/step | transformer ms/step | transformer / TEN |",
               "|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row in results["generation"]:
-        lines.append(
-            f"| {row['context']:,} | {row.get('batch', 1)} | {row['ten']:.2f} | {row['transformer']:.2f} "
-            f"| {row['transformer'] / row['ten']:.2f}x |"
-        )
+        ten, attn = row["ten"], row["transformer"]
+        cells = ["OOM" if ms is None else f"{ms:.2f}" for ms in (ten, attn)]
+        speedup = "-" if ten is None or attn is None else f"{attn / ten:.2f}x"
+        lines.append(f"| {row['context']:,} | {row.get('batch', 1)} | {cells[0]} | {cells[1]} | {speedup} |")
     if peak:
         lines.append(f"\nMFU: FLOPs counted by torch's FlopCounterMode per training step, against a "
                      f"{results['settings']['dtype']} matmul measured at {peak:,.2f} TFLOP/s in the same run.")
@@ -380,13 +420,17 @@ def write_outputs(results: dict[str, Any], output_dir: Path) -> None:
     plot(results, output_dir)
 
 
-def parse_lengths(text: str) -> tuple[int, ...]:
+def parse_lengths(text: str, flag: str = "--lengths") -> tuple[int, ...]:
+    """'256,512' -> (256, 512): positive and distinct (a repeated length would be a zero-width step in growth)."""
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"expected comma-separated positive integers, got {text!r}") from None
+        raise ValueError(f"{flag}: expected comma-separated positive integers, got {text!r}") from None
     if not values or min(values) < 1:
-        raise ValueError(f"expected comma-separated positive integers, got {text!r}")
+        raise ValueError(f"{flag}: expected comma-separated positive integers, got {text!r}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{flag}: {', '.join(map(str, repeated))} given more than once")
     return values
 
 

@@ -6,15 +6,29 @@ any of them can be resumed, sampled from or inspected on its own afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..lm import config_fields
 from ..training import TrainArguments, Trainer
 from ..training.arguments import MODEL_FIELDS
-from ..training.plan import batch_shape, model_plan
+from ..training.plan import batch_shape, merge_resumed_arguments, model_plan
+from ..training.run_dirs import (
+    CHECKPOINTS,
+    any_in,
+    check_writable,
+    claim_run_dir,
+    clear_earlier,
+    holds_run,
+    latest_run_dir,
+)
 
 # name -> overrides of the shared arguments. The "+energy" variants keep the run's --energy_reg_weight
 # (the preset's when not given); the others turn the energy loss off.
@@ -29,21 +43,119 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+RESULTS = "results.json"  # also the comparison's record: its settings, variants and the rows so far
+PLOT = "validation_loss.png"
+OUTPUTS = (RESULTS, "results.md", PLOT)
+DEFAULT_DIR = Path("runs/compare")
+DONE = ("finished", "time_budget")  # a variant that ran its budget (time_budget: --tokens cut short by --time_budget)
+INTERRUPTED = "interrupted"
+BUDGET = ("max_steps", "epochs", "time_budget")
+
+
 def parse_variants(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in VARIANTS]
     if unknown or not names:
         given = ", ".join(unknown) or "(none given)"
         raise ValueError(f"--variants: unknown {given}; choose from {', '.join(VARIANTS)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--variants: {', '.join(repeated)} given more than once; each variant runs once")
     return names
 
 
-def variant_arguments(base: TrainArguments, name: str, output_dir: Path) -> TrainArguments:
+def variant_arguments(base: TrainArguments, name: str, output_dir: Path, resume: bool = False) -> TrainArguments:
+    """The variant's `ten train` arguments: a fresh run in output_dir/name, or (resume) the continuation of its run."""
     values = {**base.to_dict(), **VARIANTS[name]}
     fields = config_fields(values["model"])
     values.update({key: None for key in MODEL_FIELDS if key not in fields})  # settings of another architecture
-    values.update(output_dir=str(output_dir / name), resume=None, overwrite=True)
+    folder = output_dir / name
+    values.update(output_dir=str(folder), resume=str(folder) if resume else None, overwrite=not resume)
     return TrainArguments.from_dict(values)
+
+
+def check_variants(base: TrainArguments, names: list[str]) -> None:
+    """Every variant's settings before any trains: a bad one fails now, not after hours of the others."""
+    for name in names:
+        args = variant_arguments(base, name, DEFAULT_DIR)
+        args.validate()
+        model_plan(args)
+
+
+# ---------------------------------------------------------------- where a comparison writes
+
+
+@dataclass
+class Comparison:
+    base: TrainArguments
+    names: list[str]
+    folder: Path
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)  # resumed: the finished variants' rows, kept
+
+
+def new_comparison(args: TrainArguments, variants: str, tokens: int | None) -> Comparison:
+    """ten train's rule: an --output_dir that holds a comparison is refused unless --overwrite (which deletes
+    it); without one, the first free runs/compare, runs/compare-2, ..."""
+    names = parse_variants(variants)
+    if (args.time_budget is None) == (tokens is None):
+        raise ValueError("give the budget of each variant: --time_budget MINUTES or --tokens N (one of them)")
+    base = args if tokens is None else dataclasses.replace(args, max_steps=token_budget_steps(tokens, args))
+    check_variants(base, names)
+    if args.output_dir is None:
+        return Comparison(base, names, claim_run_dir(DEFAULT_DIR, writable=""))
+    folder = Path(args.output_dir).expanduser()
+    earlier = [folder / n for n in OUTPUTS if (folder / n).exists()] + [
+        folder / n for n in VARIANTS if holds_run(folder / n)
+    ]
+    clear_earlier(folder, earlier, args.overwrite, what="comparison")
+    check_writable(folder)
+    return Comparison(base, names, folder)
+
+
+def resumed_comparison(args: TrainArguments, variants: str | None, tokens: int | None, typed: set[str]) -> Comparison:
+    """The comparison in --resume PATH, --output_dir or the latest runs/compare[-N], with its saved settings and
+    variants; `typed` (the flags given) may only repeat them, or change what a resumed `ten train` may change."""
+    if args.overwrite:
+        raise ValueError("--resume keeps the finished variants and --overwrite deletes them: give one of the two")
+    named = [Path(p).expanduser() for p in (args.resume, args.output_dir) if p]
+    if len(named) == 2 and named[0].resolve() != named[1].resolve():
+        raise ValueError(f"--resume {named[0]} and --output_dir {named[1]}: a comparison continues in its own folder")
+    folder = named[0] if named else latest_run_dir(DEFAULT_DIR, marker=RESULTS, what="comparison")
+    record = read_record(folder)
+    saved = {k: v for k, v in record["settings"].items() if k not in ("resume", "overwrite", "output_dir")}
+    before = TrainArguments.from_dict(saved)
+    for name in sorted(typed & set(BUDGET)):
+        if getattr(args, name) != getattr(before, name):
+            raise ValueError(f"--{name} {getattr(args, name)} differs from the comparison's {getattr(before, name)}; "
+                             "its variants keep the same budget")  # fmt: skip
+    base = merge_resumed_arguments(saved, args, typed - {"resume", "output_dir", "overwrite"})
+    if tokens is not None and token_budget_steps(tokens, base) != base.max_steps:
+        raise ValueError(f"--tokens {tokens} differs from the comparison's budget; its variants keep the same budget")
+    names = record["variants"]
+    if variants is not None and parse_variants(variants) != names:
+        raise ValueError(f"--variants {variants} differs from the comparison's {','.join(names)}")
+    done = {r["variant"]: r for r in record["rows"] if r.get("status", "finished") in DONE}
+    return Comparison(base, names, folder, done)
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    path = folder / RESULTS
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--resume: {folder} holds no comparison ({RESULTS}) to continue") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--resume: cannot read {path}: {err}") from None
+    if not isinstance(record, dict) or not {"settings", "variants", "rows"} <= record.keys():
+        raise ValueError(f"--resume: {path} does not say which variants the comparison runs (an older ten wrote it)")
+    return record
+
+
+def resume_hint(folder: Path) -> str:
+    return f"the comparison was interrupted; continue it with: ten compare --resume {folder}"
+
+
+# ---------------------------------------------------------------- running
 
 
 def eval_curve(run_dir: Path) -> list[dict[str, float]]:
@@ -51,31 +163,76 @@ def eval_curve(run_dir: Path) -> list[dict[str, float]]:
     return [r for r in lines if r["event"] == "eval"]
 
 
-def run_comparison(base: TrainArguments, names: list[str], output_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    for name in names:
-        print(f"\n=== {name} ===", flush=True)
-        trainer = Trainer(variant_arguments(base, name, output_dir))
-        result = trainer.train()
-        trainer.close()
-        elapsed = trainer.state.elapsed_s
-        rows.append({
-            "variant": name, "parameters": trainer.model.num_parameters(), "steps": result.step,
-            "tokens": trainer.state.tokens_seen, "tokens_per_s": trainer.state.tokens_seen / max(elapsed, 1e-9),
-            "wall_s": elapsed, **result.eval, "curve": eval_curve(trainer.output_dir),
-        })  # fmt: skip
-        write_outputs(rows, base, output_dir)  # after every variant: an interrupted comparison keeps its rows
+def run_comparison(
+    base: TrainArguments, names: list[str], output_dir: Path, done: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Train each variant in turn (those in `done` are kept as they are) until all have run or one is
+    interrupted (a signal: the trainer saves it and returns). The tables are rewritten after each, the plot
+    (a second or so) at the end."""
+    done = done or {}
+    rows: list[dict[str, Any]] = []
+    try:
+        for name in names:
+            if name in done:
+                print(f"\n=== {name}: finished earlier, kept ===", flush=True)
+                rows.append(done[name])
+                continue
+            print(f"\n=== {name} ===", flush=True)
+            try:
+                # An interrupted comparison left this variant a checkpoint: continue from it.
+                trainer = Trainer(variant_arguments(base, name, output_dir, any_in(output_dir / name / CHECKPOINTS)))
+                write_record(rows, base, names, output_dir)  # set up: --resume finds the comparison, even after a kill
+                rows.append(run_variant(trainer, name))
+            except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer listens: stop now, keep the table
+                rows.append({"variant": name, "status": INTERRUPTED})
+                write_outputs(rows, base, output_dir, names)
+                print(resume_hint(output_dir), file=sys.stderr)
+                raise
+            write_outputs(rows, base, output_dir, names, with_plot=False)  # a comparison killed later keeps its rows
+            if rows[-1]["status"] == INTERRUPTED:
+                break
+    except Exception:
+        with contextlib.suppress(OSError):
+            output_dir.rmdir()  # only if empty: a comparison whose first variant could not start leaves no folder
+        raise
+    plot(rows, output_dir / PLOT)
     return rows
 
 
+def run_variant(trainer: Trainer, name: str) -> dict[str, Any]:
+    """Train one variant (a new run, or the continuation of its interrupted one) and return its row."""
+    try:
+        result = trainer.train()
+    except BaseException:
+        trainer.close(wait_for_peers=False)  # as `ten train`: a peer may never arrive
+        raise
+    trainer.close()
+    elapsed = trainer.state.elapsed_s
+    # A run stopped by a signal has no final evaluation: it is marked, and --resume continues it.
+    status = result.status if result.status in DONE and "val_ce" in result.eval else INTERRUPTED
+    return {
+        "variant": name, "status": status, "parameters": trainer.model.num_parameters(), "steps": result.step,
+        "tokens": trainer.state.tokens_seen, "tokens_per_s": trainer.state.tokens_seen / max(elapsed, 1e-9),
+        "wall_s": elapsed, **result.eval, "curve": eval_curve(trainer.output_dir),
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- reporting
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    best = min(r["val_ce"] for r in rows)
+    best = min((r["val_ce"] for r in rows if "val_ce" in r), default=None)
     lines = [
         "| variant | parameters | val CE (nats) | bits/byte | perplexity | vs best | tokens/s | tokens | wall time "
         "| energy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        if "val_ce" not in r:  # interrupted: no final evaluation
+            parameters = f"{r['parameters'] / 1e6:.2f} M" if "parameters" in r else "-"
+            where = f" at step {r['steps']:,}" if "steps" in r else ""
+            lines.append(f"| {r['variant']} | {parameters} | interrupted{where} |" + " - |" * 7)
+            continue
         bits = r.get("val_bits_per_byte", r["val_bits_per_token"])
         energy = f"{r['val_energy']:.3f}" if "val_energy" in r else "-"  # models without an energy loss
         lines.append(
@@ -94,9 +251,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     figure, (by_time, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in rows:
-        curve = r["curve"]
-        by_time.plot([c["elapsed_s"] / 60 for c in curve], [c["val_ce"] for c in curve], marker=".", label=r["variant"])
-        by_tokens.plot([c["tokens"] / 1e6 for c in curve], [c["val_ce"] for c in curve], marker=".", label=r["variant"])
+        curve = r.get("curve", [])
+        label = r["variant"] + (" (interrupted)" if r.get("status") == INTERRUPTED else "")
+        by_time.plot([c["elapsed_s"] / 60 for c in curve], [c["val_ce"] for c in curve], marker=".", label=label)
+        by_tokens.plot([c["tokens"] / 1e6 for c in curve], [c["val_ce"] for c in curve], marker=".", label=label)
     for axis, label in ((by_time, "training time (minutes)"), (by_tokens, "tokens seen (millions)")):
         axis.set_xlabel(label)
         axis.set_ylabel("validation cross-entropy (nats/token)")
@@ -107,12 +265,24 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def write_outputs(rows: list[dict[str, Any]], base: TrainArguments, output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
+def write_record(rows: list[dict[str, Any]], base: TrainArguments, names: list[str], output_dir: Path) -> None:
     settings = {k: v for k, v in base.to_dict().items() if v is not None}
-    (output_dir / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    record = {"settings": settings, "variants": names, "rows": rows}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(output_dir / RESULTS, lambda path: path.write_text(json.dumps(record, indent=1) + "\n"))
+
+
+def write_outputs(
+    rows: list[dict[str, Any]],
+    base: TrainArguments,
+    output_dir: Path,
+    names: list[str] | None = None,
+    with_plot: bool = True,
+) -> None:
+    write_record(rows, base, names or [r["variant"] for r in rows], output_dir)
     (output_dir / "results.md").write_text(markdown_table(rows))
-    plot(rows, output_dir / "validation_loss.png")
+    if with_plot:
+        plot(rows, output_dir / PLOT)
 
 
 def token_budget_steps(tokens: int, base: TrainArguments) -> int:

@@ -40,14 +40,19 @@ def check_writable(folder: Path) -> None:
 def claim_output_dir(folder: Path, overwrite: bool) -> None:
     """An explicit --output_dir: refused when it holds a run (its checkpoints would be lost) unless --overwrite."""
     earlier = [p for p in (folder / CHECKPOINTS, folder / METRICS) if p.is_file() or any_in(p)]
+    clear_earlier(folder, earlier, overwrite)
+    check_writable(folder / CHECKPOINTS)
+
+
+def clear_earlier(folder: Path, earlier: list[Path], overwrite: bool, what: str = "run") -> None:
+    """Refuse a folder whose `earlier` files (a run's, a comparison's) would be lost; --overwrite deletes them."""
     if earlier and not overwrite:
         raise ValueError(
-            f"--output_dir {folder} holds an earlier run: continue it with --resume, "
+            f"--output_dir {folder} holds an earlier {what}: continue it with --resume, "
             "start over with --overwrite, or choose another --output_dir"
         )
     for path in earlier:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    check_writable(folder / CHECKPOINTS)
 
 
 def numbered_run_dirs(base: Path) -> list[Path]:
@@ -56,8 +61,8 @@ def numbered_run_dirs(base: Path) -> list[Path]:
     return [base, *sorted(numbered, key=lambda p: int(p.name[len(base.name) + 1 :]))]
 
 
-def claim_run_dir(base: Path) -> Path:
-    """Create and return the first of base, base-2, ... that does not exist yet.
+def claim_run_dir(base: Path, writable: str = CHECKPOINTS) -> Path:
+    """Create and return the first of base, base-2, ... that does not exist yet (and its `writable` subfolder).
 
     mkdir either creates the folder or fails because it exists, atomically: of two runs racing for
     one name, exactly one gets it and the other moves on to the next number.
@@ -76,7 +81,7 @@ def claim_run_dir(base: Path) -> Path:
             continue
         except OSError as err:
             raise ValueError(f"cannot create {candidate}: {err.strerror or err}") from None
-        check_writable(candidate / CHECKPOINTS)
+        check_writable(candidate / writable)
         return candidate
 
 
@@ -91,8 +96,9 @@ def release_run_dir(folder: Path) -> None:
             return
 
 
-def latest_run_dir(base: Path) -> Path:
-    runs = [p for p in numbered_run_dirs(base) if any_in(p / CHECKPOINTS)]
+def latest_run_dir(base: Path, marker: str = CHECKPOINTS, what: str = "run") -> Path:
+    """The most recently written of base, base-2, ... that holds `marker` (a folder with files, or a file)."""
+    runs = [p for p in numbered_run_dirs(base) if any_in(p / marker) or (p / marker).is_file()]
     if not runs:
-        raise ValueError(f"--resume: no run in {base} (or {base}-N) to continue; name one with --resume PATH")
-    return max(runs, key=lambda p: (p / CHECKPOINTS).stat().st_mtime)
+        raise ValueError(f"--resume: no {what} in {base} (or {base}-N) to continue; name one with --resume PATH")
+    return max(runs, key=lambda p: (p / marker).stat().st_mtime)
