@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .config import PRESETS
-from .experiments.compare import VARIANTS
+from .experiments.compare import DEFAULT_VARIANTS, VARIANTS
 from .lm import ARCHITECTURES
 from .ops import SCAN_BACKENDS
 from .training.arguments import TrainArguments
@@ -242,15 +242,17 @@ def cmd_prepare(args: argparse.Namespace, explicit: set[str]) -> None:
 def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
     from .experiments.compare import INTERRUPTED, new_comparison, resume_hint, resumed_comparison, run_comparison
 
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "run", "variants", "tokens")}
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "run", "variants", "tokens", "seeds")}
     train_args = TrainArguments.from_dict(values)
     if args.resume is not None:
         variants = args.variants if "variants" in explicit else None
+        if "seeds" in explicit:
+            raise UserError("--seeds is the comparison's own: a resumed comparison keeps it")
         comparison = resumed_comparison(train_args, variants, args.tokens, explicit & set(values))
     else:
-        comparison = new_comparison(train_args, args.variants, args.tokens)
+        comparison = new_comparison(train_args, args.variants, args.tokens, args.seeds, explicit & set(values))
     output = comparison.folder
-    rows = run_comparison(comparison.base, comparison.names, output, comparison.done)
+    rows = run_comparison(comparison.base, comparison.names, output, comparison.done, comparison.seeds)
     print(f"\n{(output / 'results.md').read_text()}\nwritten: {output}/results.md, results.json, validation_loss.png")
     if rows[-1]["status"] == INTERRUPTED:
         print(resume_hint(output), file=sys.stderr)
@@ -461,10 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="train variants on the same data and budget; table and plot")
     add_train_flags(compare, modes=False)
-    compare.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all)"
-    )
+    compare.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                         help=f"comma-separated, from: {', '.join(VARIANTS)}; or 'ablations', the paper's table "
+                              f"(default: {','.join(DEFAULT_VARIANTS)})")  # fmt: skip
     compare.add_argument("--tokens", type=positive(int), help="training tokens per variant (instead of --time_budget)")
+    compare.add_argument("--seeds", type=positive(int), default=1,
+                         help="runs per variant (--seed, --seed + 1, ...): table: mean and spread")  # fmt: skip
     compare.set_defaults(run=cmd_compare)
 
     bench = commands.add_parser("bench", help="TEN vs the transformer baseline: time, memory, generation")

@@ -191,3 +191,53 @@ def test_bench_checks_its_output_and_lengths_before_measuring(tmp_path, monkeypa
         assert main(["bench", "--output_dir", str(tmp_path / "out"), *flags]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_compare_runs_every_variant_at_every_seed_and_reports_the_spread(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compare, "plot", lambda rows, path: path.write_bytes(b""))
+    output = tmp_path / "cmp"
+    command = ["compare", "--dataset", str(corpus), *TINY_COMPARE, "--output_dir", str(output),
+               "--variants", "full,no-gate", "--seeds", "2", "--seed", "7"]  # fmt: skip
+    assert main(command) == 0
+    record = json.loads((output / "results.json").read_text())
+    assert record["seeds"] == 2
+    assert [(r["variant"], r["seed"]) for r in record["rows"]] == [("full", 7), ("no-gate", 7), ("full", 8),
+                                                                   ("no-gate", 8)]  # fmt: skip
+    for key in ("full-seed7", "full-seed8", "no-gate-seed7", "no-gate-seed8"):
+        assert (output / key / "checkpoints" / "final").is_dir()
+    full = [r for r in record["rows"] if r["variant"] == "full"]
+    assert full[0]["val_ce"] != full[1]["val_ce"]  # the seeds differ
+    no_gate = next(r for r in record["rows"] if r["variant"] == "no-gate")
+    assert no_gate["parameters"] < full[0]["parameters"]  # no W_g
+    table = (output / "results.md").read_text()
+    assert "mean ± std (min..max) over seeds" in table and "| no-gate |" in table and "| 16.7 |" in table
+    assert "| full (seed 8) |" in table
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(output)]) == 0  # all four finished: kept, none trains again
+    assert capsys.readouterr().out.count("finished earlier, kept") == 4
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--seeds", "0"], "argument --seeds: must be positive"),
+    (["--variants", "one-head", "--num_heads", "2"], "--num_heads is what variant one-head sets"),
+    (["--variants", "full", "--no_coupling"], "--coupling is what variant full sets"),
+    (["--variants", "ablations,full"], "--variants: full given more than once"),
+])  # fmt: skip
+def test_compare_refuses_contradictory_ablations(corpus, capsys, extra, message):
+    code = None
+    try:
+        code = main(["compare", "--dataset", str(corpus), *TINY_COMPARE, *extra])
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_train_refuses_contradictory_ablations(corpus, capsys):
+    base = ["train", "--dataset", str(corpus), "--dry_run"]
+    for extra, message in ((["--no_coupling", "--num_heads", "2"], "means nothing with --no_coupling"),
+                           (["--real_eigenvalues", "--fixed_basis"], "choose one"),
+                           (["--no_selective", "--selective_range", "0.2"], "--no_selective turns off")):  # fmt: skip
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

@@ -29,6 +29,7 @@ from ..training.run_dirs import (
     holds_run,
     latest_run_dir,
 )
+from . import spread
 
 # name -> overrides of the shared arguments. The "+energy" variants keep the run's --energy_reg_weight
 # (the preset's when not given); the others turn the energy loss off.
@@ -41,6 +42,26 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "transformer": {"model": "transformer"},
     "ten-nonselective": {**PLAIN_TEN, "selective": False, "energy_reg_weight": 0.0},
 }
+DEFAULT_VARIANTS = list(VARIANTS)
+# The paper's ablation table, each against "full" (the run's settings, energy loss included); see
+# ten/experiments/spread.py for the paper's figures.
+# Each sets every part an ablation removes, so a flag given for all (--no_coupling) cannot silently change "full".
+FULL = {**PLAIN_TEN, "selective": True, "output_gate": True, "coupling": True, "real_eigenvalues": False,
+        "fixed_basis": False}  # fmt: skip
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "full": FULL,
+    "no-selective": {**FULL, "selective": False},
+    "no-gate": {**FULL, "output_gate": False},
+    "one-head": {**FULL, "num_heads": 1},  # one full K x K coupling
+    "no-coupling": {**FULL, "coupling": False},
+    "real-eigenvalues": {**FULL, "real_eigenvalues": True},
+    "fixed-basis": {**FULL, "fixed_basis": True},
+    "k32": {**FULL, "num_eigenstates": 32},
+    "k128": {**FULL, "num_eigenstates": 128},
+    "hten4": {**FULL, "use_hten": True, "hten_scales": [1, 2, 4, 8]},
+}
+VARIANTS.update(ABLATIONS)
+GROUPS = {"ablations": list(ABLATIONS)}  # --variants ablations: the whole table
 
 
 RESULTS = "results.json"  # also the comparison's record: its settings, variants and the rows so far
@@ -53,30 +74,43 @@ BUDGET = ("max_steps", "epochs", "time_budget")
 
 
 def parse_variants(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    names = [name for part in text.split(",") if part.strip() for name in GROUPS.get(part.strip(), [part.strip()])]
     unknown = [name for name in names if name not in VARIANTS]
     if unknown or not names:
         given = ", ".join(unknown) or "(none given)"
-        raise ValueError(f"--variants: unknown {given}; choose from {', '.join(VARIANTS)}")
+        raise ValueError(f"--variants: unknown {given}; choose from {', '.join(VARIANTS)} or {', '.join(GROUPS)}")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"--variants: {', '.join(repeated)} given more than once; each variant runs once")
     return names
 
 
-def variant_arguments(base: TrainArguments, name: str, output_dir: Path, resume: bool = False) -> TrainArguments:
-    """The variant's `ten train` arguments: a fresh run in output_dir/name, or (resume) the continuation of its run."""
-    values = {**base.to_dict(), **VARIANTS[name]}
+def run_key(name: str, seed: int, seeds: int) -> str:
+    """A run's folder (and key) in the comparison: the variant's name, with its seed when there are several."""
+    return name if seeds == 1 else f"{name}-seed{seed}"
+
+
+def variant_arguments(
+    base: TrainArguments, name: str, output_dir: Path, resume: bool = False, seed: int | None = None, seeds: int = 1
+) -> TrainArguments:
+    """The variant's `ten train` arguments: a fresh run in output_dir/<run key>, or (resume) its continuation."""
+    seed = base.seed if seed is None else seed
+    values = {**base.to_dict(), **VARIANTS[name], "seed": seed}
     fields = config_fields(values["model"])
     values.update({key: None for key in MODEL_FIELDS if key not in fields})  # settings of another architecture
-    folder = output_dir / name
+    folder = output_dir / run_key(name, seed, seeds)
     values.update(output_dir=str(folder), resume=str(folder) if resume else None, overwrite=not resume)
     return TrainArguments.from_dict(values)
 
 
-def check_variants(base: TrainArguments, names: list[str]) -> None:
-    """Every variant's settings before any trains: a bad one fails now, not after hours of the others."""
+def check_variants(base: TrainArguments, names: list[str], typed: set[str] = frozenset()) -> None:
+    """Every variant's settings before any trains: a bad one fails now, not after hours of the others. A flag
+    given for all variants that a variant sets itself would be silently overridden: refused."""
     for name in names:
+        # (HTEN's scales and the energy weight are the run's, for the variants that keep them.)
+        overridden = sorted(typed & set(VARIANTS[name]) - {"use_hten", "hten_scales", "energy_reg_weight"})
+        if overridden:
+            raise ValueError(f"--{overridden[0]} is what variant {name} sets: it cannot apply to every variant")
         args = variant_arguments(base, name, DEFAULT_DIR)
         args.validate()
         model_plan(args)
@@ -90,26 +124,30 @@ class Comparison:
     base: TrainArguments
     names: list[str]
     folder: Path
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)  # resumed: the finished variants' rows, kept
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)  # resumed: the finished runs' rows, by run key
+    seeds: int = 1  # runs per variant, at seeds base.seed, base.seed + 1, ...
 
 
-def new_comparison(args: TrainArguments, variants: str, tokens: int | None) -> Comparison:
+def new_comparison(
+    args: TrainArguments, variants: str, tokens: int | None, seeds: int = 1, typed: set[str] = frozenset()
+) -> Comparison:
     """ten train's rule: an --output_dir that holds a comparison is refused unless --overwrite (which deletes
     it); without one, the first free runs/compare, runs/compare-2, ..."""
     names = parse_variants(variants)
     if (args.time_budget is None) == (tokens is None):
         raise ValueError("give the budget of each variant: --time_budget MINUTES or --tokens N (one of them)")
     base = args if tokens is None else dataclasses.replace(args, max_steps=token_budget_steps(tokens, args))
-    check_variants(base, names)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+    check_variants(base, names, typed)
     if args.output_dir is None:
-        return Comparison(base, names, claim_run_dir(DEFAULT_DIR, writable=""))
+        return Comparison(base, names, claim_run_dir(DEFAULT_DIR, writable=""), seeds=seeds)
     folder = Path(args.output_dir).expanduser()
-    earlier = [folder / n for n in OUTPUTS if (folder / n).exists()] + [
-        folder / n for n in VARIANTS if holds_run(folder / n)
-    ]
+    runs = [p for p in folder.iterdir() if holds_run(p)] if folder.is_dir() else []
+    earlier = [folder / n for n in OUTPUTS if (folder / n).exists()] + runs
     clear_earlier(folder, earlier, args.overwrite, what="comparison")
     check_writable(folder)
-    return Comparison(base, names, folder)
+    return Comparison(base, names, folder, seeds=seeds)
 
 
 def resumed_comparison(args: TrainArguments, variants: str | None, tokens: int | None, typed: set[str]) -> Comparison:
@@ -131,11 +169,12 @@ def resumed_comparison(args: TrainArguments, variants: str | None, tokens: int |
     base = merge_resumed_arguments(saved, args, typed - {"resume", "output_dir", "overwrite"})
     if tokens is not None and token_budget_steps(tokens, base) != base.max_steps:
         raise ValueError(f"--tokens {tokens} differs from the comparison's budget; its variants keep the same budget")
-    names = record["variants"]
+    names, seeds = record["variants"], record.get("seeds", 1)
     if variants is not None and parse_variants(variants) != names:
         raise ValueError(f"--variants {variants} differs from the comparison's {','.join(names)}")
-    done = {r["variant"]: r for r in record["rows"] if r.get("status", "finished") in DONE}
-    return Comparison(base, names, folder, done)
+    done = {run_key(r["variant"], r.get("seed", base.seed), seeds): r for r in record["rows"]
+            if r.get("status", "finished") in DONE}  # fmt: skip
+    return Comparison(base, names, folder, done, seeds)
 
 
 def read_record(folder: Path) -> dict[str, Any]:
@@ -164,31 +203,39 @@ def eval_curve(run_dir: Path) -> list[dict[str, float]]:
 
 
 def run_comparison(
-    base: TrainArguments, names: list[str], output_dir: Path, done: dict[str, dict[str, Any]] | None = None
+    base: TrainArguments,
+    names: list[str],
+    output_dir: Path,
+    done: dict[str, dict[str, Any]] | None = None,
+    seeds: int = 1,
 ) -> list[dict[str, Any]]:
-    """Train each variant in turn (those in `done` are kept as they are) until all have run or one is
-    interrupted (a signal: the trainer saves it and returns). The tables are rewritten after each, the plot
-    (a second or so) at the end."""
+    """Train each variant at each seed in turn (runs in `done` are kept as they are) until all have run or one
+    is interrupted (a signal: the trainer saves it and returns). Seed by seed, so that an interrupted comparison
+    already holds every variant at the first seeds. The tables are rewritten after each run, the plot (a second
+    or so) at the end."""
     done = done or {}
     rows: list[dict[str, Any]] = []
+    runs = [(name, base.seed + i) for i in range(seeds) for name in names]
     try:
-        for name in names:
-            if name in done:
-                print(f"\n=== {name}: finished earlier, kept ===", flush=True)
-                rows.append(done[name])
+        for name, seed in runs:
+            key = run_key(name, seed, seeds)
+            if key in done:
+                print(f"\n=== {key}: finished earlier, kept ===", flush=True)
+                rows.append(done[key])
                 continue
-            print(f"\n=== {name} ===", flush=True)
+            print(f"\n=== {key} ===", flush=True)
             try:
-                # An interrupted comparison left this variant a checkpoint: continue from it.
-                trainer = Trainer(variant_arguments(base, name, output_dir, any_in(output_dir / name / CHECKPOINTS)))
-                write_record(rows, base, names, output_dir)  # set up: --resume finds the comparison, even after a kill
-                rows.append(run_variant(trainer, name))
+                # An interrupted comparison left this run a checkpoint: continue from it.
+                resume = any_in(output_dir / key / CHECKPOINTS)
+                trainer = Trainer(variant_arguments(base, name, output_dir, resume, seed, seeds))
+                write_record(rows, base, names, output_dir, seeds)  # --resume finds the comparison, even after a kill
+                rows.append({**run_variant(trainer, name), "seed": seed})
             except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer listens: stop now, keep the table
-                rows.append({"variant": name, "status": INTERRUPTED})
-                write_outputs(rows, base, output_dir, names)
+                rows.append({"variant": name, "seed": seed, "status": INTERRUPTED})
+                write_outputs(rows, base, output_dir, names, seeds=seeds)
                 print(resume_hint(output_dir), file=sys.stderr)
                 raise
-            write_outputs(rows, base, output_dir, names, with_plot=False)  # a comparison killed later keeps its rows
+            write_outputs(rows, base, output_dir, names, with_plot=False, seeds=seeds)  # a later kill keeps its rows
             if rows[-1]["status"] == INTERRUPTED:
                 break
     except Exception:
@@ -228,6 +275,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        r = {**r, "variant": r["variant"] + (f" (seed {r['seed']})" if "seed" in r else "")}
         if "val_ce" not in r:  # interrupted: no final evaluation
             parameters = f"{r['parameters'] / 1e6:.2f} M" if "parameters" in r else "-"
             where = f" at step {r['steps']:,}" if "steps" in r else ""
@@ -265,9 +313,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def write_record(rows: list[dict[str, Any]], base: TrainArguments, names: list[str], output_dir: Path) -> None:
+def write_record(
+    rows: list[dict[str, Any]], base: TrainArguments, names: list[str], output_dir: Path, seeds: int = 1
+) -> None:
     settings = {k: v for k, v in base.to_dict().items() if v is not None}
-    record = {"settings": settings, "variants": names, "rows": rows}
+    record = {"settings": settings, "variants": names, "seeds": seeds, "rows": rows}
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(output_dir / RESULTS, lambda path: path.write_text(json.dumps(record, indent=1) + "\n"))
 
@@ -278,9 +328,14 @@ def write_outputs(
     output_dir: Path,
     names: list[str] | None = None,
     with_plot: bool = True,
+    seeds: int = 1,
 ) -> None:
-    write_record(rows, base, names or [r["variant"] for r in rows], output_dir)
-    (output_dir / "results.md").write_text(markdown_table(rows))
+    write_record(rows, base, names or list(dict.fromkeys(r["variant"] for r in rows)), output_dir, seeds)
+    finished = [r for r in rows if "val_ce" in r and r.get("curve")]
+    table = markdown_table(rows)
+    if seeds > 1 and finished:  # mean and spread over the seeds, against the first variant
+        table = spread.markdown(spread.summarize(finished), (names or [rows[0]["variant"]])[0]) + "\n" + table
+    atomic_write(output_dir / "results.md", lambda path: path.write_text(table))
     if with_plot:
         plot(rows, output_dir / PLOT)
 

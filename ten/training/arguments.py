@@ -103,5 +103,14 @@ class TrainArguments:
             raise ValueError(f"--min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.mixed_precision not in ("no", "auto", "bf16", "fp16"):
             raise ValueError(f"--mixed_precision must be no, auto, bf16 or fp16, got {self.mixed_precision!r}")
+        contradictions = [
+            (self.coupling is False and self.num_heads is not None,
+             "--num_heads only partitions the coupling into heads: it means nothing with --no_coupling"),
+            (self.selective is False and self.selective_range is not None,
+             "--selective_range bounds the selective modulation that --no_selective turns off"),
+        ]  # fmt: skip
+        for contradicts, message in contradictions:
+            if contradicts:
+                raise ValueError(message)
         if self.hourly_rate is not None and not self.hourly_rate >= 0:
             raise ValueError(f"--hourly_rate must be >= 0, got {self.hourly_rate}")
