@@ -219,8 +219,9 @@ def test_compare_runs_every_variant_at_every_seed_and_reports_the_spread(corpus,
 
 @pytest.mark.parametrize("extra,message", [
     (["--seeds", "0"], "argument --seeds: must be positive"),
-    (["--variants", "one-head", "--num_heads", "2"], "--num_heads is what variant one-head sets"),
-    (["--variants", "full", "--no_coupling"], "--coupling is what variant full sets"),
+    (["--variants", "one-head", "--no_output_gate"], "--no_output_gate is what variant one-head sets"),
+    (["--variants", "full", "--no_coupling"], "--no_coupling is what variant full sets"),
+    (["--variants", "ten,transformer", "--model", "ten"], "--model is what variant transformer sets"),
     (["--variants", "ablations,full"], "--variants: full given more than once"),
 ])  # fmt: skip
 def test_compare_refuses_contradictory_ablations(corpus, capsys, extra, message):

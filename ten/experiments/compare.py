@@ -61,6 +61,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "hten4": {**FULL, "use_hten": True, "hten_scales": [1, 2, 4, 8]},
 }
 VARIANTS.update(ABLATIONS)
+SWITCHES = {"model": "--model", "selective": "--no_selective", "output_gate": "--no_output_gate",
+            "coupling": "--no_coupling", "real_eigenvalues": "--real_eigenvalues", "fixed_basis": "--fixed_basis"}
 GROUPS = {"ablations": list(ABLATIONS)}  # --variants ablations: the whole table
 
 
@@ -107,10 +109,11 @@ def check_variants(base: TrainArguments, names: list[str], typed: set[str] = fro
     """Every variant's settings before any trains: a bad one fails now, not after hours of the others. A flag
     given for all variants that a variant sets itself would be silently overridden: refused."""
     for name in names:
-        # (HTEN's scales and the energy weight are the run's, for the variants that keep them.)
-        overridden = sorted(typed & set(VARIANTS[name]) - {"use_hten", "hten_scales", "energy_reg_weight"})
+        # Sizes (K, heads, scales, the energy weight) are the run's, which a variant may scale from; a switch
+        # of the model's parts is the variant's own.
+        overridden = sorted(typed & set(VARIANTS[name]) & set(SWITCHES))
         if overridden:
-            raise ValueError(f"--{overridden[0]} is what variant {name} sets: it cannot apply to every variant")
+            raise ValueError(f"{SWITCHES[overridden[0]]} is what variant {name} sets: it cannot apply to every variant")
         args = variant_arguments(base, name, DEFAULT_DIR)
         args.validate()
         model_plan(args)
