@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .modules.block import default_mlp_width
 from .ops import MAX_CHUNK_SIZE, SCAN_BACKENDS
@@ -48,9 +48,50 @@ PRESETS: dict[str, Preset] = {
 
 ConfigT = TypeVar("ConfigT", bound="ConfigDict")
 
+# No config builds a model of more parameters: 16 bytes each to train (float32 weights, gradients and two AdamW
+# moments), 160 GB at this bound, more than any one GPU holds, and data-parallel training keeps a whole copy on
+# each. xlarge has 0.8 B. An absurd size (d_model=10**7) is refused here, not after allocating gigabytes.
+MAX_PARAMETERS = 10**10
+
+
+def is_integer(value: Any) -> bool:
+    """An int and not a bool (JSON's true is not a size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_shared_fields(config: Any, sizes: tuple[str, ...]) -> None:
+    """The checks both model configs share: positive integer sizes, dropout, norm_eps, mlp_hidden."""
+    for name in sizes:
+        value = getattr(config, name)
+        if not is_integer(value) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (is_finite_number(config.dropout) and 0.0 <= config.dropout < 1.0):
+        raise ValueError(f"dropout must be in [0, 1), got {config.dropout!r}")
+    if not (is_finite_number(config.norm_eps) and config.norm_eps > 0):
+        raise ValueError(f"norm_eps must be a finite number > 0, got {config.norm_eps!r}")
+    if config.mlp_hidden is not None and not (is_integer(config.mlp_hidden) and config.mlp_hidden >= 0):
+        raise ValueError(f"mlp_hidden must be an integer >= 0 (0: no MLP) or None, got {config.mlp_hidden!r}")
+
+
+def check_parameter_count(count: int, fields: str) -> None:
+    """Refuse a model of more than MAX_PARAMETERS before anything is allocated."""
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"this config makes a model of {count:.3g} parameters, more than the {MAX_PARAMETERS:.0e} this library "
+            f"builds: check {fields}"
+        )
+
 
 class ConfigDict:
     """A dataclass config <-> the dict of its config.json; unknown keys are an error, not ignored."""
+
+    # Fields added after checkpoints were first written, whose default is what the model did before them:
+    # a config.json without one keeps the default (load_config); any other missing field is an error.
+    added_later: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,7 +130,15 @@ class TemporalEigenstateConfig(ConfigDict):
     fixed_basis: bool = False  # a and w frozen at their initial values (the Fourier basis), not learned
     norm_eps: float = 1e-5
 
+    # selective_range was a constant 0.1 before it became a field, and the ablation switches' defaults are the
+    # model as it was before them: configs written before lack these fields.
+    added_later: ClassVar[frozenset[str]] = frozenset(
+        {"selective_range", "output_gate", "coupling", "real_eigenvalues", "fixed_basis"}
+    )
+
     def __post_init__(self) -> None:
+        if not isinstance(self.hten_scales, (list, tuple)):
+            raise ValueError(f"hten_scales must be a non-empty list of positive integers, got {self.hten_scales!r}")
         self.hten_scales = list(self.hten_scales)
         self.validate()
 
@@ -109,39 +158,29 @@ class TemporalEigenstateConfig(ConfigDict):
         return self.num_eigenstates // len(self.scales)
 
     def validate(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "num_eigenstates", "num_heads", "max_seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_shared_fields(self, ("vocab_size", "d_model", "n_layers", "num_eigenstates", "num_heads", "max_seq_len"))
+        # a string such as "no" would otherwise be true
+        for name in ("selective", "use_hten", "output_gate", "coupling", "real_eigenvalues", "fixed_basis"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         weight = self.energy_reg_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        if not (is_finite_number(weight) and weight >= 0):
             raise ValueError(f"energy_reg_weight must be a finite number >= 0, got {weight!r}")
         if self.scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"scan_backend must be one of {', '.join(SCAN_BACKENDS)}, got {self.scan_backend!r}")
         if self.scan_backend == "fft" and self.selective:
             raise ValueError("scan_backend 'fft' needs selective=False (it handles time-invariant eigenvalues only)")
-        if (
-            isinstance(self.chunk_size, bool)
-            or not isinstance(self.chunk_size, int)
-            or not 1 <= self.chunk_size <= MAX_CHUNK_SIZE
-        ):
+        if not (is_integer(self.chunk_size) and 1 <= self.chunk_size <= MAX_CHUNK_SIZE):
             raise ValueError(f"chunk_size must be an integer in [1, {MAX_CHUNK_SIZE}], got {self.chunk_size!r}")
-        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 0):
-            raise ValueError(f"mlp_hidden must be an integer >= 0 (0: no MLP) or None, got {self.mlp_hidden!r}")
-        if not (math.isfinite(self.selective_range) and self.selective_range >= 0):
-            raise ValueError(f"selective_range must be a finite number >= 0, got {self.selective_range!r}")
-        if not (math.isfinite(self.coupling_init) and self.coupling_init >= 0):
-            raise ValueError(f"coupling_init must be a finite number >= 0, got {self.coupling_init!r}")
-        for name in ("selective", "use_hten", "output_gate", "coupling", "real_eigenvalues", "fixed_basis"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("selective_range", "coupling_init"):
+            value = getattr(self, name)
+            if not (is_finite_number(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.real_eigenvalues and self.fixed_basis:
             raise ValueError("real_eigenvalues and fixed_basis both fix the frequencies (at 0 or pi, or the Fourier "
                              "basis): choose one")  # fmt: skip
         scales = self.hten_scales
-        if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
+        if not scales or any(not is_integer(s) or s < 1 for s in scales):
             raise ValueError(f"hten_scales must be a non-empty list of positive integers, got {scales!r}")
         if len(set(scales)) != len(scales):
             raise ValueError(f"hten_scales must be distinct, got {scales!r}")
@@ -155,6 +194,19 @@ class TemporalEigenstateConfig(ConfigDict):
                 f"num_eigenstates per scale ({self.eigenstates_per_scale}) must be divisible by "
                 f"num_heads ({self.num_heads})"
             )
+        check_parameter_count(self.parameter_count(), "d_model, n_layers, vocab_size, num_eigenstates, mlp_hidden")
+
+    def parameter_count(self) -> int:
+        """The built model's parameters, from the config alone (tested equal to the model's count)."""
+        d, k, scales = self.d_model, self.eigenstates_per_scale, len(self.scales)
+        selection = (d * k if self.real_eigenvalues else d * 2 * k) if self.selective else 0  # (da) or (da, dw)
+        eigenvalues = 0 if self.fixed_basis else k if self.real_eigenvalues else 2 * k  # learned a_k, w_k
+        coupling = k * (k // self.num_heads) if self.coupling else 0  # the heads' blocks
+        core = 2 * d * 2 * k + selection + eigenvalues + coupling  # W_in, W_out, W_sel, lam, R
+        gate = d * d + d if self.output_gate else 0
+        mixer = scales * core + gate + (scales if self.use_hten else 0)  # + scale weights
+        mlp = 2 * d + 3 * d * self.mlp_width if self.mlp_width else 0  # norm, SwiGLU
+        return self.vocab_size * d + 2 * d + self.n_layers * (2 * d + mixer + mlp)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TemporalEigenstateConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +19,13 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .atomic import atomic_write
-from .modules.block import Block, SequenceMixer
+from .modules.block import Block, SequenceMixer, is_no_weight_decay, no_weight_decay
 from .sampling import check_sampling_args, sample_next_token
 
 CONFIG_FILE = "config.json"
@@ -92,7 +93,27 @@ def load_config(path: Path) -> tuple[str, Any]:
         raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
     if "transformers_version" in values:
         values = {k: v for k, v in values.items() if k in config_fields(architecture)}
-    return architecture, ARCHITECTURES[architecture].config_class.from_dict(values)
+    config_class = ARCHITECTURES[architecture].config_class
+    missing = sorted(config_fields(architecture) - set(values) - config_class.added_later)
+    if missing:  # a default would build another model than the one saved
+        raise ValueError(f"{path} lacks the config field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    return architecture, config_class.from_dict(values)
+
+
+Shapes = dict[str, tuple[int, ...]]  # tensor name -> shape
+
+
+def check_weight_shapes(saved: Shapes, expected: Shapes, directory: Path) -> None:
+    """The tensors of a weights file against those its config.json builds, the first difference named."""
+    where = f"{directory}: {WEIGHTS_FILE} does not match {CONFIG_FILE}"
+    for name, shape in expected.items():
+        if name not in saved:
+            raise ValueError(f"{where}: the config has a tensor {name} of shape {shape} that the weights lack")
+        if saved[name] != shape:
+            raise ValueError(f"{where}: {name} has shape {saved[name]} in the weights, {shape} by the config")
+    unexpected = sorted(set(saved) - set(expected))
+    if unexpected:
+        raise ValueError(f"{where}: the weights hold {unexpected[0]}, which the config has no place for")
 
 
 class LanguageModel(nn.Module):
@@ -143,15 +164,33 @@ class LanguageModel(nn.Module):
             raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}")
         if ids.dim() != 2:
             raise ValueError(f"token ids must have shape (batch, time), got {tuple(ids.shape)}")
+        if ids.numel() == 0:
+            raise ValueError(f"token ids must not be empty, got shape {tuple(ids.shape)}")
         if check_range is None:
             check_range = ids.device.type == "cpu" and not torch.compiler.is_compiling()
         if not check_range:
             return
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+        if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
             raise ValueError(
                 f"token ids must be in [0, {self.config.vocab_size}), got values in "
                 f"[{int(ids.min())}, {int(ids.max())}]"
             )
+
+    def check_state(self, state: Any, batch: int) -> None:
+        """One ValueError for a state that this model did not return for a batch of ``batch`` rows (another
+        architecture's, another size's, another batch's): shapes only, no wait for the device."""
+        if not isinstance(state, RecurrentState):
+            raise ValueError(f"state must be the RecurrentState a call with return_state=True returned, "
+                             f"got a {type(state).__name__}")  # fmt: skip
+        if len(state.layers) != len(self.blocks):
+            raise ValueError(f"the state has {len(state.layers)} layers, this model {len(self.blocks)}")
+        for i, (block, layer_state) in enumerate(zip(self.blocks, state.layers, strict=True)):
+            problem = block.mixer.state_mismatch(layer_state, batch)
+            if problem:
+                raise ValueError(
+                    f"the state does not belong to this {type(self).__name__} and a batch of {batch}: "
+                    f"layer {i}: {problem}"
+                )
 
     def _run(self, ids: Tensor, state: RecurrentState | None) -> tuple[Tensor, RecurrentState, Tensor | None]:
         """Logits, the new state, and the raw aux loss (see aux_loss_from; None if no mixer has one)."""
@@ -174,8 +213,8 @@ class LanguageModel(nn.Module):
     ) -> Tensor | tuple[Tensor, RecurrentState]:
         """Logits (B, T, vocab). With ``return_state``, also the state to pass to the next call."""
         self.check_token_ids(ids)
-        if state is not None and len(state.layers) != len(self.blocks):
-            raise ValueError(f"state has {len(state.layers)} layers, the model {len(self.blocks)}")
+        if state is not None:
+            self.check_state(state, ids.shape[0])
         logits, new_state, _ = self._run(ids, state)
         return (logits, new_state) if return_state else logits
 
@@ -183,19 +222,37 @@ class LanguageModel(nn.Module):
         """loss = ce_loss + aux_loss_weight * aux loss; targets of -100 are ignored.
 
         The dict holds loss and ce_loss, and the raw aux loss under ``aux_loss_name`` if the mixers
-        have one (without, loss is ce_loss).
+        have one (without, loss is ce_loss). Where every target is -100 there is nothing to predict:
+        ce_loss is 0 (not the NaN of a mean over nothing), with a warning where counting costs no wait for
+        a GPU (as check_token_ids' range check: on the CPU, outside torch.compile).
         """
         self.check_token_ids(inputs)
         if targets.shape != inputs.shape:
             raise ValueError(f"targets {tuple(targets.shape)} must match inputs {tuple(inputs.shape)}")
+        if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+            raise TypeError(f"targets must be an integer tensor, got {targets.dtype}")
+        targets = targets.flatten().long()
+        counted = targets != -100
+        if targets.device.type == "cpu" and not torch.compiler.is_compiling():
+            self.check_targets(targets, counted)
         logits, _, aux_loss = self._run(inputs, None)
-        ce_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().long(), ignore_index=-100)
+        ce_sum = F.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=-100, reduction="sum")
+        ce_loss = ce_sum / counted.sum().clamp(min=1)  # the mean over counted targets; 0 if there are none
         if aux_loss is None:
             return {"loss": ce_loss, "ce_loss": ce_loss} if return_dict else ce_loss
         loss = ce_loss + self.aux_loss_weight * aux_loss
         if not return_dict:
             return loss
         return {"loss": loss, "ce_loss": ce_loss, self.aux_loss_name or "aux_loss": aux_loss}
+
+    def check_targets(self, targets: Tensor, counted: Tensor) -> None:
+        """Targets are token ids or -100 (ignored); warn where none is counted."""
+        outside = counted & ((targets < 0) | (targets >= self.config.vocab_size))
+        if bool(outside.any()):
+            bad = int(targets[outside][0])
+            raise ValueError(f"targets must be token ids in [0, {self.config.vocab_size}) or -100 (ignored), got {bad}")
+        if not bool(counted.any()):
+            warnings.warn("every target is -100 (ignored): the cross-entropy is 0, nothing was predicted", stacklevel=3)
 
     # ------------------------------------------------------------------ generation
 
@@ -217,8 +274,8 @@ class LanguageModel(nn.Module):
         ``compile_step``: see `decode_step` (None: on CUDA only).
         """
         check_sampling_args(temperature, top_k, top_p)
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         ids = prompt_ids.unsqueeze(0) if prompt_ids.dim() == 1 else prompt_ids
         if ids.shape[-1] == 0:
             raise ValueError("the prompt must hold at least one token")
@@ -304,17 +361,26 @@ class LanguageModel(nn.Module):
         model_class = ARCHITECTURES[architecture]
         if not issubclass(model_class, cls):
             raise ValueError(f"{directory} holds a {architecture!r} model, not a {cls.__name__}")
-        model = model_class(config)
+        weights = directory / WEIGHTS_FILE
+        # Built on the meta device (no memory, no initialisation) to compare shapes with the file's header
+        # before anything is allocated; then given storage, which the weights fill.
+        with torch.device("meta"):
+            model = model_class(config)
         try:
-            missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False, device=str(device))
+            with safe_open(weights, framework="pt") as header:
+                saved = {name: tuple(header.get_slice(name).get_shape()) for name in header.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{weights} is not a readable weights file: {err}") from err
+        check_weight_shapes(saved, {name: tuple(t.shape) for name, t in model.state_dict().items()}, directory)
+        # to_empty makes new Parameters: the no-weight-decay tags set in __init__ are carried over by name.
+        tagged = {name for name, param in model.named_parameters() if is_no_weight_decay(param)}
+        model.to_empty(device=device)
+        no_weight_decay(*(param for name, param in model.named_parameters() if name in tagged))
+        try:
+            load_model(model, str(weights), strict=True, device=str(device))
         except (SafetensorError, OSError, RuntimeError) as err:
-            raise ValueError(f"{directory / WEIGHTS_FILE} is not a readable weights file: {err}") from err
-        if missing or unexpected:
-            raise ValueError(
-                f"{directory / WEIGHTS_FILE} does not match its config: "
-                f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
-            )
-        return model.to(device)
+            raise ValueError(f"{weights} is not a readable weights file: {err}") from err
+        return model
 
     # ------------------------------------------------------------------ reports
 

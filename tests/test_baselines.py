@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from ten import LanguageModel, TemporalEigenstateConfig, TemporalEigenstateNetwork, TransformerConfig, TransformerLM
+from ten.lm import RecurrentState
+from ten.modules.attention import rotate
 from ten.modules.block import MixerOutput, SequenceMixer, is_no_weight_decay
 from ten.training.optimizer import parameter_groups
 
@@ -41,6 +43,52 @@ def test_every_mixer_is_a_sequence_mixer_and_returns_a_mixer_output(make, has_au
             assert out.aux_loss.shape == () and float(out.aux_loss) > 0
         else:
             assert out.aux_loss is None and step.aux_loss is None
+
+
+MODELS = {"transformer": tiny, "ten": lambda: tiny_ten(False), "hten": lambda: tiny_ten(True)}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_state_of_another_batch_model_or_depth_is_one_clear_error(name):
+    """Never broadcast (batch 1 over 4, or 4 from 1) nor an AttributeError: one ValueError naming the mismatch."""
+    model = MODELS[name]()
+    ids = torch.randint(0, 64, (4, 6))
+    with torch.no_grad():
+        _, state4 = model(ids, return_state=True)
+        _, state1 = model(ids[:1], return_state=True)
+        wrong = [(ids[:1, :1], state4), (ids[:, :1], state1), (ids[:, :3], state1)]  # one token: the fast path
+        wrong += [(ids[:1, :1], MODELS[other]()(ids[:1], return_state=True)[1]) for other in MODELS if other != name]
+        for x, state in wrong:
+            with pytest.raises(ValueError, match=f"the state does not belong to this {type(model).__name__} and a "
+                                                 f"batch of {x.shape[0]}: layer 0: "):  # fmt: skip
+                model(x, state=state)
+        with pytest.raises(ValueError, match="the state has 1 layers, this model 2"):
+            model(ids[:, :1], state=RecurrentState(state4.layers[:1]))
+        with pytest.raises(ValueError, match="state must be the RecurrentState"):
+            model(ids[:, :1], state=state4.layers)
+        model(ids[:, :1], state=state4)  # its own state of its own batch still streams
+
+
+def test_rotary_keeps_norms_and_makes_scores_depend_on_the_offset_only():
+    q, k = torch.randn(2, 3, 5, 16), torch.randn(2, 3, 5, 16)  # angles are float32: compare to its precision
+    torch.testing.assert_close(rotate(q, 7).norm(dim=-1), q.norm(dim=-1))
+    for m, n in [(0, 3), (11, 2), (100, 100)]:
+        one = rotate(q[:, :, :1], m) @ rotate(k[:, :, :1], n).transpose(-1, -2)
+        shifted = rotate(q[:, :, :1], m + 37) @ rotate(k[:, :, :1], n + 37).transpose(-1, -2)
+        torch.testing.assert_close(one, shifted, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(rotate(q, 1), q)  # it does rotate
+    with pytest.raises(ValueError, match="even head size, got 3"):
+        rotate(q[..., :3], 0)
+    with pytest.raises(ValueError, match="the head size d_model / num_heads = 3 must be even"):
+        TransformerConfig(d_model=6, num_heads=2)
+
+
+@pytest.mark.parametrize("mlp_hidden", [None, 0])
+def test_parameter_count_from_the_config_is_the_built_models(mlp_hidden):
+    config = TransformerConfig(vocab_size=64, d_model=32, n_layers=2, num_heads=2, mlp_hidden=mlp_hidden)
+    assert config.parameter_count() == TransformerLM(config).num_parameters()
+    with pytest.raises(ValueError, match="parameters, more than the 1e\\+10"):
+        TransformerConfig(d_model=10**6)
 
 
 def test_changing_later_tokens_leaves_earlier_logits_unchanged():
@@ -116,6 +164,10 @@ def test_config_errors_name_the_field():
         TransformerConfig(d_model=30, num_heads=4)
     with pytest.raises(ValueError, match="n_layers"):
         TransformerConfig(n_layers=0)
+    with pytest.raises(ValueError, match="norm_eps"):
+        TransformerConfig(norm_eps=0.0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        TransformerConfig(vocab_size=True)
 
 
 def test_state_bytes_grow_linearly_and_are_the_kv_cache():

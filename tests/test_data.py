@@ -23,6 +23,7 @@ from ten.data import (
     write_token_file,
 )
 from ten.data import corpus as corpus_module
+from ten.data.sources import check_token_ids_fit
 
 
 def make_archive(path: Path, files: dict[str, bytes]) -> Path:
@@ -140,6 +141,19 @@ def test_token_file_round_trip(tmp_path, suffix, top):
     assert isinstance(loaded, np.memmap) and np.array_equal(loaded, tokens)
     with pytest.raises(DataError, match="outside the vocabulary"):
         read_token_file(path, vocab_size=256)
+
+
+def test_a_token_id_beyond_the_vocabulary_anywhere_in_the_file_is_found_at_load(tmp_path):
+    tokens = np.zeros(2_000_001, dtype=np.uint16)  # past the first million, and off any sampling stride
+    tokens[1_234_567] = 300
+    tokens[1_500_001] = 999
+    write_token_file(tmp_path / "train.bin", tokens)
+    with pytest.raises(DataError, match=f"token file {tmp_path / 'train.bin'} holds id 300 at position 1,234,567, "
+                                        "outside the vocabulary of 256"):  # fmt: skip
+        read_token_file(tmp_path / "train.bin", vocab_size=256)
+    assert len(read_token_file(tmp_path / "train.bin", vocab_size=1000)) == len(tokens)
+    with pytest.raises(DataError, match="holds id 999 at position 1,500,001"):  # read in blocks: the same position
+        check_token_ids_fit(tokens, 500, tmp_path / "train.bin", block=1000)
 
 
 def test_token_file_errors(tmp_path):

@@ -1,13 +1,15 @@
 """Model-level behaviour of every variant: causality, streaming, gradients, energy, loss, I/O."""
 
+import json
 import math
 
 import pytest
 import torch
 
 from ten import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
+from ten.config import MAX_PARAMETERS
 from ten.modules.block import is_no_weight_decay
-from ten.modules.eigenstate import MIN_DECAY, energy
+from ten.modules.eigenstate import MIN_DECAY, EigenstateCore, energy
 from ten.training.optimizer import parameter_groups
 
 from .conftest import relative_error
@@ -56,7 +58,7 @@ def small_config(use_hten=False, hten_scales=(1, 2, 4), selective=True, backend=
 
 def variant_config(variant, **overrides):
     use_hten, scales, selective, backend, *ablation = variant
-    return small_config(use_hten, scales, selective, backend, **(ablation[0] if ablation else {}), **overrides)
+    return small_config(use_hten, scales, selective, backend, **{**overrides, **(ablation[0] if ablation else {})})
 
 
 def make_model(variant, **overrides):
@@ -246,6 +248,60 @@ def test_load_errors(tmp_path):
         TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
 
 
+def test_the_one_token_step_checks_the_state_shape_as_the_scan_does():
+    core = make_model((False, [1], True, "auto")).blocks[0].mixer.core
+    u = torch.randn(4, 1, 32)
+    with pytest.raises(ValueError, match=r"initial_state must have shape \(B, K\) = \(4, 8\), got \(1, 8\)"):
+        core(u, torch.zeros(1, 8, dtype=torch.complex64))  # would broadcast to batch 4
+    with pytest.raises(ValueError, match=r"= \(1, 8\), got \(4, 8\)"):
+        core(u[:1], torch.zeros(4, 8, dtype=torch.complex64))  # would return batch 4 from batch 1
+
+
+def test_loading_checks_the_weights_shapes_before_building(tmp_path, monkeypatch):
+    model = make_model((True, [1, 2, 4], True, "auto"))
+    model.save_pretrained(tmp_path / "m")
+    config_file = tmp_path / "m" / "config.json"
+    values = json.loads(config_file.read_text())
+    # A config far larger than its weights: refused from the file's header, before any memory is allocated.
+    config_file.write_text(json.dumps({**values, "d_model": 8000}))
+    with pytest.raises(ValueError, match=r"does not match config.json: embedding.weight has shape \(64, 32\) in the "
+                                         r"weights, \(64, 8000\) by the config"):  # fmt: skip
+        TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
+    config_file.write_text(json.dumps({**values, "mlp_hidden": 0}))  # no MLPs: the weights hold more
+    with pytest.raises(ValueError, match=r"the weights hold blocks.0.mlp.down.weight, which the config has no place"):
+        TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
+
+    # Loading initialises nothing: every parameter comes from the file, and the no-weight-decay tags survive.
+    values.pop("selective_range")  # a field added later: older configs lack it and keep its default
+    config_file.write_text(json.dumps(values))
+    initialised = []
+    monkeypatch.setattr(EigenstateCore, "reset_parameters", lambda core: initialised.append(core.frequency.device))
+    loaded = TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
+    assert initialised and all(device.type == "meta" for device in initialised)
+    ids = torch.randint(0, 64, (2, 9))
+    assert torch.equal(loaded.eval()(ids), model(ids)) and loaded.config.selective_range == 0.1
+    tagged = [name for name, p in model.named_parameters() if is_no_weight_decay(p)]
+    assert tagged and tagged == [name for name, p in loaded.named_parameters() if is_no_weight_decay(p)]
+
+
+@pytest.mark.parametrize("field", ["norm_eps", "selective", "hten_scales"])
+def test_a_config_field_missing_from_config_json_is_an_error_naming_it(tmp_path, field):
+    model = make_model((False, [1], True, "auto"))
+    model.save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    del values[field]
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=f"config.json lacks the config field {field}$"):
+        TemporalEigenstateNetwork.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)  # the ablations remove parameters: each counted
+@pytest.mark.parametrize("mlp_hidden", [None, 0, 40])
+def test_parameter_count_from_the_config_is_the_built_models(variant, mlp_hidden):
+    model = make_model(variant, mlp_hidden=mlp_hidden, num_heads=4)
+    assert model.config.parameter_count() == model.num_parameters()
+
+
 @pytest.mark.parametrize("use_hten", [False, True])
 def test_generate(use_hten):
     model = make_model((use_hten, [1, 2, 4], True, "auto"))
@@ -366,6 +422,32 @@ def test_bad_token_ids():
         model.generate(torch.tensor([[1]]), 3, temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
         model.generate(torch.tensor([[1]]), 3, top_p=1.5)
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0, got 2.5"):
+        model.generate(torch.tensor([[1]]), 2.5)
+    with pytest.raises(ValueError, match="top_k must be an integer >= 1, got 2.5"):
+        model.generate(torch.tensor([[1]]), 3, top_k=2.5)
+    for empty in (torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, 3, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"token ids must not be empty, got shape"):
+            model(empty)
+        with pytest.raises(ValueError, match=r"token ids must not be empty"):
+            model.compute_loss(empty, empty)
+
+
+def test_loss_targets_out_of_range_or_all_ignored():
+    model = make_model((False, [1], True, "auto")).train()
+    inputs = torch.randint(0, 64, (2, 6))
+    for bad in (64, -1, -101):
+        targets = inputs.clone()
+        targets[1, 3] = bad
+        with pytest.raises(ValueError, match=rf"targets must be token ids in \[0, 64\) or -100 \(ignored\), got {bad}"):
+            model.compute_loss(inputs, targets)
+    with pytest.raises(TypeError, match="integer"):
+        model.compute_loss(inputs, inputs.float())
+    with pytest.warns(UserWarning, match="every target is -100"):
+        out = model.compute_loss(inputs, torch.full_like(inputs, -100), return_dict=True)
+    assert float(out["ce_loss"].detach()) == 0.0 and torch.isfinite(out["loss"])  # not the NaN of a mean over nothing
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize(
@@ -389,6 +471,17 @@ def test_bad_token_ids():
         (dict(dropout=1.0), "dropout"),
         (dict(chunk_size=0), "chunk_size"),
         (dict(chunk_size=1000), "chunk_size"),
+        (dict(selective="no"), "selective must be true or false"),  # a non-empty string is truthy
+        (dict(use_hten="yes"), "use_hten must be true or false"),
+        (dict(norm_eps=0), "norm_eps"),
+        (dict(norm_eps=-1e-5), "norm_eps"),
+        (dict(dropout="0.1"), "dropout"),
+        (dict(d_model=True), "d_model"),
+        (dict(mlp_hidden=True), "mlp_hidden"),
+        (dict(selective_range="0.1"), "selective_range"),
+        (dict(hten_scales=4), "hten_scales"),
+        (dict(d_model=10**7), r"3\.6e\+15 parameters, more than the 1e\+10"),  # refused before any allocation
+        (dict(vocab_size=10**8, d_model=512), "parameters"),
     ],
 )
 def test_config_errors(overrides, field):
@@ -428,6 +521,7 @@ def test_presets_build_on_meta_and_match_the_summary(name):
     with torch.device("meta"):
         model = TemporalEigenstateNetwork(TemporalEigenstateConfig.from_preset(name))
     count = sum(p.numel() for p in model.parameters())
+    assert model.config.parameter_count() == count < MAX_PARAMETERS / 10  # the bound is far from any preset
     # The analytic count of what the model holds: embedding, per block 2 norms, mixer, SwiGLU.
     hidden = 64 * math.ceil(8 * d / 3 / 64)
     n_scales = len(scales) if hten else 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigDict
+from ..config import ConfigDict, check_parameter_count, check_shared_fields, is_integer
 from ..lm import LanguageModel
 from ..modules.attention import CausalSelfAttention
 from ..modules.block import SequenceMixer, default_mlp_width
@@ -25,16 +25,21 @@ class TransformerConfig(ConfigDict):
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        if self.num_heads is None:
+        if self.num_heads is None and is_integer(self.d_model):
             self.num_heads = max(1, self.d_model // HEAD_DIM)
-        for name in ("vocab_size", "d_model", "n_layers", "num_heads", "max_seq_len"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_shared_fields(self, ("vocab_size", "d_model", "n_layers", "num_heads", "max_seq_len"))
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        head_size = self.d_model // self.num_heads
+        if head_size % 2:  # rotary positions turn pairs of numbers
+            raise ValueError(f"the head size d_model / num_heads = {head_size} must be even for rotary positions")
+        check_parameter_count(self.parameter_count(), "d_model, n_layers, vocab_size, mlp_hidden")
+
+    def parameter_count(self) -> int:
+        """The built model's parameters, from the config alone (tested equal to the model's count)."""
+        d, width = self.d_model, self.mlp_width
+        mlp = 2 * d + 3 * d * width if width else 0  # norm, SwiGLU
+        return self.vocab_size * d + 2 * d + self.n_layers * (2 * d + 4 * d * d + mlp)  # attention: qkv, out
 
     @property
     def mlp_width(self) -> int:

@@ -8,18 +8,21 @@ transformer layer, as fast as PyTorch makes attention, not a strawman.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .block import MixerOutput, SequenceMixer
+from .block import MixerOutput, SequenceMixer, describe
 
 ROPE_BASE = 10_000.0
 
 
 def rotate(x: Tensor, start: int) -> Tensor:
     """RoPE: rotate each pair (x_i, x_{i+D/2}) of (B, H, T, D) by angle (start + t) * base^(-2i/D)."""
+    if x.shape[-1] % 2:
+        raise ValueError(f"rotary positions need an even head size, got {x.shape[-1]}")
     half = x.shape[-1] // 2
     inv_freq = ROPE_BASE ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
     angles = torch.arange(start, start + x.shape[-2], device=x.device, dtype=torch.float32)[:, None] * inv_freq
@@ -95,6 +98,13 @@ class CausalSelfAttention(SequenceMixer):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         y = self.out(y.transpose(1, 2).reshape(batch, length, width))
         return MixerOutput(y, cache, None)
+
+    def state_mismatch(self, state: Any, batch: int) -> str | None:
+        shape = (batch, self.num_heads, self.d_model // self.num_heads)
+        if isinstance(state, KVCache) and (state.keys.shape[0], state.keys.shape[1], state.keys.shape[3]) == shape:
+            return None
+        got = f"keys of shape {tuple(state.keys.shape)}" if isinstance(state, KVCache) else describe(state)
+        return f"an attention layer's state must be a KVCache of (batch, heads, ., head size) {shape}, got {got}"
 
     def state_bytes(self, context_length: int) -> int:
         """The KV cache: a float32 key and value of d_model numbers per position of the context."""

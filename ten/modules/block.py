@@ -39,10 +39,31 @@ class SequenceMixer(nn.Module, ABC):
     def state_bytes(self, context_length: int) -> int:
         """Bytes of state one sequence carries after ``context_length`` tokens, in this layer."""
 
+    @abstractmethod
+    def state_mismatch(self, state: Any, batch: int) -> str | None:
+        """Why ``state`` is not one this layer carries for ``batch`` rows, or None if it is. Shapes and types
+        only: no wait for the device."""
+
     def decoding_state(self, state: Any) -> Any:
         """``state`` in the form a compiled one-token step takes: the same types at every step, so that one
         graph serves them all (the default: the state as it is)."""
         return state
+
+
+def describe(value: Any) -> str:
+    """A state's kind and shape, for error messages."""
+    if torch.is_tensor(value):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def tensor_mismatch(value: Any, shape: tuple[int, ...], what: str) -> str | None:
+    """None if ``value`` is a tensor of ``shape``, else the message that it should be."""
+    if torch.is_tensor(value) and tuple(value.shape) == shape:
+        return None
+    return f"{what} must be a tensor of shape {shape}, got {describe(value)}"
 
 
 class SwiGLU(nn.Module):

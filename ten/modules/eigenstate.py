@@ -22,13 +22,14 @@ values (buffers, not parameters), and the layers' ``output_gate=False`` is g = 1
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import MIN_DECAY, scan
-from .block import MixerOutput, SequenceMixer, no_weight_decay
+from .block import MixerOutput, SequenceMixer, no_weight_decay, tensor_mismatch
 
 # sigmoid rounds to exactly 1.0 in float32 past ~17; capping its argument keeps |lam| < 1
 # (1 - 2.3e-7 at the cap, a memory of 4 million tokens).
@@ -177,6 +178,9 @@ class EigenstateCore(nn.Module):
         # The state accumulates in float32 whatever the autocast dtype.
         beta = torch.view_as_complex(self.in_proj(u).float().unflatten(-1, (-1, 2)))
         if u.shape[1] == 1 and initial_state is not None:  # decoding: one step of the recurrence, no scan
+            expected, got = tuple(beta[:, 0].shape), tuple(initial_state.shape)
+            if got != expected:  # the scan's own check, which this step skips
+                raise ValueError(f"initial_state must have shape (B, K) = {expected}, got {got}")
             states = lam * initial_state.unsqueeze(1) + beta
         else:
             states = scan(lam, beta, initial_state, self.scan_backend, self.chunk_size)
@@ -244,6 +248,9 @@ class EigenstateLayer(SequenceMixer):
 
     def state_bytes(self, context_length: int) -> int:
         return self.core.state_bytes()
+
+    def state_mismatch(self, state: Any, batch: int) -> str | None:
+        return tensor_mismatch(state, (batch, self.core.num_eigenstates), "a TEN layer's state (its eigenstates)")
 
     def cores(self) -> list[tuple[int, EigenstateCore]]:
         return [(1, self.core)]

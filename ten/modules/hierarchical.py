@@ -12,11 +12,12 @@ past t, or interpolating coarse outputs, would let position t see the future.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .block import MixerOutput, SequenceMixer, no_weight_decay
+from .block import MixerOutput, SequenceMixer, describe, no_weight_decay, tensor_mismatch
 from .eigenstate import EigenstateCore, OutputGate, gated, mean_energy
 
 
@@ -62,6 +63,24 @@ class HierarchicalEigenstateLayer(SequenceMixer):
         """Per scale: its eigenstates, and the open window's sum and the last window's output in float32."""
         window = 2 * self.d_model * torch.float32.itemsize
         return sum(core.state_bytes() + window for core in self.scale_cores)
+
+    def state_mismatch(self, state: Any, batch: int) -> str | None:
+        if not (isinstance(state, list) and len(state) == len(self.scales)):
+            return f"an HTEN layer's state must be a list of {len(self.scales)} ScaleState, got {describe(state)}"
+        for s, core, scale_state in zip(self.scales, self.scale_cores, state, strict=True):
+            if not isinstance(scale_state, ScaleState):
+                return f"an HTEN layer's state must be a list of ScaleState, got {describe(scale_state)} in it"
+            checks = [(scale_state.window_sum, (batch, self.d_model), "window_sum"),
+                      (scale_state.last_output, (batch, self.d_model), "last_output")]  # fmt: skip
+            if scale_state.eigenstates is not None:
+                checks.append((scale_state.eigenstates, (batch, core.num_eigenstates), "eigenstates"))
+            if torch.is_tensor(scale_state.window_count):
+                checks.append((scale_state.window_count, (batch,), "window_count"))
+            for value, shape, name in checks:
+                problem = tensor_mismatch(value, shape, f"scale {s}'s {name}")
+                if problem:
+                    return problem
+        return None
 
     def decoding_state(self, state: list[ScaleState]) -> list[ScaleState]:
         """Window counts as per-row tensors and no eigenstates as zeros: an int count would be a constant of
