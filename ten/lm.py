@@ -92,7 +92,10 @@ def load_config(path: Path) -> tuple[str, Any]:
         raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
     if "transformers_version" in values:
         values = {k: v for k, v in values.items() if k in config_fields(architecture)}
-    return architecture, ARCHITECTURES[architecture].config_class.from_dict(values)
+    try:
+        return architecture, ARCHITECTURES[architecture].config_class.from_dict(values)
+    except ValueError as err:  # an unknown key, a value of the wrong type or out of range: name the file
+        raise ValueError(f"{path}: {err}") from None
 
 
 class LanguageModel(nn.Module):
