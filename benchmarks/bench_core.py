@@ -265,7 +265,7 @@ def render(table: Table, markdown: bool) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
     parser.add_argument("--size", choices=list(SIZES), default=None, help="full (default), quick, or gpu (T to 65,536)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

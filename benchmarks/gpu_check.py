@@ -131,7 +131,7 @@ def check_models() -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--json", help="write the checks here")
     parser.add_argument("--kernel_only", action="store_true")
     args = parser.parse_args()

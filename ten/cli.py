@@ -16,7 +16,7 @@ from .config import PRESETS
 from .experiments.compare import DEFAULT_VARIANTS, VARIANTS
 from .lm import ARCHITECTURES
 from .ops import SCAN_BACKENDS
-from .training.arguments import TrainArguments
+from .training.arguments import MAX_SEED, TrainArguments
 
 TRAIN_DEFAULTS = TrainArguments()
 
@@ -26,7 +26,14 @@ class UserError(Exception):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the usage text is one `--help` away)."""
+    """argparse, but a usage error is one line (the usage text is one `--help` away), and no abbreviations.
+
+    An abbreviated flag (--max_step for --max_steps) would be parsed, but not seen by `explicit_flags`, so a
+    resumed run would ignore it: every flag must be typed in full.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -64,6 +71,17 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def random_seed(text: str) -> int:
+    """A random seed, refused here when out of range: found later, the run would already have claimed its folder."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**64 - 1], got {text!r}")
     return value
 
 
@@ -135,7 +153,7 @@ def add_train_flags(parser: argparse.ArgumentParser, modes: bool = True) -> None
     )
     opt.add_argument("--no_compile", dest="compile", action="store_const", const=False, help="never torch.compile")
     opt.add_argument("--use_8bit_optim", action="store_true", help="bitsandbytes 8-bit AdamW (CUDA)")
-    opt.add_argument("--seed", type=int, default=d.seed)
+    opt.add_argument("--seed", type=random_seed, default=d.seed)
     opt.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     opt.add_argument("--time_budget", type=positive(float),
                      help="minutes for the whole run, final evaluation and checkpoint included; with no --epochs "
@@ -199,14 +217,14 @@ def cmd_train(args: argparse.Namespace, explicit: set[str]) -> None:
 def cmd_generate(args: argparse.Namespace, explicit: set[str]) -> None:
     import torch
 
-    from .data import load_tokenizer
+    from .data import model_tokenizer
     from .device import resolve_device
     from .training import find_checkpoint, load_model
 
     checkpoint = find_checkpoint(Path(args.checkpoint))
     device = resolve_device(args.device)
     model = load_model(checkpoint, device).eval()
-    tokenizer = load_tokenizer(checkpoint)
+    tokenizer = model_tokenizer(checkpoint, model.config.vocab_size)
     prompt = tokenizer.encode(args.prompt)
     if len(prompt) == 0:
         raise UserError("--prompt must not be empty")
@@ -457,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 is greedy")
     generate.add_argument("--top_k", type=positive(int))
     generate.add_argument("--top_p", type=positive(float))
-    generate.add_argument("--seed", type=int)
+    generate.add_argument("--seed", type=random_seed)
     generate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     generate.set_defaults(run=cmd_generate)
 
@@ -539,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--n_layers", type=positive(int), help="default 2")
     synthetic.add_argument("--mlp", action="store_true", help="keep an MLP in each block (default: mixers only)")
     synthetic.add_argument("--paper", action="store_true", help="the papers' settings (for a GPU)")
-    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--seed", type=random_seed, default=0)
     synthetic.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     synthetic.add_argument("--output_dir", help="default: runs/synthetic-TASK")
     synthetic.set_defaults(run=cmd_synthetic)

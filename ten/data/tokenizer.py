@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_open
-from .corpus import cache_dir
+from .corpus import cache_dir, make_cache_folder
 from .errors import DataError
 from .jsonfile import read_json, write_json
 
@@ -351,6 +351,20 @@ def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
     tokenizer.save(directory)
 
 
+def model_tokenizer(directory: Path, vocab_size: int) -> Tokenizer:
+    """The tokenizer of the model folder `directory`, whose vocabulary is `vocab_size`: the one saved there,
+    else (a bare `save_pretrained` folder) the byte tokenizer when the vocabulary is the bytes'."""
+    directory = Path(directory).expanduser()
+    if (directory / META_FILE).is_file():
+        return load_tokenizer(directory)
+    if vocab_size == ByteTokenizer.vocab_size:
+        return ByteTokenizer()
+    raise DataError(
+        f"{directory} has no tokenizer ({META_FILE}) and a vocabulary of {vocab_size:,}, not the bytes' 256: save "
+        "the tokenizer the model was trained with beside it (ten.data.save_tokenizer(tokenizer, folder))"
+    )
+
+
 def load_tokenizer(directory: Path) -> Tokenizer:
     """The tokenizer saved in `directory` by save_tokenizer; no meta file or a garbled one is a DataError."""
     directory = Path(directory).expanduser()
@@ -399,6 +413,7 @@ def cached_bpe(vocab_size: int, train_text: str, cache: Path | None = None) -> B
             return BPETokenizer.from_file(path, name)
         except DataError:
             pass  # garbled cache (e.g. disk trouble): train again and overwrite it
+    make_cache_folder(path.parent)
     tokenizer = BPETokenizer.train(train_text, vocab_size)
     tokenizer.save_json(path)
     return tokenizer

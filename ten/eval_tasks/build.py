@@ -175,7 +175,9 @@ def build(text: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ten.eval_tasks.build", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ten.eval_tasks.build", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("--output_dir", type=Path, default=TASK_DIR, help="default: the package's task folder")
     parser.add_argument("--corpus", type=Path, help="a text file instead of the built-in Shakespeare corpus")
     parser.add_argument("--check", action="store_true", help="compare with the files there; write nothing")

@@ -169,7 +169,7 @@ def resumed_comparison(args: TrainArguments, variants: str | None, tokens: int |
         if getattr(args, name) != getattr(before, name):
             raise ValueError(f"--{name} {getattr(args, name)} differs from the comparison's {getattr(before, name)}; "
                              "its variants keep the same budget")  # fmt: skip
-    base = merge_resumed_arguments(saved, args, typed - {"resume", "output_dir", "overwrite"})
+    base = merge_resumed_arguments(saved, args, typed - {"resume", "output_dir", "overwrite"}, model_plan(before))
     if tokens is not None and token_budget_steps(tokens, base) != base.max_steps:
         raise ValueError(f"--tokens {tokens} differs from the comparison's budget; its variants keep the same budget")
     names, seeds = record["variants"], record.get("seeds", 1)

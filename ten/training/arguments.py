@@ -12,6 +12,7 @@ RESUMABLE_OVERRIDES = frozenset(
      "hourly_rate", "device", "keep_checkpoints", "sample_tokens", "compile", "resume", "dry_run", "dry_samples",
      "benchmark"}
 )  # fmt: skip
+MAX_SEED = 2**64 - 1  # torch's generators take seeds up to this; numpy's none below 0
 # The settings that override a preset's model: each applies to the architectures whose config has it.
 MODEL_FIELDS = ("use_hten", "hten_scales", "energy_reg_weight", "max_seq_len", "d_model", "n_layers",
                 "num_eigenstates", "num_heads", "selective", "selective_range", "dropout", "scan_backend",
@@ -99,6 +100,8 @@ class TrainArguments:
         for name in ("weight_decay", "warmup_steps", "sample_tokens", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {self.seed}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"--min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.mixed_precision not in ("no", "auto", "bf16", "fp16"):

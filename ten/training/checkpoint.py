@@ -28,8 +28,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..atomic import WriteError, write_failure
+from ..config import field_type_problem
 from ..data import save_tokenizer
 from ..lm import CONFIG_FILE, WEIGHTS_FILE, LanguageModel
+from .arguments import TrainArguments
 from .run_dirs import CHECKPOINTS
 
 FORMAT = "ten-checkpoint"
@@ -188,7 +190,42 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a ten checkpoint ({STATE_FILE} has no format {FORMAT!r})")
     if state.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this ten reads {FORMAT_VERSION}")
+    if problem := _state_type_problem(state):
+        raise CheckpointError(f"{path / STATE_FILE} is damaged: {problem}")
     return state
+
+
+def _state_type_problem(state: dict[str, Any]) -> str | None:
+    """The first value of a trainer_state.json that is missing or of the wrong type (a hand edit), or None."""
+    missing = [name for name in ("step", "args", "optimizer") if name not in state]
+    if missing:
+        return f"no {', '.join(missing)}"
+    optimizer = state["optimizer"]
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if not (isinstance(groups, list) and all(isinstance(g, dict) for g in groups)
+            and isinstance(optimizer.get("scalars"), dict)):  # fmt: skip
+        return "optimizer must be an object of param_groups (a list of objects) and scalars (an object)"
+    problem = field_type_problem(state, TrainerState)
+    return problem or field_type_problem(state["args"], TrainArguments, prefix="args.")
+
+
+def _json_kind(value: Any) -> Any:
+    """bool, number, str, None, an object, or a list of the kinds of its items."""
+    if isinstance(value, (list, tuple)):
+        return [_json_kind(item) for item in value]
+    if isinstance(value, bool) or value is None:
+        return type(value)
+    return "number" if isinstance(value, (int, float)) else type(value)
+
+
+def _group_type_problem(saved: list[dict[str, Any]], groups: list[dict[str, Any]]) -> str | None:
+    """The first hyperparameter of the saved optimiser groups whose JSON type is not the one this optimiser
+    keeps there (a string for a number would fail inside its step): None when all fit."""
+    for index, (old, new) in enumerate(zip(saved, groups, strict=False)):  # a count that differs: see below
+        for name, value in new.items():
+            if name != "params" and value is not None and _json_kind(old.get(name)) != _json_kind(value):
+                return f"optimizer.param_groups[{index}].{name} is {old.get(name)!r}, not of the type of {value!r}"
+    return None
 
 
 def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
@@ -239,6 +276,8 @@ def load_checkpoint(
         first = str(err).strip().splitlines()
         reason = first[1] if len(first) > 1 else first[0]
         raise CheckpointError(f"{path}: the weights do not fit this model: {reason.strip()}") from None
+    if problem := _group_type_problem(state["optimizer"]["param_groups"], optimizer.param_groups):
+        raise CheckpointError(f"{path / STATE_FILE} is damaged: {problem}")
     check_finite_weights(path, model)
     optimizer_state = _join_optimizer_state(_load_tensors(path / OPTIMIZER_FILE), state["optimizer"])
     try:

@@ -29,7 +29,7 @@ class DistributedContext:
     @classmethod
     def from_environment(cls, device_request: str) -> DistributedContext:
         """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        world_size = environment_world_size()
         if world_size <= 1:
             return cls()
         context = cls(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
@@ -81,6 +81,25 @@ class DistributedContext:
             if wait_for_peers:
                 dist.barrier()  # tearing down while a peer still talks aborts it ("terminate called...")
             dist.destroy_process_group()
+
+
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets beside WORLD_SIZE
+
+
+def environment_world_size() -> int:
+    """WORLD_SIZE, checked: a WORLD_SIZE > 1 without the rest of torchrun's variables (set by hand, or left
+    over in a shell) would otherwise end in a KeyError, or in a wait for peers that never come."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    if not text.strip().isdigit():
+        raise ValueError(f"WORLD_SIZE={text!r} is not a number of processes; unset it, or start with torchrun")
+    world_size = int(text)
+    missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name)]
+    if world_size > 1 and missing:
+        raise ValueError(
+            f"WORLD_SIZE={world_size} is set without torchrun's {', '.join(missing)}: start a data-parallel run "
+            "with torchrun --nproc_per_node=N -m ten train ..., or unset WORLD_SIZE"
+        )
+    return world_size
 
 
 def weights_fingerprint(model: nn.Module) -> float:

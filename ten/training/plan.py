@@ -111,12 +111,19 @@ def resolved_arguments(args: TrainArguments, model: ModelPlan, output_dir: Path 
     )  # fmt: skip
 
 
-def merge_resumed_arguments(saved: dict[str, Any], args: TrainArguments, explicit: set[str]) -> TrainArguments:
-    """The saved run's arguments, with the few a resumed run may change taken from the command line."""
+def merge_resumed_arguments(
+    saved: dict[str, Any], args: TrainArguments, explicit: set[str], model: ModelPlan
+) -> TrainArguments:
+    """The saved run's arguments, with the few a resumed run may change taken from the command line.
+
+    Another setting may be given with the value in use: the saved one, or where the saved arguments lack it
+    (a run saved before the setting existed), the one the checkpoint's model and preset give.
+    """
     merged = TrainArguments.from_dict(saved)
+    in_use = resolved_arguments(merged, model, None)
     changes = {}
     for name in explicit:
-        value, before = getattr(args, name), getattr(merged, name)
+        value, before = getattr(args, name), getattr(in_use, name)
         if name in RESUMABLE_OVERRIDES or lowers_learning_rate(name, value, before):
             changes[name] = value
         elif value != before:
@@ -173,12 +180,12 @@ def _resume_plan(args: TrainArguments, explicit: set[str], context: DistributedC
     notes = context.broadcast(() if note is None else (note,))
     checkpoint = find_checkpoint(target)
     state = read_trainer_state(checkpoint)
-    merged = merge_resumed_arguments(state["args"], args, explicit)
+    architecture, config = load_config(checkpoint / CONFIG_FILE)
+    model = ModelPlan(architecture, config, from_checkpoint=True)
+    merged = merge_resumed_arguments(state["args"], args, explicit, model)
     merged.validate()
     writes = not (merged.dry_run or merged.benchmark)
     output_dir = resumed_output_dir(args, target, checkpoint, context) if writes else None
-    architecture, config = load_config(checkpoint / CONFIG_FILE)
-    model = ModelPlan(architecture, config, from_checkpoint=True)
     plan = _plan(resolved_arguments(merged, model, output_dir), model, output_dir, checkpoint, state)
     return dataclasses.replace(plan, notes=notes)
 

@@ -51,6 +51,12 @@ def clear_earlier(folder: Path, earlier: list[Path], overwrite: bool, what: str 
             f"--output_dir {folder} holds an earlier {what}: continue it with --resume, "
             "start over with --overwrite, or choose another --output_dir"
         )
+    linked = [p for p in earlier if p.is_dir() and p.is_symlink()]
+    if linked:  # what it points at may be another run's, or a folder the user meant to keep
+        raise ValueError(
+            f"--output_dir {folder}: {linked[0].name} is a link to {linked[0].resolve()}, which --overwrite does "
+            "not empty; empty or remove it yourself, or choose another --output_dir"
+        )
     for path in earlier:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
