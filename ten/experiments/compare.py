@@ -277,8 +277,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "| energy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    several_seeds = len({r.get("seed") for r in rows}) > 1
     for r in rows:
-        r = {**r, "variant": r["variant"] + (f" (seed {r['seed']})" if "seed" in r else "")}
+        r = {**r, "variant": r["variant"] + (f" (seed {r['seed']})" if several_seeds else "")}
         if "val_ce" not in r:  # interrupted: no final evaluation
             parameters = f"{r['parameters'] / 1e6:.2f} M" if "parameters" in r else "-"
             where = f" at step {r['steps']:,}" if "steps" in r else ""
