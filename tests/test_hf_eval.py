@@ -70,7 +70,8 @@ def fake_run(model: Path, root: Path, step: int = 10) -> Path:
     for name in ("optimizer.safetensors", "rng.safetensors"):
         (checkpoint / name).write_bytes(b"")  # present, as find_checkpoint requires; never read here
     state = {"format": "ten-checkpoint", "version": 1, "step": step, "best_val_loss": 2.0,
-             "args": {"dataset": "shakespeare", "tokenizer": "byte"}, "optimizer": {}}  # fmt: skip
+             "args": {"dataset": "shakespeare", "tokenizer": "byte"},
+             "optimizer": {"param_groups": [], "scalars": {}}}  # fmt: skip
     (checkpoint / "trainer_state.json").write_text(json.dumps(state))
     (checkpoint / "tokenizer_meta.json").write_text(json.dumps({"kind": "byte", "name": "byte", "vocab_size": 256}))
     records = [{"event": "eval", "step": s, "val_ce": ce, "val_bits_per_byte": ce / math.log(2)}
