@@ -283,7 +283,6 @@ def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
 
     device = str(resolve_device(args.device))
     output = Path(args.output_dir)
-    check_writable(output)  # before any measuring: a folder that cannot be written would lose it all
     settings = BenchSettings(
         d_model=args.d_model, n_layers=args.n_layers, num_eigenstates=args.num_eigenstates,
         lengths=parse_lengths(args.lengths), contexts=parse_lengths(args.contexts, "--contexts"),
@@ -292,6 +291,7 @@ def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
         new_tokens=args.new_tokens, reps=args.reps, max_step_seconds=args.max_step_seconds, device=device,
         dtype=args.dtype,
     )  # fmt: skip
+    check_writable(output)  # before any measuring (and after the flags): a folder that cannot be written loses it all
     results = run_bench(settings)
     write_outputs(results, output)
     exponents = {name: growth(results, name, "forward_peak_mib_b1") for name in ("ten", "transformer")}

@@ -191,6 +191,7 @@ def test_bench_checks_its_output_and_lengths_before_measuring(tmp_path, monkeypa
         assert main(["bench", "--output_dir", str(tmp_path / "out"), *flags]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out").exists()  # a refused command leaves no folder behind
 
 
 def test_compare_runs_every_variant_at_every_seed_and_reports_the_spread(corpus, tmp_path, monkeypatch, capsys):
