@@ -161,6 +161,12 @@ def test_resuming_an_older_checkpoint_sets_the_abandoned_branch_aside(corpus, tm
     assert code == 0 and "resuming from" in out and str(checkpoints / "step-0000003") in out, err
     assert names(checkpoints) == ["best", "final", "step-0000005"]
     assert [r["step"] for r in records(output) if r["event"] == "start"] == [0, 2, 3]
+    assert run_cli(["train", "--dataset", str(corpus), "--output_dir", str(output), "--max_steps", "1"], capsys)[0] == 2
+    code, out, err = run_cli(["train", "--dataset", str(corpus), "--output_dir", str(output), "--max_steps", "1",
+                              "--d_model", "16", "--n_layers", "1", "--num_eigenstates", "8", "--max_seq_len", "16",
+                              "--batch_size", "2", "--eval_batches", "1", "--sample_tokens", "0", "--overwrite"],
+                             capsys)  # fmt: skip
+    assert code == 0 and not aside.exists(), err  # --overwrite starts over: the set-aside branch goes too
 
 
 class Killed(BaseException):

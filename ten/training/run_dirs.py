@@ -37,9 +37,13 @@ def check_writable(folder: Path) -> None:
         raise ValueError(f"--output_dir {folder} cannot be written: {err.strerror or err}") from None
 
 
+ABANDONED = "abandoned-after-"  # + the step: the later checkpoints of a run resumed from an older one
+
+
 def claim_output_dir(folder: Path, overwrite: bool) -> None:
     """An explicit --output_dir: refused when it holds a run (its checkpoints would be lost) unless --overwrite."""
     earlier = [p for p in (folder / CHECKPOINTS, folder / METRICS) if p.is_file() or any_in(p)]
+    earlier += sorted(folder.glob(f"{ABANDONED}*")) if folder.is_dir() else []  # checkpoints a resume set aside
     clear_earlier(folder, earlier, overwrite)
     check_writable(folder / CHECKPOINTS)
 

@@ -43,7 +43,7 @@ from .distributed import DistributedContext, weights_fingerprint
 from .optimizer import build_optimizer
 from .plan import RunPlan, resolve_run
 from .precision import Precision, resolve_precision
-from .run_dirs import CHECKPOINTS, METRICS, claim_run_dir, release_run_dir
+from .run_dirs import ABANDONED, CHECKPOINTS, METRICS, claim_run_dir, release_run_dir
 from .schedule import MAX_WARMUP_FRACTION, learning_rate_at, learning_rate_at_fraction
 
 EVAL_SEED = 1234  # the same validation windows at every evaluation, so the figures compare
@@ -240,7 +240,7 @@ class Trainer:
         records, move to <run>/abandoned-after-step-N, so pruning and a later --resume see only the new branch."""
         step = self.state.step
         later = later_checkpoints(self.checkpoint_dir, step)
-        aside = claim_run_dir(self.output_dir / f"abandoned-after-{checkpoint_name(step)}") if later else None
+        aside = claim_run_dir(self.output_dir / f"{ABANDONED}{checkpoint_name(step)}") if later else None
         for path in later:
             path.rename(aside / CHECKPOINTS / path.name)
         forget_metrics_after(self.output_dir / METRICS, step, keep_in=aside)
