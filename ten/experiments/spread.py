@@ -79,8 +79,10 @@ def apart(a: dict[str, float], b: dict[str, float]) -> bool:
     return a["min"] > b["max"] or b["min"] > a["max"]
 
 
-def verdict(ours: dict[str, float], reference: dict[str, float], paper_delta: float | None) -> str:
+def verdict(ours: dict[str, Any], reference: dict[str, Any], paper_delta: float | None) -> str:
     """Against the reference variant: does our difference go the paper's way, beyond the seeds' noise?"""
+    if min(len(ours.get("values", [0, 0])), len(reference.get("values", [0, 0]))) < 2:
+        return "one seed: no verdict"  # a single run has no spread to read a difference against
     if not apart(ours, reference):
         return "cannot be told from noise"
     if paper_delta is None:
