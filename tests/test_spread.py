@@ -46,4 +46,4 @@ def test_a_verdict_needs_the_seed_ranges_apart_and_says_which_way():
     assert verdict(worse, ref, 0.1) == "holds here"  # the paper says it hurts, and it does
     assert verdict(worse, ref, -0.05) == "does not hold here"  # the paper says it helps
     assert verdict(worse, ref, None) == "apart from noise"
-    assert verdict({**worse, "values": [2.5]}, {**ref, "values": [2.0, 2.1]}, 0.1) == "one seed: no verdict"
+    assert verdict({**worse, "values": [2.5, 2.6]}, {**ref, "values": [2.0, 2.1, 1.9]}, 0.1) == "2 seeds: no verdict"

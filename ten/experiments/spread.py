@@ -15,6 +15,8 @@ import math
 import statistics
 from typing import Any
 
+MIN_SEEDS = 3  # for a verdict: two alike variants' ranges of 3 seeds miss each other 1 time in 10
+
 # The paper's ablation table (WikiText-103, T = 2,048, matched parameters): validation perplexity.
 PAPER_PERPLEXITY = {
     "full": 16.1,
@@ -81,8 +83,9 @@ def apart(a: dict[str, float], b: dict[str, float]) -> bool:
 
 def verdict(ours: dict[str, Any], reference: dict[str, Any], paper_delta: float | None) -> str:
     """Against the reference variant: does our difference go the paper's way, beyond the seeds' noise?"""
-    if min(len(ours.get("values", [0, 0])), len(reference.get("values", [0, 0]))) < 2:
-        return "one seed: no verdict"  # a single run has no spread to read a difference against
+    seeds = min(len(ours.get("values", [0] * MIN_SEEDS)), len(reference.get("values", [0] * MIN_SEEDS)))
+    if seeds < MIN_SEEDS:  # two seeds' ranges miss each other by chance 1 time in 3
+        return f"{seeds} seed{'s' if seeds > 1 else ''}: no verdict"
     if not apart(ours, reference):
         return "cannot be told from noise"
     if paper_delta is None:
