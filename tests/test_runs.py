@@ -386,3 +386,14 @@ def test_the_end_of_a_run_tells_its_speed_and_cost(corpus, tmp_path, capsys):
     line = next(line for line in (out + err).splitlines() if line.startswith("run: "))
     assert code == 0 and "0.00 M tokens" in line and "tokens/s" in line and "at $1.57/hour" in line
     assert "per million tokens" in line
+
+
+def test_generate_never_picks_an_older_checkpoint_past_one_a_save_set_aside(corpus, tmp_path, capsys):
+    output = tmp_path / "run"
+    Trainer(tiny_arguments(corpus, output, max_steps=2, save_steps=1)).train()
+    checkpoints = output / "checkpoints"
+    (checkpoints / "final").rename(checkpoints / ".old-final-4242")  # killed between the two renames of a save
+    code, _, err = run_cli(["generate", "--checkpoint", str(output), "--prompt", "a", "--max_new_tokens", "2"], capsys)
+    assert code == 2 and "a save of final was interrupted" in err and err.count("\n") == 1
+    assert run_cli(["train", "--resume", str(output), "--max_steps", "2"], capsys)[0] == 0  # resume puts it back
+    assert (checkpoints / "final").is_dir() and not (checkpoints / ".old-final-4242").exists()

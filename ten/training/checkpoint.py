@@ -351,6 +351,11 @@ def find_checkpoint(target: Path) -> Path:
     if (target / CONFIG_FILE).is_file():
         return target
     folder = target / CHECKPOINTS if (target / CHECKPOINTS).is_dir() else target
+    set_aside = [m.group(2) for p in (folder.iterdir() if folder.is_dir() else ())
+                 if (m := LEFTOVER.fullmatch(p.name)) and m.group(1) == "old" and not (folder / m.group(2)).exists()]
+    if set_aside:  # the latest would be an older one: say so rather than pick it silently
+        raise CheckpointError(f"{folder}: a save of {set_aside[0]} was interrupted and left it set aside; "
+                              f"ten train --resume {target} puts it back")  # fmt: skip
     found = latest_checkpoint(folder) if folder.is_dir() else None
     if found is None:
         raise CheckpointError(f"no checkpoint in {target}")
