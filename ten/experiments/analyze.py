@@ -78,10 +78,11 @@ def capture_core_inputs(model: torch.nn.Module, ids: Tensor) -> list[tuple[int, 
     return [(layer, scale, core, captured[i]) for i, (layer, scale, core) in enumerate(cores)]
 
 
-def lag_responses(core: EigenstateCore, u: Tensor, lags: list[int]) -> Tensor:
+def lag_responses(core: EigenstateCore, u: Tensor, lags: list[int], states: Tensor | None = None) -> Tensor:
     """(len(lags), K): the change of each eigenstate's final value when the input `lag` steps back is swapped
-    for another sequence's, |c_k(T) - c'_k(T)|^2, over the eigenstate's mean energy."""
-    _, states = core(u)
+    for another sequence's, |c_k(T) - c'_k(T)|^2, over the eigenstate's mean energy. `states`: core(u), if known."""
+    if states is None:
+        _, states = core(u)
     scale = (states.abs() ** 2).mean((0, 1)).clamp_min(1e-12)  # (K,)
     last = u.shape[1] - 1
     donor = torch.roll(torch.arange(u.shape[0]), 1)  # each sequence gets its neighbour's token
@@ -133,7 +134,7 @@ def analyze_core(layer: int, scale: int, core: EigenstateCore, u: Tensor, initia
     _, states = core(u)
     energy_positions, energy_values = sampled_energy(energy(states).mean(0).cpu())
     lags = log_lags(u.shape[1])
-    response = lag_responses(core, u, lags).double().cpu().numpy() if lags else np.zeros((0, k))
+    response = lag_responses(core, u, lags, states).double().cpu().numpy() if lags else np.zeros((0, k))
     low = frequency <= np.median(frequency)
     low_curve, high_curve = response[:, low].mean(1), response[:, ~low].mean(1)
     near = [i for i, lag in enumerate(lags) if lag in NEAR_LAGS]
