@@ -2,7 +2,7 @@
 
 import pytest
 
-from ten.experiments.spread import markdown, summarize, value_at, verdict
+from ten.experiments.spread import markdown, plot, summarize, value_at, verdict
 
 
 def curve(points):
@@ -47,3 +47,13 @@ def test_a_verdict_needs_the_seed_ranges_apart_and_says_which_way():
     assert verdict(worse, ref, -0.05) == "does not hold here"  # the paper says it helps
     assert verdict(worse, ref, None) == "apart from noise"
     assert verdict({**worse, "values": [2.5, 2.6]}, {**ref, "values": [2.0, 2.1, 1.9]}, 0.1) == "2 seeds: no verdict"
+
+
+def test_the_seeds_plot_draws_every_variant_even_a_single_seed(tmp_path):
+    rows = [
+        {"variant": "full", "seed": s, "parameters": 10, "tokens_per_s": 1.0,
+         "curve": curve([(100, 1, 3.0 + s), (200, 2, 2.0 + s)])} for s in (0, 1)
+    ]  # fmt: skip
+    rows.append({"variant": "k32", "seed": 0, "parameters": 9, "tokens_per_s": 1.0, "curve": curve([(100, 1, 3.5)])})
+    plot(rows, "full", tmp_path / "seeds.png")
+    assert (tmp_path / "seeds.png").read_bytes().startswith(b"\x89PNG")

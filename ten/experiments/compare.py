@@ -61,14 +61,21 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "hten4": {**FULL, "use_hten": True, "hten_scales": [1, 2, 4, 8]},
 }
 VARIANTS.update(ABLATIONS)
-SWITCHES = {"model": "--model", "selective": "--no_selective", "output_gate": "--no_output_gate",
-            "coupling": "--no_coupling", "real_eigenvalues": "--real_eigenvalues", "fixed_basis": "--fixed_basis"}
+SWITCHES = {
+    "model": "--model",
+    "selective": "--no_selective",
+    "output_gate": "--no_output_gate",
+    "coupling": "--no_coupling",
+    "real_eigenvalues": "--real_eigenvalues",
+    "fixed_basis": "--fixed_basis",
+}
 GROUPS = {"ablations": list(ABLATIONS)}  # --variants ablations: the whole table
 
 
 RESULTS = "results.json"  # also the comparison's record: its settings, variants and the rows so far
 PLOT = "validation_loss.png"
-OUTPUTS = (RESULTS, "results.md", PLOT)
+SEEDS_PLOT = "seeds.png"  # several seeds: each variant's mean and spread
+OUTPUTS = (RESULTS, "results.md", PLOT, SEEDS_PLOT)
 DEFAULT_DIR = Path("runs/compare")
 DONE = ("finished", "time_budget")  # a variant that ran its budget (time_budget: --tokens cut short by --time_budget)
 INTERRUPTED = "interrupted"
@@ -245,7 +252,7 @@ def run_comparison(
         with contextlib.suppress(OSError):
             output_dir.rmdir()  # only if empty: a comparison whose first variant could not start leaves no folder
         raise
-    plot(rows, output_dir / PLOT)
+    write_plots(rows, output_dir, names, seeds)
     return rows
 
 
@@ -334,14 +341,25 @@ def write_outputs(
     with_plot: bool = True,
     seeds: int = 1,
 ) -> None:
-    write_record(rows, base, names or list(dict.fromkeys(r["variant"] for r in rows)), output_dir, seeds)
-    finished = [r for r in rows if "val_ce" in r and r.get("curve")]
+    names = names or list(dict.fromkeys(r["variant"] for r in rows))
+    write_record(rows, base, names, output_dir, seeds)
     table = markdown_table(rows)
+    finished = finished_runs(rows)
     if seeds > 1 and finished:  # mean and spread over the seeds, against the first variant
-        table = spread.markdown(spread.summarize(finished), (names or [rows[0]["variant"]])[0]) + "\n" + table
+        table = spread.markdown(spread.summarize(finished), names[0]) + "\n" + table
     atomic_write(output_dir / "results.md", lambda path: path.write_text(table))
     if with_plot:
-        plot(rows, output_dir / PLOT)
+        write_plots(rows, output_dir, names, seeds)
+
+
+def finished_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if "val_ce" in r and r.get("curve")]
+
+
+def write_plots(rows: list[dict[str, Any]], output_dir: Path, names: list[str], seeds: int) -> None:
+    plot(rows, output_dir / PLOT)
+    if seeds > 1 and finished_runs(rows):  # each variant's mean and spread, against the first variant
+        spread.plot(finished_runs(rows), names[0], output_dir / SEEDS_PLOT)
 
 
 def token_budget_steps(tokens: int, base: TrainArguments) -> int:
