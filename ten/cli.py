@@ -258,7 +258,14 @@ def cmd_prepare(args: argparse.Namespace, explicit: set[str]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
-    from .experiments.compare import INTERRUPTED, new_comparison, resume_hint, resumed_comparison, run_comparison
+    from .experiments.compare import (
+        INTERRUPTED,
+        OUTPUTS,
+        new_comparison,
+        resume_hint,
+        resumed_comparison,
+        run_comparison,
+    )
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "run", "variants", "tokens", "seeds")}
     train_args = TrainArguments.from_dict(values)
@@ -271,7 +278,8 @@ def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
         comparison = new_comparison(train_args, args.variants, args.tokens, args.seeds, explicit & set(values))
     output = comparison.folder
     rows = run_comparison(comparison.base, comparison.names, output, comparison.done, comparison.seeds)
-    print(f"\n{(output / 'results.md').read_text()}\nwritten: {output}/results.md, results.json, validation_loss.png")
+    written = ", ".join(name for name in OUTPUTS if (output / name).exists())
+    print(f"\n{(output / 'results.md').read_text()}\nwritten: {output}/{written}")
     if rows[-1]["status"] == INTERRUPTED:
         print(resume_hint(output), file=sys.stderr)
 

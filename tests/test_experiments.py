@@ -214,7 +214,7 @@ def test_compare_runs_every_variant_at_every_seed_and_reports_the_spread(corpus,
     assert "mean ± std (min..max) over seeds" in table and "| no-gate |" in table and "| 16.7 |" in table
     assert "| full (seed 8) |" in table
     assert (output / "seeds.png").read_bytes().startswith(b"\x89PNG")  # each variant's mean and spread
-    capsys.readouterr()
+    assert capsys.readouterr().out.rstrip().endswith("validation_loss.png, seeds.png")  # the written line
     assert main(["compare", "--resume", str(output)]) == 0  # all four finished: kept, none trains again
     assert capsys.readouterr().out.count("finished earlier, kept") == 4
 
