@@ -271,9 +271,8 @@ def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
     train_args = TrainArguments.from_dict(values)
     if args.resume is not None:
         variants = args.variants if "variants" in explicit else None
-        if "seeds" in explicit:
-            raise UserError("--seeds is the comparison's own: a resumed comparison keeps it")
-        comparison = resumed_comparison(train_args, variants, args.tokens, explicit & set(values))
+        seeds = args.seeds if "seeds" in explicit else None  # more seeds: the comparison grows
+        comparison = resumed_comparison(train_args, variants, args.tokens, explicit & set(values), seeds)
     else:
         comparison = new_comparison(train_args, args.variants, args.tokens, args.seeds, explicit & set(values))
     output = comparison.folder
@@ -494,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
                               f"(default: {','.join(DEFAULT_VARIANTS)})")  # fmt: skip
     compare.add_argument("--tokens", type=positive(int), help="training tokens per variant (instead of --time_budget)")
     compare.add_argument("--seeds", type=positive(int), default=1,
-                         help="runs per variant (--seed, --seed + 1, ...): table: mean and spread")  # fmt: skip
+                         help="runs per variant (--seed, --seed + 1, ...): table: mean and spread; "
+                              "with --resume, more seeds for every variant")  # fmt: skip
     compare.set_defaults(run=cmd_compare)
 
     bench = commands.add_parser("bench", help="TEN vs the transformer baseline: time, memory, generation")

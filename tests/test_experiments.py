@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 
 import pytest
@@ -123,6 +124,8 @@ def test_an_interrupted_comparison_keeps_its_table_and_resumes(corpus, tmp_path,
     capsys.readouterr()
     assert main(["compare", "--resume", str(output), "--d_model", "64"]) == 2
     assert "--d_model 64 differs" in capsys.readouterr().err
+    assert main(["compare", "--resume", str(output), "--seeds", "2"]) == 2  # its folders carry no seed
+    assert "a comparison of one seed names its runs without it" in capsys.readouterr().err
 
 
 def test_compare_flags_that_do_not_apply_are_one_line(corpus, capsys):
@@ -217,6 +220,14 @@ def test_compare_runs_every_variant_at_every_seed_and_reports_the_spread(corpus,
     assert capsys.readouterr().out.rstrip().endswith("validation_loss.png, seeds.png")  # the written line
     assert main(["compare", "--resume", str(output)]) == 0  # all four finished: kept, none trains again
     assert capsys.readouterr().out.count("finished earlier, kept") == 4
+    assert main(["compare", "--resume", str(output), "--seeds", "3"]) == 0  # a third seed: two new runs
+    assert capsys.readouterr().out.count("finished earlier, kept") == 4
+    record = json.loads((output / "results.json").read_text())
+    assert record["seeds"] == 3
+    assert [(r["variant"], r["seed"]) for r in record["rows"][4:]] == [("full", 9), ("no-gate", 9)]
+    assert re.search(r"\| full \| [\d.]+ M \| 3 \|", (output / "results.md").read_text())  # 3 seeds summarised
+    assert main(["compare", "--resume", str(output), "--seeds", "2"]) == 2
+    assert "--seeds 2 is fewer than the comparison's 3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra,message", [

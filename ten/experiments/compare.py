@@ -160,9 +160,12 @@ def new_comparison(
     return Comparison(base, names, folder, seeds=seeds)
 
 
-def resumed_comparison(args: TrainArguments, variants: str | None, tokens: int | None, typed: set[str]) -> Comparison:
+def resumed_comparison(
+    args: TrainArguments, variants: str | None, tokens: int | None, typed: set[str], seeds: int | None = None
+) -> Comparison:
     """The comparison in --resume PATH, --output_dir or the latest runs/compare[-N], with its saved settings and
-    variants; `typed` (the flags given) may only repeat them, or change what a resumed `ten train` may change."""
+    variants; `typed` (the flags given) may only repeat them, or change what a resumed `ten train` may change.
+    `seeds` larger than the comparison's adds runs at the next seeds (a verdict too close to call wants more)."""
     if args.overwrite:
         raise ValueError("--resume keeps the finished variants and --overwrite deletes them: give one of the two")
     named = [Path(p).expanduser() for p in (args.resume, args.output_dir) if p]
@@ -179,10 +182,17 @@ def resumed_comparison(args: TrainArguments, variants: str | None, tokens: int |
     base = merge_resumed_arguments(saved, args, typed - {"resume", "output_dir", "overwrite"}, model_plan(before))
     if tokens is not None and token_budget_steps(tokens, base) != base.max_steps:
         raise ValueError(f"--tokens {tokens} differs from the comparison's budget; its variants keep the same budget")
-    names, seeds = record["variants"], record.get("seeds", 1)
+    names, had = record["variants"], record.get("seeds", 1)
     if variants is not None and parse_variants(variants) != names:
         raise ValueError(f"--variants {variants} differs from the comparison's {','.join(names)}")
-    done = {run_key(r["variant"], r.get("seed", base.seed), seeds): r for r in record["rows"]
+    seeds = had if seeds is None else seeds
+    if seeds < had:
+        raise ValueError(f"--seeds {seeds} is fewer than the comparison's {had}: its finished runs stay in it")
+    if had == 1 and seeds > 1:  # its run folders are named without their seed
+        raise ValueError(
+            "a comparison of one seed names its runs without it, so it cannot take more: run a new one with --seeds"
+        )
+    done = {run_key(r["variant"], r.get("seed", base.seed), had): r for r in record["rows"]
             if r.get("status", "finished") in DONE}  # fmt: skip
     return Comparison(base, names, folder, done, seeds)
 
