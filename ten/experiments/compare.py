@@ -368,8 +368,9 @@ def finished_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_plots(rows: list[dict[str, Any]], output_dir: Path, names: list[str], seeds: int) -> None:
     plot(rows, output_dir / PLOT)
-    if seeds > 1 and finished_runs(rows):  # each variant's mean and spread, against the first variant
-        spread.plot(finished_runs(rows), names[0], output_dir / SEEDS_PLOT)
+    finished = finished_runs(rows)
+    if seeds > 1 and finished:  # each variant's mean and spread, against the first variant
+        spread.plot(finished, names[0], output_dir / SEEDS_PLOT)
 
 
 def token_budget_steps(tokens: int, base: TrainArguments) -> int:
