@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from ten.experiments.compare import ABLATIONS, parse_variants
-from ten.timing import median_seconds
-from ten.training import TrainArguments, Trainer
+from temporal_eigenstate_networks.experiments.compare import ABLATIONS, parse_variants
+from temporal_eigenstate_networks.timing import median_seconds
+from temporal_eigenstate_networks.training import TrainArguments, Trainer
 
 
 def main() -> None:

@@ -25,11 +25,18 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 from torch.utils.flop_counter import FlopCounterMode
 
-import ten.modules.eigenstate as eigenstate_module
-from ten import LanguageModel
-from ten.device import resolve_device
-from ten.ops import MIN_DECAY, scan_chunked, scan_fft, scan_sequential, scan_triton, triton_available
-from ten.timing import build_model, machine_description, median_seconds, sync
+import temporal_eigenstate_networks.modules.eigenstate as eigenstate_module
+from temporal_eigenstate_networks import LanguageModel
+from temporal_eigenstate_networks.device import resolve_device
+from temporal_eigenstate_networks.ops import (
+    MIN_DECAY,
+    scan_chunked,
+    scan_fft,
+    scan_sequential,
+    scan_triton,
+    triton_available,
+)
+from temporal_eigenstate_networks.timing import build_model, machine_description, median_seconds, sync
 
 Table = tuple[str, list[str], list[list[str]]]  # title, headers, rows
 # fmt: off

@@ -14,14 +14,14 @@ OUT=${OUT:-runs/gpu}
 RATE=${HOURLY_RATE:-1.57}  # the original training script's one-GPU price
 mkdir -p "$OUT"
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'benchmarks/gpu.sh: no CUDA GPU here')"
-"$PYTHON" -c "import triton" 2>/dev/null || echo "note: triton is not installed (pip install 'ten[gpu]'): no fused-kernel column"
+"$PYTHON" -c "import triton" 2>/dev/null || echo "note: triton is not installed (pip install -e '.[gpu]'): no fused-kernel column"
 
 "$PYTHON" benchmarks/gpu_check.py --json "$OUT/check.json"  # correctness first: stops here if a check fails
 "$PYTHON" benchmarks/bench_core.py --device cuda --size gpu --json "$OUT/core.json" --markdown "$OUT/core.md"
-"$PYTHON" -m ten bench --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --num_eigenstates 128 \
+"$PYTHON" -m temporal_eigenstate_networks bench --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --num_eigenstates 128 \
     --lengths 512,2048,8192,32768 --tokens_per_batch 32768 --contexts 1024,8192,32768 --decode_batches 1,16 \
     --output_dir "$OUT/bench"
-"$PYTHON" -m ten train --config large --use_hten --max_steps 200 --mixed_precision --hourly_rate "$RATE" \
+"$PYTHON" -m temporal_eigenstate_networks train --config large --use_hten --max_steps 200 --mixed_precision --hourly_rate "$RATE" \
     --eval_steps 1000 --save_steps 1000 --sample_tokens 0 --output_dir "$OUT/train-large" --overwrite \
     | tee "$OUT/train-large.log"
 echo "written: $OUT/core.md, $OUT/bench/bench.md, $OUT/train-large.log"

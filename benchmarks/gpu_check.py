@@ -18,8 +18,13 @@ from typing import Any
 
 import torch
 
-from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork, TransformerConfig, TransformerLM
-from ten.ops import scan, scan_sequential, triton_available
+from temporal_eigenstate_networks import (
+    TemporalEigenstateConfig,
+    TemporalEigenstateNetwork,
+    TransformerConfig,
+    TransformerLM,
+)
+from temporal_eigenstate_networks.ops import scan, scan_sequential, triton_available
 
 DEVICE = torch.device("cuda")
 results: list[dict[str, Any]] = []

@@ -7,10 +7,14 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # triton (the fused GPU kernel, tested here through its interpreter) has Linux wheels only.
-if ! .venv/bin/python -c "import sys, ten, pytest, ruff, tokenizers, transformers, lm_eval, accelerate; sys.platform != 'linux' or __import__('triton')" \
-    2>/dev/null; then
+# The distribution is checked by name: the folder alone would import from here without being installed.
+if ! .venv/bin/python -c "import sys, importlib.metadata as m, pytest, ruff, tokenizers, transformers, lm_eval, accelerate
+m.version('temporal-eigenstate-networks'); sys.platform != 'linux' or __import__('triton')" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch first and pinned: 2.13.0 is the build this project is tested with.
     .venv/bin/python -m pip install --quiet "torch==2.13.0"
+    # An earlier checkout installed this project as `ten`, the name of an unrelated package on the index:
+    # remove it so that `ten` here can only be ours.
+    .venv/bin/python -m pip uninstall --quiet --yes ten 2>/dev/null || true
     .venv/bin/python -m pip install --quiet -e ".[dev]"
 fi

@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork, TransformerConfig, TransformerLM
-from ten.cli import main
-from ten.experiments.analyze import analyze, lag_responses, spearman
-from ten.modules.eigenstate import MIN_DECAY, EigenstateCore
+from temporal_eigenstate_networks import (
+    TemporalEigenstateConfig,
+    TemporalEigenstateNetwork,
+    TransformerConfig,
+    TransformerLM,
+)
+from temporal_eigenstate_networks.cli import main
+from temporal_eigenstate_networks.experiments.analyze import analyze, lag_responses, spearman
+from temporal_eigenstate_networks.modules.eigenstate import MIN_DECAY, EigenstateCore
 
 
 def planted_core(magnitudes, frequencies):

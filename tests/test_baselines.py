@@ -5,11 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ten import LanguageModel, TemporalEigenstateConfig, TemporalEigenstateNetwork, TransformerConfig, TransformerLM
-from ten.lm import RecurrentState
-from ten.modules.attention import rotate
-from ten.modules.block import MixerOutput, SequenceMixer, is_no_weight_decay
-from ten.training.optimizer import parameter_groups
+from temporal_eigenstate_networks import (
+    LanguageModel,
+    TemporalEigenstateConfig,
+    TemporalEigenstateNetwork,
+    TransformerConfig,
+    TransformerLM,
+)
+from temporal_eigenstate_networks.lm import RecurrentState
+from temporal_eigenstate_networks.modules.attention import rotate
+from temporal_eigenstate_networks.modules.block import MixerOutput, SequenceMixer, is_no_weight_decay
+from temporal_eigenstate_networks.training.optimizer import parameter_groups
 
 from .conftest import relative_error
 

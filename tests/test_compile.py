@@ -1,6 +1,6 @@
 """`--compile`: the training step through torch.compile (inductor, on the CPU here) trains like eager.
 
-The scan stays opaque to the compiler (ten.ops.scan is a graph break), everything around it is
+The scan stays opaque to the compiler (temporal_eigenstate_networks.ops.scan is a graph break), everything around it is
 compiled. Compilation takes tens of seconds per model on 2 cores, so the models are tiny and the
 runs 3 steps long.
 """
@@ -8,7 +8,7 @@ runs 3 steps long.
 import pytest
 import torch
 
-from ten.training import Trainer
+from temporal_eigenstate_networks.training import Trainer
 
 from .test_runs import weights
 from .test_training import records, tiny_arguments
@@ -40,7 +40,7 @@ def test_compilation_is_on_cuda_only_unless_asked(corpus, tmp_path):
 
 @pytest.mark.parametrize("use_hten", [False, True])
 def test_a_compiled_decode_step_generates_what_eager_does(use_hten):
-    from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+    from temporal_eigenstate_networks import TemporalEigenstateConfig, TemporalEigenstateNetwork
 
     config = TemporalEigenstateConfig(vocab_size=64, d_model=16, n_layers=1, num_eigenstates=8, num_heads=2,
                                       max_seq_len=16, use_hten=use_hten, hten_scales=[1, 2])  # fmt: skip
@@ -62,7 +62,7 @@ def test_one_decode_graph_serves_every_prompt_length_and_window_position(use_hte
     would compile the step again (on a GPU, tens of seconds each)."""
     from torch._dynamo.utils import counters
 
-    from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+    from temporal_eigenstate_networks import TemporalEigenstateConfig, TemporalEigenstateNetwork
 
     config = TemporalEigenstateConfig(vocab_size=64, d_model=16, n_layers=1, num_eigenstates=12, num_heads=2,
                                       max_seq_len=32, use_hten=use_hten, hten_scales=[1, 2, 4])  # fmt: skip
@@ -77,14 +77,14 @@ def test_one_decode_graph_serves_every_prompt_length_and_window_position(use_hte
 
 
 def test_a_growing_kv_cache_is_never_compiled():
-    from ten import TransformerConfig, TransformerLM
+    from temporal_eigenstate_networks import TransformerConfig, TransformerLM
 
     model = TransformerLM(TransformerConfig(vocab_size=64, d_model=32, n_layers=1, max_seq_len=16))
     assert model.decode_step(compiled=True) == model._step and model._compiled_step is None
 
 
 def test_a_step_that_fails_to_compile_decodes_eagerly(monkeypatch):
-    from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
+    from temporal_eigenstate_networks import TemporalEigenstateConfig, TemporalEigenstateNetwork
 
     model = TemporalEigenstateNetwork(TemporalEigenstateConfig(vocab_size=64, d_model=16, n_layers=1, num_eigenstates=8,
                                                                num_heads=2, max_seq_len=16))  # fmt: skip

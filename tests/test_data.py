@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ten.data import (
+from temporal_eigenstate_networks.data import (
     ByteTokenizer,
     DataError,
     WindowSampler,
@@ -24,10 +24,10 @@ from ten.data import (
     split_train_val,
     write_token_file,
 )
-from ten.data import corpus as corpus_module
-from ten.data import prepare as prepare_module
-from ten.data import tokenizer as tokenizer_module
-from ten.data.sources import check_token_ids_fit
+from temporal_eigenstate_networks.data import corpus as corpus_module
+from temporal_eigenstate_networks.data import prepare as prepare_module
+from temporal_eigenstate_networks.data import tokenizer as tokenizer_module
+from temporal_eigenstate_networks.data.sources import check_token_ids_fit
 
 
 def make_archive(path: Path, files: dict[str, bytes]) -> Path:

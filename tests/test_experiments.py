@@ -9,11 +9,11 @@ import signal
 import pytest
 import torch
 
-from ten.cli import main
-from ten.experiments import bench, compare
-from ten.experiments.bench import BenchSettings, growth, markdown, run_bench, write_outputs
-from ten.experiments.compare import parse_variants, run_comparison
-from ten.training import TrainArguments, Trainer
+from temporal_eigenstate_networks.cli import main
+from temporal_eigenstate_networks.experiments import bench, compare
+from temporal_eigenstate_networks.experiments.bench import BenchSettings, growth, markdown, run_bench, write_outputs
+from temporal_eigenstate_networks.experiments.compare import parse_variants, run_comparison
+from temporal_eigenstate_networks.training import TrainArguments, Trainer
 
 
 def test_compare_trains_each_variant_on_the_same_budget_and_tabulates(tmp_path):

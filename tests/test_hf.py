@@ -12,11 +12,16 @@ pytest.importorskip("transformers")
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork, TransformerConfig, TransformerLM  # noqa: E402
-from ten.cli import main  # noqa: E402
-from ten.data import ByteTokenizer, load_tokenizer, save_tokenizer  # noqa: E402
-from ten.hf import transformers_problem  # noqa: E402
-from ten.hf.modeling import TenForCausalLM  # noqa: E402
+from temporal_eigenstate_networks import (  # noqa: E402
+    TemporalEigenstateConfig,
+    TemporalEigenstateNetwork,
+    TransformerConfig,
+    TransformerLM,
+)
+from temporal_eigenstate_networks.cli import main  # noqa: E402
+from temporal_eigenstate_networks.data import ByteTokenizer, load_tokenizer, save_tokenizer  # noqa: E402
+from temporal_eigenstate_networks.hf import transformers_problem  # noqa: E402
+from temporal_eigenstate_networks.hf.modeling import TenForCausalLM  # noqa: E402
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 
@@ -242,7 +247,7 @@ def test_export_refuses_bad_folders_in_one_line(saved_ten, tmp_path, capsys):
 
 def test_an_unsupported_transformers_version_is_one_line(saved_ten, tmp_path, capsys, monkeypatch):
     folder, _ = saved_ten
-    monkeypatch.setattr("ten.hf.metadata.version", lambda name: "5.3.0")
+    monkeypatch.setattr("temporal_eigenstate_networks.hf.metadata.version", lambda name: "5.3.0")
     assert "transformers 5.3.0 is installed" in transformers_problem()
     assert ">=5.24" in one_line_error(capsys, ["export", "--checkpoint", str(folder), "--hf", str(tmp_path / "o")])
 
@@ -293,7 +298,7 @@ def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing_behind(saved_
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("ten.hf.export.save_tokenizer", full)
+    monkeypatch.setattr("temporal_eigenstate_networks.hf.export.save_tokenizer", full)
     assert main(["export", "--checkpoint", str(folder), "--hf", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err

@@ -13,10 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from ten.cli import main
-from ten.data.corpus import SHAKESPEARE_CACHE_NAME, SHAKESPEARE_TEXT_SHA256, cache_dir, sha256_file
-from ten.eval_tasks import build
-from ten.hf import evaluate as harness
+from temporal_eigenstate_networks.cli import main
+from temporal_eigenstate_networks.data.corpus import (
+    SHAKESPEARE_CACHE_NAME,
+    SHAKESPEARE_TEXT_SHA256,
+    cache_dir,
+    sha256_file,
+)
+from temporal_eigenstate_networks.eval_tasks import build
+from temporal_eigenstate_networks.hf import evaluate as harness
 
 TASKS = ("ten_shakespeare_ppl", "ten_shakespeare_mc")
 CONTEXT = 128  # tokens: an MC choice (the rest of a line, up to ~60 bytes) must fit beside some of its context
@@ -51,8 +56,8 @@ def tiny_model(tmp_path_factory) -> Path:
     pytest.importorskip("lm_eval")
     import torch
 
-    from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
-    from ten.data import ByteTokenizer, save_tokenizer
+    from temporal_eigenstate_networks import TemporalEigenstateConfig, TemporalEigenstateNetwork
+    from temporal_eigenstate_networks.data import ByteTokenizer, save_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-ten")
     torch.manual_seed(0)
@@ -291,4 +296,4 @@ def test_ten_eval_bad_input(tiny_model, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if lm-eval were not installed
     err = one_line_error(capsys, ["eval", "--checkpoint", str(tiny_model), "--device", "cpu"])
-    assert "pip install 'ten[hf]'" in err
+    assert "pip install 'temporal-eigenstate-networks[hf]'" in err

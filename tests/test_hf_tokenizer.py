@@ -17,8 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imp
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from ten.data import BPETokenizer, ByteTokenizer, HubTokenizer, load_tokenizer, save_tokenizer  # noqa: E402
-from ten.data.tokenizer import byte_level_alphabet  # noqa: E402
+from temporal_eigenstate_networks.data import BPETokenizer, ByteTokenizer, HubTokenizer, load_tokenizer, save_tokenizer  # noqa: E402
+from temporal_eigenstate_networks.data.tokenizer import byte_level_alphabet  # noqa: E402
 
 NUL_TOKEN = "\u0100"  # "Ā": byte 0 in the ByteLevel alphabet, ten's eos and pad token for transformers
 FIXED_TEXTS = [

@@ -7,12 +7,12 @@ import re
 import pytest
 import torch
 
-from ten import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
-from ten.cli import main
-from ten.config import MAX_PARAMETERS
-from ten.modules.block import is_no_weight_decay
-from ten.modules.eigenstate import MIN_DECAY, EigenstateCore, energy
-from ten.training.optimizer import parameter_groups
+from temporal_eigenstate_networks import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
+from temporal_eigenstate_networks.cli import main
+from temporal_eigenstate_networks.config import MAX_PARAMETERS
+from temporal_eigenstate_networks.modules.block import is_no_weight_decay
+from temporal_eigenstate_networks.modules.eigenstate import MIN_DECAY, EigenstateCore, energy
+from temporal_eigenstate_networks.training.optimizer import parameter_groups
 
 from .conftest import relative_error
 

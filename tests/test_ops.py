@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ten.ops import MAX_CHUNK_SIZE, MIN_DECAY, scan, scan_chunked, scan_fft, scan_sequential
+from temporal_eigenstate_networks.ops import MAX_CHUNK_SIZE, MIN_DECAY, scan, scan_chunked, scan_fft, scan_sequential
 
 from .conftest import relative_error
 
@@ -133,7 +133,7 @@ def test_errors():
 @pytest.mark.parametrize("with_state", [False, True])
 def test_cpu_batch_blocks_match_sequential(monkeypatch, selective, with_state):
     """The CPU path runs large batches in blocks; blocks of 2 rows (with a ragged last one) change nothing."""
-    import ten.ops.chunked as chunked
+    import temporal_eigenstate_networks.ops.chunked as chunked
 
     monkeypatch.setattr(chunked, "CPU_BLOCK_ELEMENTS", 2 * 50 * 8)
     lam, beta, initial = make_inputs(5, 50, 8, selective, torch.complex128, with_state)

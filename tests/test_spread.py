@@ -2,7 +2,7 @@
 
 import pytest
 
-from ten.experiments.spread import markdown, plot, summarize, value_at, verdict
+from temporal_eigenstate_networks.experiments.spread import markdown, plot, summarize, value_at, verdict
 
 
 def curve(points):

@@ -4,9 +4,9 @@ import json
 
 import torch
 
-from ten.cli import main
-from ten.synthetic import TASKS, accuracy
-from ten.synthetic.experiment import Cell, Result, best_of_sweep, build, score
+from temporal_eigenstate_networks.cli import main
+from temporal_eigenstate_networks.synthetic import TASKS, accuracy
+from temporal_eigenstate_networks.synthetic.experiment import Cell, Result, best_of_sweep, build, score
 
 
 def one_line_error(capsys, argv) -> str:

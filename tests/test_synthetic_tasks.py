@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ten.synthetic import (
+from temporal_eigenstate_networks.synthetic import (
     IGNORE_INDEX,
     SELECTIVE_COPYING_FIRST_DATA,
     SELECTIVE_COPYING_MARKER,

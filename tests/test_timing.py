@@ -1,4 +1,4 @@
-"""ten.timing and ten.device: the timer, machine description and model builder the benchmarks share, and
+"""timing.py and device.py: the timer, machine description and model builder the benchmarks share, and
 the one reading of --device."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ten.timing
-from ten.cli import main
-from ten.device import resolve_device
-from ten.lm import ARCHITECTURES
-from ten.timing import build_model, machine_description, median_seconds
+import temporal_eigenstate_networks.timing
+from temporal_eigenstate_networks.cli import main
+from temporal_eigenstate_networks.device import resolve_device
+from temporal_eigenstate_networks.lm import ARCHITECTURES
+from temporal_eigenstate_networks.timing import build_model, machine_description, median_seconds
 
 CPU = torch.device("cpu")
 NO_GPU = "--device {}: no CUDA GPU is available here (use --device cpu)"
@@ -105,7 +105,7 @@ def test_build_model_rejects_unknown_architectures_and_sizes():
 
 
 class FakeClock:
-    """perf_counter for ten.timing: each call of `fn` advances it by the next of `durations` seconds."""
+    """perf_counter for timing.py: each call of `fn` advances it by the next of `durations` seconds."""
 
     def __init__(self, durations: list[float]) -> None:
         self.now, self.durations, self.calls = 100.0, durations, 0
@@ -120,19 +120,19 @@ class FakeClock:
 
 def test_median_seconds_is_the_median_after_a_warm_up(monkeypatch):
     clock = FakeClock([9.0, 3.0, 1.0, 2.0])
-    monkeypatch.setattr(ten.timing, "perf_counter", clock)
+    monkeypatch.setattr(temporal_eigenstate_networks.timing, "perf_counter", clock)
     assert median_seconds(clock.fn, CPU, reps=3) == 2.0  # the warm-up's 9 s is not among them
     assert clock.calls == 4
 
 
 def test_median_seconds_takes_a_slow_warm_up_as_the_one_measurement(monkeypatch):
     clock = FakeClock([9.0, 3.0, 1.0, 2.0])
-    monkeypatch.setattr(ten.timing, "perf_counter", clock)
+    monkeypatch.setattr(temporal_eigenstate_networks.timing, "perf_counter", clock)
     assert median_seconds(clock.fn, CPU, reps=3, slow_s=5.0) == 9.0
     assert clock.calls == 1
 
     fast = FakeClock([4.0, 3.0, 1.0, 2.0])
-    monkeypatch.setattr(ten.timing, "perf_counter", fast)
+    monkeypatch.setattr(temporal_eigenstate_networks.timing, "perf_counter", fast)
     assert median_seconds(fast.fn, CPU, reps=3, slow_s=5.0) == 2.0
     assert fast.calls == 4
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from ten.data import (
+from temporal_eigenstate_networks.data import (
     HUB_DATASETS,
     BPETokenizer,
     ByteTokenizer,
@@ -31,8 +31,8 @@ from ten.data import (
     save_tokenizer,
     write_token_file,
 )
-from ten.data import tokenizer as tokenizer_module
-from ten.data.pipeline import hub_char_budget
+from temporal_eigenstate_networks.data import tokenizer as tokenizer_module
+from temporal_eigenstate_networks.data.pipeline import hub_char_budget
 
 TRICKY = "Hark!  ünïcödé ✓ 漢字\n\n\tindented  \n'tis 12 34\x00 end \n"
 CORPUS = ("The quick brown fox jumps over the lazy dog. " * 40 + "\n") * 10 + TRICKY

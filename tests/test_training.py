@@ -15,15 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ten import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
-from ten.atomic import WriteError
-from ten.cli import main
-from ten.training import TrainArguments, Trainer
-from ten.training import checkpoint as checkpoint_module
-from ten.training import trainer as trainer_module
-from ten.training.optimizer import parameter_groups
-from ten.training.precision import cpu_supports_bf16, resolve_precision
-from ten.training.schedule import learning_rate_at
+from temporal_eigenstate_networks import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
+from temporal_eigenstate_networks.atomic import WriteError
+from temporal_eigenstate_networks.cli import main
+from temporal_eigenstate_networks.training import TrainArguments, Trainer
+from temporal_eigenstate_networks.training import checkpoint as checkpoint_module
+from temporal_eigenstate_networks.training import trainer as trainer_module
+from temporal_eigenstate_networks.training.optimizer import parameter_groups
+from temporal_eigenstate_networks.training.precision import cpu_supports_bf16, resolve_precision
+from temporal_eigenstate_networks.training.schedule import learning_rate_at
 
 TINY = ["--d_model", "32", "--n_layers", "1", "--num_eigenstates", "8", "--max_seq_len", "32", "--batch_size", "2",
         "--eval_batches", "1", "--sample_tokens", "0"]  # fmt: skip

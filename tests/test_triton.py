@@ -9,9 +9,9 @@ batch, an initial state or none, T and K that are not powers of two, B = 1, one 
 import pytest
 import torch
 
-import ten.ops as ops
-from ten import TemporalEigenstateConfig, TemporalEigenstateNetwork
-from ten.ops import scan, scan_sequential
+import temporal_eigenstate_networks.ops as ops
+from temporal_eigenstate_networks import TemporalEigenstateConfig, TemporalEigenstateNetwork
+from temporal_eigenstate_networks.ops import scan, scan_sequential
 
 from .conftest import relative_error
 from .test_ops import gradients, make_inputs, random_lam
@@ -94,7 +94,7 @@ def test_auto_takes_the_fused_kernel_on_a_gpu_only():
 
 
 def test_cpu_tensors_without_the_interpreter_are_a_clear_error(monkeypatch):
-    import ten.ops.triton as fused
+    import temporal_eigenstate_networks.ops.triton as fused
 
     monkeypatch.setattr(fused, "INTERPRETED", False)
     lam, beta, _ = make_inputs(1, 4, 4, True, torch.complex64, False)
@@ -113,7 +113,7 @@ def test_a_missing_triton_package_names_the_extra(monkeypatch):
 def test_one_pass_over_the_sequence_where_rows_fill_the_gpu(monkeypatch):
     import types
 
-    import ten.ops.triton as fused
+    import temporal_eigenstate_networks.ops.triton as fused
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(
         multi_processor_count=2))  # fmt: skip

@@ -44,7 +44,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_VARIANTS = list(VARIANTS)
 # The paper's ablation table, each against "full" (the run's settings, energy loss included); see
-# ten/experiments/spread.py for the paper's figures.
+# temporal_eigenstate_networks/experiments/spread.py for the paper's figures.
 # Each sets every part an ablation removes, so a flag given for all (--no_coupling) cannot silently change "full".
 FULL = {**PLAIN_TEN, "selective": True, "output_gate": True, "coupling": True, "real_eigenvalues": False,
         "fixed_basis": False}  # fmt: skip

@@ -9,7 +9,7 @@ from .model import TemporalEigenstateNetwork
 
 __version__ = "0.1.0"
 
-if find_spec("transformers") is not None:  # model_type "ten" for transformers' Auto classes (ten/hf)
+if find_spec("transformers") is not None:  # model_type "ten" for transformers' Auto classes (hf)
     from .hf import register_when_imported
 
     register_when_imported()

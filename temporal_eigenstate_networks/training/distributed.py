@@ -97,7 +97,7 @@ def environment_world_size() -> int:
     if world_size > 1 and missing:
         raise ValueError(
             f"WORLD_SIZE={world_size} is set without torchrun's {', '.join(missing)}: start a data-parallel run "
-            "with torchrun --nproc_per_node=N -m ten train ..., or unset WORLD_SIZE"
+            "with torchrun --nproc_per_node=N -m temporal_eigenstate_networks train ..., or unset WORLD_SIZE"
         )
     return world_size
 

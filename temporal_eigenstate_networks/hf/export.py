@@ -2,7 +2,7 @@
 
 It holds what every checkpoint holds (config.json, model.safetensors, the tokenizer's files) plus `auto_map`
 in config.json and two small modules that import ten's classes. They import, not copy: the folder needs
-`pip install ten` where it is loaded, and there is one network, ten's.
+this package (`temporal-eigenstate-networks`) where it is loaded, and there is one network, ten's.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from ..atomic import WriteError, write_failure
 from ..data import load_tokenizer, save_tokenizer
 from ..data.jsonfile import write_json
+from ..distribution import DISTRIBUTION, install_hint
 from ..lm import CONFIG_FILE, LanguageModel
 
 CODE_FILES = {
@@ -27,14 +28,19 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_ten.TenForCausalLM",
 }
 GENERATION_CONFIG_FILE = "generation_config.json"
+PACKAGE = __name__.split(".")[0]  # the import name, temporal_eigenstate_networks
 
 
 def _code(class_name: str) -> str:
     module = "configuration" if class_name == "TenConfig" else "modeling"
     return (
-        f'"""{class_name} for transformers\' trust_remote_code: the code is the installed `ten` package '
-        '(pip install ten), not a copy."""\n\n'
-        f"from ten.hf.{module} import {class_name}\n\n"
+        f'"""{class_name} for transformers\' trust_remote_code: the code is the installed package '
+        f'{DISTRIBUTION!r} (import name {PACKAGE}), not a copy."""\n\n'
+        "try:\n"
+        f"    from {PACKAGE}.hf.{module} import {class_name}\n"
+        "except ModuleNotFoundError as error:\n"
+        f'    raise ImportError("this model\'s code is the package {DISTRIBUTION!r}: "\n'
+        f'                      "{install_hint("hf")}") from error\n\n'
         f'__all__ = ["{class_name}"]\n'
     )
 

@@ -1,14 +1,14 @@
-"""lm-evaluation-harness on a model folder, with the local tasks shipped in ten/eval_tasks (no hub).
+"""lm-evaluation-harness on a model folder, with the local tasks shipped in eval_tasks/ (no hub).
 
-The folder is anything `transformers.AutoModelForCausalLM.from_pretrained` loads: `import ten` registers
+The folder is anything `transformers.AutoModelForCausalLM.from_pretrained` loads: importing this package registers
 the `ten` model type, so an exported ten model loads like any other. The same tasks run with the
 ordinary command:
 
     lm_eval --model hf --model_args pretrained=DIR --device cpu --tasks ten_shakespeare_ppl,ten_shakespeare_mc \\
-        --include_path "$(python -c 'from ten.hf.evaluate import task_dir; print(task_dir())')"
+        --include_path "$(python -c 'from temporal_eigenstate_networks.hf.evaluate import task_dir; print(task_dir())')"
 
-(there transformers must know the `ten` model type without `import ten`: the exported folder's bundled
-code with `--trust_remote_code`, or `ten` registered some other way.)
+(there transformers must know the `ten` model type without importing this package: the exported folder's
+bundled code with `--trust_remote_code`, or `ten` registered some other way.)
 
 lm-eval is an optional dependency (the `hf` extra), imported only when an evaluation runs.
 """
@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LM_EVAL_HINT = "pip install 'ten[hf]'"
+from ..distribution import install_hint
+from . import register_when_imported
+
+LM_EVAL_HINT = install_hint("hf")
 DEFAULT_TASKS = ("ten_shakespeare_ppl", "ten_shakespeare_mc")
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 # Result keys of lm-eval that are not metrics.
@@ -101,7 +104,7 @@ def load_harness_model(
     trust_remote_code: bool = False,
 ) -> Any:
     """lm-eval's HFLM over the folder, as a decoder-only (causal) model."""
-    import ten  # noqa: F401, PLC0415  registers the `ten` model type with transformers (Auto* classes)
+    register_when_imported()  # the `ten` model type for transformers' Auto classes
 
     import_lm_eval()
     from lm_eval.models.huggingface import HFLM  # noqa: PLC0415

@@ -3,12 +3,12 @@
     beta(t)  = W_in u(t)                                    K complex values
     lam_k(t) = |lam_k(t)| exp(i (w_k + dw_k(t)))
     (da, dw) = r tanh(W_sel u(t))                           selective only, else 0 (r: selective_range, 0.1)
-    c(t)     = lam(t) c(t-1) + beta(t)                      ten.ops.scan
+    c(t)     = lam(t) c(t-1) + beta(t)                      temporal_eigenstate_networks.ops.scan
     h(t)     = W_out [Re R c(t); Im R c(t)]                 R = I + eps M, block-diagonal
     y(t)     = sigmoid(W_g u(t) + b_g) * h(t)
 
 |lam| = MIN_DECAY + (1 - MIN_DECAY) sigmoid(min(a + da, 15)): the paper's sigmoid, lifted by the
-floor that keeps the chunked scan exact (ten/ops/common.py).  MIN_DECAY <= |lam| < 1 always.
+floor that keeps the chunked scan exact (temporal_eigenstate_networks/ops/common.py).  MIN_DECAY <= |lam| < 1 always.
 
 Initialisation: w_k = 2 pi k / K and R = I + 0.01 M as in the paper.  The paper's a_k ~ U(-3, 0)
 would cap |lam| at 0.5, a memory of two tokens; instead the timescales 1 / (1 - |lam_k|) start

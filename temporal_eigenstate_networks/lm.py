@@ -2,7 +2,7 @@
 streaming through an explicit state, generation, saving and loading.
 
 The models differ only in their sequence mixer (`make_mixer`): the eigenstate recurrence
-(ten/model.py) or causal attention (ten/baselines/transformer.py), so comparisons isolate it.
+(model.py) or causal attention (baselines/transformer.py), so comparisons isolate it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .sampling import check_sampling_args, sample_next_token
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ARCHITECTURES: dict[str, type[LanguageModel]] = {}  # filled by each subclass's `architecture`
-MODEL_TYPE = "ten"  # config.json's "model_type", by which transformers' AutoConfig finds ten's (ten/hf)
+MODEL_TYPE = "ten"  # config.json's "model_type", by which transformers' AutoConfig finds ten's (hf)
 
 
 def config_fields(architecture: str) -> set[str]:
@@ -345,7 +345,7 @@ class LanguageModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """config.json (with the architecture's name) and model.safetensors, each written atomically; with
-        transformers installed, the folder loads with `AutoModelForCausalLM.from_pretrained` (ten/hf)."""
+        transformers installed, the folder loads with `AutoModelForCausalLM.from_pretrained` (hf)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         values = {"model_type": MODEL_TYPE, "architecture": self.architecture, **self.config.to_dict()}

@@ -1,4 +1,4 @@
-"""The Temporal Eigenstate Network: the shared language model (ten/lm.py) with eigenstate mixers.
+"""The Temporal Eigenstate Network: the shared language model (lm.py) with eigenstate mixers.
 
 TEN or HTEN layers as the config says; the energy loss is normalised per eigenstate; the reports
 users print (summary, parameter groups, eigenstate analysis) live here.

@@ -30,7 +30,7 @@ PROVISIONAL_VOCAB = 256
 class ModelPlan:
     """Which network to build: an architecture of the registry and its validated config."""
 
-    architecture: str  # a key of ten.lm.ARCHITECTURES
+    architecture: str  # a key of temporal_eigenstate_networks.lm.ARCHITECTURES
     config: Any  # the architecture's config class
     from_checkpoint: bool  # True: the config (and vocabulary) of the checkpoint being resumed
 

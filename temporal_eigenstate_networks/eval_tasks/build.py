@@ -1,7 +1,7 @@
 """Rebuild the JSONL files of the local lm-evaluation-harness tasks from the Shakespeare validation split.
 
-    python -m ten.eval_tasks.build            # writes ten/eval_tasks/*.jsonl from the cached corpus
-    python -m ten.eval_tasks.build --check    # exit 1 if the committed files differ from what it would write
+    python -m temporal_eigenstate_networks.eval_tasks.build          # writes eval_tasks/*.jsonl from the cached corpus
+    python -m temporal_eigenstate_networks.eval_tasks.build --check  # exit 1 if the committed files differ
 
 The validation split is the last 10% of the corpus text, the part `ten train --dataset shakespeare` holds
 out (the corpus is ASCII, so for the byte tokenizer the character cut is exactly the token cut). Everything
@@ -176,7 +176,9 @@ def build(text: str) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ten.eval_tasks.build", description=__doc__.splitlines()[0], allow_abbrev=False
+        prog="python -m temporal_eigenstate_networks.eval_tasks.build",
+        description=__doc__.splitlines()[0],
+        allow_abbrev=False,
     )
     parser.add_argument("--output_dir", type=Path, default=TASK_DIR, help="default: the package's task folder")
     parser.add_argument("--corpus", type=Path, help="a text file instead of the built-in Shakespeare corpus")

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..atomic import atomic_open
+from ..distribution import install_hint
 from .corpus import load_shakespeare
 from .errors import DataError
 
@@ -125,7 +126,7 @@ def load_hub_text(name: str, max_chars: int | None = None, streaming: bool = Fal
     try:
         import datasets  # noqa: PLC0415  (optional extra)
     except ImportError:
-        raise DataError(f"dataset {name!r} needs the optional extra: pip install 'ten[hub]'") from None
+        raise DataError(f"dataset {name!r} needs the optional extra: {install_hint('hub')}") from None
     where = spec.path + (f" ({spec.config})" if spec.config else "")
     try:
         data = datasets.load_dataset(spec.path, spec.config, split="train", streaming=streaming)

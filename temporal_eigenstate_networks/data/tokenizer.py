@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_open
+from ..distribution import install_hint
 from .corpus import cache_dir, make_cache_folder
 from .errors import DataError
 from .jsonfile import read_json, write_json
@@ -33,7 +34,7 @@ HF_CONFIG_FILE = "tokenizer_config.json"
 HUB_SUBDIR = "hub_tokenizer"  # where hub tokenizers were saved before they moved to the top of the folder
 BPE_PREFIX = "bpe:"
 BPE_MIN_VOCAB = 257  # the 256 byte tokens plus at least one merge
-HUB_EXTRA_HINT = "pip install 'ten[hub]'"
+HUB_EXTRA_HINT = install_hint("hub")
 # BPE encodes in pieces of about this many characters (cut only where the cut cannot change the ids), so a
 # corpus of gigabytes never becomes one giant Encoding object and the pieces run on all cores.
 BPE_ENCODE_CHUNK_CHARS = 1 << 20
@@ -361,7 +362,8 @@ def model_tokenizer(directory: Path, vocab_size: int) -> Tokenizer:
         return ByteTokenizer()
     raise DataError(
         f"{directory} has no tokenizer ({META_FILE}) and a vocabulary of {vocab_size:,}, not the bytes' 256: save "
-        "the tokenizer the model was trained with beside it (ten.data.save_tokenizer(tokenizer, folder))"
+        "the tokenizer the model was trained with beside it "
+        "(temporal_eigenstate_networks.data.save_tokenizer(tokenizer, folder))"
     )
 
 

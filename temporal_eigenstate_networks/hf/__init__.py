@@ -1,9 +1,10 @@
-"""Hugging Face transformers for `ten` models: `AutoModelForCausalLM.from_pretrained(folder)` after `import ten`.
+"""Hugging Face transformers for `ten` models: `AutoModelForCausalLM.from_pretrained(folder)` after
+`import temporal_eigenstate_networks`.
 
-Optional (`pip install 'ten[hf]'`). After `import ten`, model_type "ten" is registered with AutoConfig and
+Optional (the `hf` extra). After that import, model_type "ten" is registered with AutoConfig and
 AutoModelForCausalLM as soon as transformers is imported (at once if it already is): importing transformers'
 model classes takes seconds, which no `ten` command that does not use them should pay. The classes live in
-`ten.hf.configuration` and `ten.hf.modeling`.
+`hf.configuration` and `hf.modeling`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from importlib.abc import Loader, MetaPathFinder
 from importlib.machinery import ModuleSpec, PathFinder
 from types import ModuleType
 
+from ..distribution import install_hint
+
 # generate passes the state as `cache` from 5.24 (earlier: past_key_values); pinned where it was tested.
 SUPPORTED_TRANSFORMERS = ((5, 24), (5, 25))  # [lowest, first unsupported)
-HF_EXTRA_HINT = "pip install 'ten[hf]'"
+HF_EXTRA_HINT = install_hint("hf")
 
 
 def transformers_problem() -> str | None:

@@ -11,6 +11,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
+from ..distribution import install_hint
 from .chunked import scan_chunked
 from .common import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_DECAY, is_time_invariant
 from .fft import scan_fft
@@ -18,9 +19,9 @@ from .sequential import scan_sequential
 
 
 def scan_triton(lam: Tensor, beta: Tensor, initial_state: Tensor | None = None) -> Tensor:
-    """The fused Triton backend (ten/ops/triton.py), imported on first use: triton is an optional extra."""
+    """The fused Triton backend (ops/triton.py), imported on first use: triton is an optional extra."""
     if not triton_available():
-        raise ValueError("scan backend 'triton' needs the triton package: pip install 'ten[gpu]'")
+        raise ValueError(f"scan backend 'triton' needs the triton package: {install_hint('gpu')}")
     from .triton import scan_triton as fused
 
     return fused(lam, beta, initial_state)
