@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..architectures import build_model
 from ..lm import LanguageModel
-from ..timing import build_model, machine_description, median_seconds
+from ..timing import machine_description, median_seconds
 
 MODELS = ("ten", "transformer")
 SLOW_S = 5.0  # a call slower than this is timed once (its warm-up): a 16k-token attention step would take minutes

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..architectures import build_model
 from ..atomic import atomic_write
 from ..lm import LanguageModel
-from ..timing import build_model
 from ..training.optimizer import build_optimizer
 from ..training.schedule import learning_rate_at
 from .tasks import TASKS, SyntheticError, SyntheticTask, accuracy

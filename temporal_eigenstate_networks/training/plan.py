@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..architectures import build_model, hten_label
 from ..config import PRESETS
 from ..lm import ARCHITECTURES, LanguageModel, config_fields, load_config
 from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
@@ -40,12 +41,11 @@ class ModelPlan:
             config = dataclasses.replace(config, vocab_size=tokenizer_vocab)
         if config.vocab_size < tokenizer_vocab:
             raise ValueError(f"the model's vocabulary ({config.vocab_size}) is smaller than the tokenizer's")
-        return ARCHITECTURES[self.architecture](config)
+        return build_model(self.architecture, config=config)
 
     def run_name(self, preset: str) -> str:
         """runs/<this>: the preset, -hten when the model is hierarchical, and the architecture if not TEN."""
-        hten = "-hten" if getattr(self.config, "use_hten", False) else ""
-        return preset + hten + ("" if self.architecture == "ten" else f"-{self.architecture}")
+        return preset + hten_label(self.config, "-") + ("" if self.architecture == "ten" else f"-{self.architecture}")
 
 
 @dataclass(frozen=True)
