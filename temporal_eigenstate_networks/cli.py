@@ -195,14 +195,15 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
 
 def cmd_train(args: argparse.Namespace, explicit: set[str]) -> None:
     from .training import Trainer
+    from .training.modes import benchmark, dry_run
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
     trainer = Trainer(TrainArguments.from_dict(values), explicit)  # cleans up after itself if it fails
     try:
         if args.dry_run:
-            trainer.dry_run()
+            dry_run(trainer)
         elif args.benchmark:
-            trainer.benchmark()
+            benchmark(trainer)
         else:
             trainer.train()
     except BaseException:

@@ -24,7 +24,6 @@ from ..atomic import WriteError, atomic_write, write_failure
 from ..data import DataError, TokenData, WindowSampler, load_token_data
 from ..device import resolve_device
 from ..lm import LanguageModel
-from ..timing import median_seconds, sync
 from .arguments import TrainArguments
 from .budget import TimeBudget
 from .checkpoint import (
@@ -315,40 +314,6 @@ class Trainer:
                 handle.write(json.dumps(values) + "\n")
         except OSError as err:
             raise WriteError(f"cannot write {self.output_dir / METRICS}: {write_failure(err)}") from err
-
-    # ------------------------------------------------------------------ modes
-
-    def dry_run(self) -> dict[str, float]:
-        """Summary, then the loss of a few real windows, without training."""
-        self.describe()
-        sampler = WindowSampler(self.data.train, self.plan.seq_len, self.args.dry_samples, seed=self.args.seed)
-        inputs, targets = (t.to(self.device) for t in sampler.batch(0))
-        with torch.no_grad(), self.precision.autocast():
-            out = self.model.compute_loss(inputs, targets, return_dict=True)
-        values = {k: float(v) for k, v in out.items()}
-        parts = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
-        aux = self.model.aux_loss_name
-        weighted = f" (loss = ce_loss + {self.model.aux_loss_weight:g} x {aux}, raw)" if aux else ""
-        self.log(f"dry run on {self.args.dry_samples} windows of {self.plan.seq_len} tokens: {parts}{weighted}")
-        return values
-
-    def benchmark(self, steps: int = 10, new_tokens: int = 64) -> dict[str, float]:
-        """Speed of this configuration on this device: training steps and per-token generation, nothing saved."""
-        self.describe()
-        self.train_step()  # compilation, allocator; median_seconds warms up once more
-        sync(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        step_s = median_seconds(self.train_step, self.device, steps)
-        prompt = torch.as_tensor(self.data.val[:64].astype("int64"), device=self.device).unsqueeze(0)
-        generate_s = median_seconds(lambda: self.model.generate(prompt, new_tokens, temperature=0), self.device, 3)
-        prefill_s = median_seconds(lambda: self.model.generate(prompt, 0, temperature=0), self.device, 3)
-        results = {"step_ms": 1e3 * step_s, "tokens_per_s": self.tokens_per_step / step_s,
-                   "generate_ms_per_token": 1e3 * (generate_s - prefill_s) / new_tokens}  # fmt: skip
-        if self.device.type == "cuda":
-            results["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        self.log("benchmark: " + "  ".join(f"{k} {v:,.2f}" for k, v in results.items()))
-        return results
 
     def train(self) -> RunResult:
         with self.stop:  # from here to the exit, a signal ends the run with a checkpoint
