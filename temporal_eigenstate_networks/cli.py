@@ -321,46 +321,16 @@ def float_list(text: str) -> list[float]:
 
 
 def cmd_synthetic(args: argparse.Namespace, explicit: set[str]) -> None:
-    from .device import resolve_device
-    from .synthetic import TASKS
-    from .synthetic.experiment import VARIANTS, Cell, check_cell, describe, run_grid
-    from .synthetic.report import write_report
+    import dataclasses
 
-    task = TASKS[args.task]
-    settings = task.paper if args.paper else task.cpu
-    variants = [v.strip() for v in args.variants.split(",")]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise UserError(f"unknown variant {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    options = dict(settings.options)
-    for name in ("vocab_size", "num_kv_pairs", "num_tokens"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    sizes = {name: getattr(args, name) for name in ("num_eigenstates", "num_heads", "selective_range", "n_layers")
-             if getattr(args, name) is not None}  # fmt: skip
-    if args.mlp:
-        sizes["mlp_hidden"] = None  # the library's default width instead of none
-    train_lengths = args.lengths or [settings.train_seq_len]
-    if args.task == "mqar" and args.lengths and args.num_kv_pairs is None:
-        options["num_kv_pairs"] = None  # Zoology's number of pairs for each length
-    cells = [
-        Cell(task=args.task, variant=variant, d_model=d_model, train_seq_len=length,
-             test_seq_lens=tuple(args.test_lengths or ([length] if args.lengths else settings.test_seq_lens)),
-             learning_rate=rate, options=options, sizes=sizes, steps=args.steps, batch_size=args.batch_size,
-             test_examples=args.test_examples,
-             seed=args.seed)
-        for length in train_lengths for d_model in args.d_models for variant in variants
-        for rate in args.learning_rates
-    ]  # fmt: skip
-    for cell in cells:
-        check_cell(cell)  # every setting before any training: a bad one fails at once
+    from .device import resolve_device
+    from .experiments.synthetic import GridSettings, plan_grid, run_synthetic
+
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(GridSettings)}
+    grid = plan_grid(GridSettings(**{**values, "variants": [v.strip() for v in args.variants.split(",")]}))
     device = resolve_device(args.device)
     output = Path(args.output_dir or f"runs/synthetic-{args.task}")
-    output.mkdir(parents=True, exist_ok=True)
-    print(describe(task, args.paper))
-    print(f"{len(cells)} models, {args.steps} steps of {args.batch_size} sequences each -> {output}")
-    results = run_grid(cells, device, output, log=lambda line: print(line, flush=True))
-    table = write_report(results, output, describe(task, args.paper))
+    table = run_synthetic(grid, device, output, log=lambda line: print(line, flush=True))
     print("\n" + table + f"\nwritten: {output}/results.md, results.json, accuracy.png")
 
 
