@@ -335,75 +335,26 @@ def cmd_synthetic(args: argparse.Namespace, explicit: set[str]) -> None:
 
 
 def cmd_positions(args: argparse.Namespace, explicit: set[str]) -> None:
-    import json
-
-    from .atomic import atomic_write
-    from .data import load_token_data
     from .device import resolve_device
-    from .experiments.positions import PositionLoss, loss_by_position, markdown, plot, validation_windows
-    from .training import find_checkpoint, load_model
+    from .experiments.positions import run_positions
 
     device = resolve_device(args.device)
-    data = load_token_data(args.dataset, args.tokenizer)
-    windows = validation_windows(data.val, args.length, args.sequences)
-    results = []
-    for target in args.checkpoint:
-        checkpoint = find_checkpoint(Path(target))
-        model = load_model(checkpoint, device)
-        if model.config.vocab_size != data.tokenizer.vocab_size:
-            raise UserError(f"{checkpoint} has {model.config.vocab_size} tokens, --tokenizer {args.tokenizer} "
-                            f"{data.tokenizer.vocab_size}")  # fmt: skip
-        name = f"{model.architecture}{'/hten' if getattr(model.config, 'use_hten', False) else ''}"
-        name += f" ({Path(target).name})"
-        loss = loss_by_position(model, windows, args.batch_size)
-        results.append(PositionLoss(name, model.config.max_seq_len, loss))
-        print(f"{name}: mean loss {sum(loss) / len(loss):.4f} over {len(windows)} windows of {args.length:,}")
     output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    shortest = min(r.train_length for r in results)
-    marks = sorted({min(shortest * 2**i, args.length) for i in range(20)})
-    table = markdown(results, marks)
-    title = f"{data.description.split(':')[0]}: validation loss by position ({len(windows)} windows of {args.length:,})"
-    text = json.dumps([vars(r) for r in results]) + "\n"
-    atomic_write(output / "positions.json", lambda p: p.write_text(text))
-    atomic_write(output / "positions.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
-    plot(results, output / "positions.png", title)
+    table = run_positions(args.checkpoint, args.dataset, args.tokenizer, args.length, args.sequences, args.batch_size,
+                          device, output, log=print)  # fmt: skip
     print("\n" + table + f"\nwritten: {output}/positions.md, positions.json, positions.png")
 
 
 def cmd_analyze(args: argparse.Namespace, explicit: set[str]) -> None:
-    import json
-    from dataclasses import asdict
-
-    from .atomic import atomic_write
-    from .data import load_token_data
     from .device import resolve_device
-    from .experiments.analyze import analyze, markdown, plot
-    from .experiments.positions import validation_windows
-    from .training import find_checkpoint, load_model
+    from .experiments.analyze import run_analysis
 
     output = Path(args.output_dir)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output_dir {output} is a file")
     device = resolve_device(args.device)
-    checkpoint = find_checkpoint(Path(args.checkpoint))
-    model = load_model(checkpoint, device)
-    if model.architecture != "ten":
-        raise UserError(f"{checkpoint} is a {model.architecture} model: only TEN has eigenstates to analyze")
-    data = load_token_data(args.dataset, args.tokenizer)
-    if model.config.vocab_size != data.tokenizer.vocab_size:
-        raise UserError(f"{checkpoint} has {model.config.vocab_size} tokens, --tokenizer {args.tokenizer} "
-                        f"{data.tokenizer.vocab_size}")  # fmt: skip
-    length = args.length or 4 * model.config.max_seq_len
-    windows = validation_windows(data.val, length, args.sequences)[:, :-1].to(device)
-    reports = analyze(model, windows)
-    output.mkdir(parents=True, exist_ok=True)
-    table = markdown(reports)
-    title = f"{checkpoint}: eigenstates over {len(windows)} validation windows of {length:,} tokens"
-    text = json.dumps({"checkpoint": str(checkpoint), "length": length, "cores": [asdict(r) for r in reports]})
-    atomic_write(output / "analysis.json", lambda p: p.write_text(text + "\n"))
-    atomic_write(output / "analysis.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
-    pictures = plot(reports, output)
+    title, table, pictures = run_analysis(Path(args.checkpoint), args.dataset, args.tokenizer, args.length,
+                                          args.sequences, device, output)  # fmt: skip
     print(f"{title}\n\n{table}\n\nwritten: {output}/analysis.md, analysis.json, {', '.join(pictures)}")
 
 
