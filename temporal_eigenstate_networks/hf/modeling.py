@@ -166,7 +166,8 @@ class TenForCausalLM(TenPreTrainedModel, GenerationMixin):
 
 
 # Checkpoints keep the network's own keys (what `LanguageModel.from_pretrained` reads): "network." is added to
-# each key when transformers loads one and removed when it saves, for models loaded or built alike.
+# each key when transformers loads one and removed when it saves, for models loaded or built alike. Registered by
+# model_type, which also covers the exported folders' trust_remote_code classes (they import this one).
 register_checkpoint_conversion_mapping(
-    TenForCausalLM.__name__, [WeightRenaming(r"^(?!network\.)(.+)", r"network.\1")], overwrite=True
+    TenConfig.model_type, [WeightRenaming(r"^(?!network\.)(.+)", r"network.\1")], overwrite=True
 )
