@@ -80,7 +80,7 @@ def test_a_growing_kv_cache_is_never_compiled():
     from temporal_eigenstate_networks import TransformerConfig, TransformerLM
 
     model = TransformerLM(TransformerConfig(vocab_size=64, d_model=32, n_layers=1, max_seq_len=16))
-    assert model.decode_step(compiled=True) == model._step and model._compiled_step is None
+    assert model.decode_step(compiled=True) == model.step and model._compiled_step is None
 
 
 def test_a_step_that_fails_to_compile_decodes_eagerly(monkeypatch):

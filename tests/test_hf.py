@@ -82,6 +82,21 @@ def test_save_pretrained_round_trips_through_ten_and_transformers(hf_model, tmp_
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "hf").to_ten(), TemporalEigenstateConfig)
 
 
+def test_a_model_built_from_its_config_holds_the_network_and_saves_what_ten_loads(tmp_path):
+    from safetensors import safe_open
+
+    from temporal_eigenstate_networks.hf.configuration import TenConfig
+
+    model = TenForCausalLM(TenConfig.from_ten(tiny_config(True)))
+    assert isinstance(model.network, TemporalEigenstateNetwork) and "network.embedding.weight" in model.state_dict()
+    model.save_pretrained(tmp_path / "hf")
+    with safe_open(tmp_path / "hf" / "model.safetensors", framework="pt") as weights:
+        assert set(weights.keys()) == set(model.network.state_dict())  # the network's own keys, as ten saves them
+    again = TemporalEigenstateNetwork.from_pretrained(tmp_path / "hf")
+    for (name, a), (_, b) in zip(model.network.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_the_tokenizer_of_a_checkpoint_loads_with_auto_tokenizer(saved):
     folder, _ = saved
     tokenizer = AutoTokenizer.from_pretrained(folder)
