@@ -352,7 +352,7 @@ class LanguageModel(nn.Module):
 
     def _compiled_or_eager_step(self, token: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
         """The compiled step; where compiling fails (a backend missing on this machine), the eager one."""
-        if self._compiled_step is not self.step:
+        if self._compiled_step != self.step:  # a bound method: a new object each time, equal when the same
             try:
                 # One graph for every step: each mixer's state in its decoding form, and row-major strides
                 # (the graph is specialised on strides; a prefill's last-step slice of batch 1 keeps the prompt's).
