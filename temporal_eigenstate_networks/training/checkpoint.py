@@ -28,8 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..atomic import WriteError, write_failure
-from ..config import field_type_problem
 from ..data import save_tokenizer
+from ..jsontypes import field_type_problem
 from ..lm import CONFIG_FILE, WEIGHTS_FILE, LanguageModel
 from .arguments import TrainArguments
 from .run_dirs import CHECKPOINTS
