@@ -200,7 +200,7 @@ def test_a_save_killed_at_any_point_leaves_a_checkpoint_that_resume_finds(corpus
         return call
 
     monkeypatch.setattr(Path, "rename", kill_point(Path.rename))
-    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", kill_point(shutil.rmtree))
+    monkeypatch.setattr(shutil, "rmtree", kill_point(shutil.rmtree))
     with pytest.raises(Killed):
         trainer.save("final")
     monkeypatch.undo()

@@ -7,17 +7,14 @@
         trainer_state.json                  step, tokens, best loss, arguments, optimiser hyperparameters
         tokenizer_meta.json, ...            the tokenizer, so `ten generate` needs nothing else
 
-A checkpoint is written into a hidden temporary folder (.tmp-NAME-PID) and renamed into place, the
-older one set aside (.old-NAME-PID) meanwhile, so a crash or a full disk leaves either the previous
-checkpoint or the new one; the next --resume puts back or removes what a killed save left behind.
+A checkpoint is written whole or not at all (atomic_folder), so a crash or a full disk leaves either the
+previous checkpoint or the new one; the next --resume puts back or removes what a killed save left behind.
 A checkpoint is only written from weights that give a finite loss. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import WriteError, write_failure
+from ..atomic import WriteError, atomic_folder, recover_interrupted_swaps, set_aside_folders, write_failure
 from ..data import save_tokenizer
 from ..jsontypes import field_type_problem
 from ..lm import CONFIG_FILE, WEIGHTS_FILE, LanguageModel
@@ -41,7 +38,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE)
 BEST, FINAL = "best", "final"
-LEFTOVER = re.compile(r"\.(tmp|old)-(.+)-\d+")  # what a save killed half-way leaves: see _replace_folder
 
 
 class CheckpointError(ValueError):
@@ -95,80 +91,35 @@ def save_checkpoint(
     A failed write leaves no trace of the new checkpoint and raises WriteError.
     """
     path = Path(path)
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp)
-        tensors, optimizer_meta = _split_optimizer_state(optimizer.state_dict())
-        save_file(tensors, str(tmp / OPTIMIZER_FILE))
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, str(tmp / RNG_FILE))
-        save_tokenizer(tokenizer, tmp)
-        state = {"format": FORMAT, "version": FORMAT_VERSION, **trainer_state.__dict__, "optimizer": optimizer_meta}
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")  # written last: marks it complete
-        _fsync_folder(tmp)
-        _replace_folder(tmp, path)
+        with atomic_folder(path) as folder:
+            _write_files(folder, model, optimizer, trainer_state, tokenizer)
     except (OSError, SafetensorError) as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise WriteError(f"cannot write checkpoint {path.name} in {path.parent}: {write_failure(err)}") from err
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
-def _replace_folder(new: Path, path: Path) -> None:
-    """Move `new` to `path`; an older `path` is set aside first and put back if the move fails.
-
-    A kill between the two renames leaves `.old-NAME-PID` without NAME: recover_interrupted_saves puts it back.
-    """
-    old = path.parent / f".old-{path.name}-{os.getpid()}"
-    if path.exists():
-        path.rename(old)
-    try:
-        new.rename(path)
-    except BaseException:  # a failed move or a second Ctrl-C: the older checkpoint goes back
-        if old.exists() and not path.exists():
-            old.rename(path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _write_files(
+    folder: Path, model: LanguageModel, optimizer: torch.optim.Optimizer, trainer_state: TrainerState, tokenizer: Any
+) -> None:
+    model.save_pretrained(folder)
+    tensors, optimizer_meta = _split_optimizer_state(optimizer.state_dict())
+    save_file(tensors, str(folder / OPTIMIZER_FILE))
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, str(folder / RNG_FILE))
+    save_tokenizer(tokenizer, folder)
+    state = {"format": FORMAT, "version": FORMAT_VERSION, **trainer_state.__dict__, "optimizer": optimizer_meta}
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")  # written last: marks it complete
 
 
 def recover_interrupted_saves(folder: Path) -> str | None:
-    """Put back or remove what saves killed half-way left in a run's checkpoints/ folder; say what was done.
-
-    `.old-NAME-PID` without NAME is the last complete NAME (killed between the two renames): it goes back.
-    Any other `.tmp-*` (a new checkpoint never moved in) or `.old-*` (one already replaced) is removed.
-    """
+    """Put back or remove what saves killed half-way left in a run's checkpoints/ folder; say what was done."""
     folder = Path(folder)
     if folder.name != CHECKPOINTS or not folder.is_dir():
         return None  # only a run's checkpoints/ folder holds saves of ours
-    restored, removed = [], []
-    for path in sorted(folder.iterdir()):  # .old-* before .tmp-*
-        match = LEFTOVER.fullmatch(path.name)
-        if match is None or not path.is_dir():
-            continue
-        target = folder / match.group(2)
-        if match.group(1) == "old" and not target.exists():
-            path.rename(target)
-            restored.append(f"{target.name} (from {path.name})")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
-    if not restored and not removed:
-        return None
-    done = [f"put back {', '.join(restored)}"] if restored else []
-    done += [f"removed {', '.join(removed)}"] if removed else []
-    return f"{folder}: a save was interrupted; {'; '.join(done)}"
-
-
-def _fsync_folder(folder: Path) -> None:
-    for file in folder.iterdir():
-        with file.open("rb") as handle:
-            os.fsync(handle.fileno())
+    return recover_interrupted_swaps(folder)
 
 
 # ---------------------------------------------------------------- reading
@@ -351,8 +302,7 @@ def find_checkpoint(target: Path) -> Path:
     if (target / CONFIG_FILE).is_file():
         return target
     folder = target / CHECKPOINTS if (target / CHECKPOINTS).is_dir() else target
-    set_aside = [m.group(2) for p in (folder.iterdir() if folder.is_dir() else ())
-                 if (m := LEFTOVER.fullmatch(p.name)) and m.group(1) == "old" and not (folder / m.group(2)).exists()]
+    set_aside = set_aside_folders(folder)
     if set_aside:  # the latest would be an older one: say so rather than pick it silently
         raise CheckpointError(f"{folder}: a save of {set_aside[0]} was interrupted and left it set aside; "
                               f"ten train --resume {target} puts it back")  # fmt: skip
