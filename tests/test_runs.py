@@ -19,11 +19,12 @@ from safetensors.torch import load_file
 from temporal_eigenstate_networks.atomic import WriteError, write_failure
 from temporal_eigenstate_networks.cli import main
 from temporal_eigenstate_networks.experiments.compare import variant_arguments
-from temporal_eigenstate_networks.training import TrainArguments, Trainer, find_checkpoint, resolve_run
+from temporal_eigenstate_networks.runs.folders import claim_run_dir
+from temporal_eigenstate_networks.runs.lookup import find_checkpoint
+from temporal_eigenstate_networks.training import TrainArguments, Trainer, resolve_run
 from temporal_eigenstate_networks.training import checkpoint as checkpoint_module
 from temporal_eigenstate_networks.training import trainer as trainer_module
 from temporal_eigenstate_networks.training.budget import TimeBudget
-from temporal_eigenstate_networks.training.run_dirs import claim_run_dir
 
 from .test_training import TINY, records, run_cli, tiny_arguments
 

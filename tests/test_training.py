@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from temporal_eigenstate_networks import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
 from temporal_eigenstate_networks.atomic import WriteError
 from temporal_eigenstate_networks.cli import main
+from temporal_eigenstate_networks.runs.checkpoint import load_model
 from temporal_eigenstate_networks.training import TrainArguments, Trainer
 from temporal_eigenstate_networks.training import checkpoint as checkpoint_module
 from temporal_eigenstate_networks.training import trainer as trainer_module
@@ -243,7 +244,7 @@ def test_after_a_divergence_the_checkpoints_work_and_the_advice_is_accepted(corp
     saved = sorted((output / "checkpoints").iterdir())
     assert saved and f"the last good checkpoint is {saved[-1]}" in last
     for checkpoint in saved:  # each gives a finite loss: resuming from it does not diverge at once
-        model = checkpoint_module.load_model(checkpoint)
+        model = load_model(checkpoint)
         inputs = torch.randint(0, 256, (2, 32))
         with torch.no_grad():
             assert math.isfinite(float(model.compute_loss(inputs, inputs.roll(-1, 1))))
