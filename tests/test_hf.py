@@ -318,3 +318,16 @@ def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing_behind(saved_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no export, no staging folder
+
+
+def test_an_export_first_puts_back_or_removes_what_a_killed_export_of_its_folder_left(saved_ten, tmp_path, capsys):
+    folder, _ = saved_ten
+    out = tmp_path / "out"
+    assert main(["export", "--checkpoint", str(folder), "--hf", str(out)]) == 0
+    out.rename(tmp_path / ".old-out-99999")  # killed between the renames: the older export is set aside
+    (tmp_path / ".tmp-out-99998").mkdir()  # and a new one never moved in
+    (tmp_path / ".tmp-other-99999").mkdir()  # another folder's: let be
+    assert "is not empty" in one_line_error(capsys, ["export", "--checkpoint", str(folder), "--hf", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other-99999", "checkpoint", "out"]
+    assert main(["export", "--checkpoint", str(folder), "--hf", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other-99999", "checkpoint", "out"]

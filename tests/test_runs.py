@@ -9,6 +9,8 @@ import hashlib
 import multiprocessing
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -398,3 +400,12 @@ def test_generate_never_picks_an_older_checkpoint_past_one_a_save_set_aside(corp
     assert code == 2 and "a save of final was interrupted" in err and err.count("\n") == 1
     assert run_cli(["train", "--resume", str(output), "--max_steps", "2"], capsys)[0] == 0  # resume puts it back
     assert (checkpoints / "final").is_dir() and not (checkpoints / ".old-final-4242").exists()
+
+
+def test_finding_and_loading_a_checkpoint_does_not_import_training():
+    """generate, positions, analyze, export and eval load a model without the training package."""
+    package = "temporal_eigenstate_networks"
+    code = (f"import sys, {package}.runs.lookup, {package}.runs.checkpoint; "
+            f"print(sorted(m for m in sys.modules if m.startswith('{package}.training')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
