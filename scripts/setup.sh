@@ -7,9 +7,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # triton (the fused GPU kernel, tested here through its interpreter) has Linux wheels only.
-# The distribution is checked by name: the folder alone would import from here without being installed.
-if ! .venv/bin/python -c "import sys, importlib.metadata as m, pytest, ruff, tokenizers, transformers, lm_eval, accelerate
-m.version('temporal-eigenstate-networks'); sys.platform != 'linux' or __import__('triton')" 2>/dev/null; then
+# -I: the installed package, not this folder (which would import from here without being installed).
+if ! .venv/bin/python -I -c "import sys, temporal_eigenstate_networks, pytest, ruff, tokenizers, transformers, lm_eval
+import accelerate; sys.platform != 'linux' or __import__('triton')" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch first and pinned: 2.13.0 is the build this project is tested with.
     .venv/bin/python -m pip install --quiet "torch==2.13.0"

@@ -1,18 +1,26 @@
-"""Atomic file writes: a file is either the old one or the complete new one, never half written.
+"""Atomic writes: a file, or a folder of files, is either the old one or the complete new one, never half written.
 
-Write to a temporary name in the same folder (so the final rename is atomic on POSIX and Windows),
-flush it to disk, then rename it over the target. On any error the temporary file is removed.
+A file is written to a temporary name in the same folder (so the final rename is atomic on POSIX and Windows),
+flushed to disk, then renamed over the target. On any error the temporary file is removed.
+
+A folder (a checkpoint, an export) is written into a hidden `.tmp-NAME-PID` beside it and renamed into place,
+the older NAME set aside as `.old-NAME-PID` meanwhile, so a crash or a full disk leaves either the previous
+folder or the new one; recover_interrupted_swaps puts back or removes what a killed swap left behind.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+LEFTOVER = re.compile(r"\.(tmp|old)-(.+)-\d+")  # what a folder swap killed half-way leaves: see replace_folder
 
 
 class WriteError(RuntimeError):
@@ -67,3 +75,88 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(temporary_path), then move the result to `path`."""
     with atomic_path(path) as tmp:
         write(tmp)
+
+
+# ---------------------------------------------------------------- folders
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield an empty hidden folder to fill; on success its files are flushed to disk and it replaces `path`.
+
+    On any error the new folder is removed and an older `path` stays as it was.
+    """
+    path = Path(path)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        _fsync_folder(tmp)
+        replace_folder(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_folder(new: Path, path: Path) -> None:
+    """Move `new` to `path`; an older `path` is set aside first and put back if the move fails.
+
+    A kill between the two renames leaves `.old-NAME-PID` without NAME: recover_interrupted_swaps puts it back.
+    """
+    old = path.parent / f".old-{path.name}-{os.getpid()}"
+    if path.exists():
+        path.rename(old)
+    try:
+        new.rename(path)
+    except BaseException:  # a failed move or a second Ctrl-C: the older folder goes back
+        if old.exists() and not path.exists():
+            old.rename(path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    for file in folder.iterdir():
+        with file.open("rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def set_aside_folders(folder: Path) -> list[str]:
+    """The names of `folder` that a killed swap set aside (`.old-NAME-PID` without NAME), so missing now."""
+    return [target.name for path, kind, target in _leftovers(folder) if kind == "old" and not target.exists()]
+
+
+def recover_interrupted_swaps(folder: Path, name: str | None = None) -> str | None:
+    """Put back or remove what folder swaps killed half-way left in `folder` (only those of `name` when given);
+    say what was done, or None when nothing was left.
+
+    `.old-NAME-PID` without NAME is the last complete NAME (killed between the two renames): it goes back.
+    Any other `.tmp-*` (a new folder never moved in) or `.old-*` (one already replaced) is removed.
+    """
+    restored, removed = [], []
+    for path, kind, target in _leftovers(folder):
+        if name is not None and target.name != name:
+            continue
+        if kind == "old" and not target.exists():
+            path.rename(target)
+            restored.append(f"{target.name} (from {path.name})")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    if not restored and not removed:
+        return None
+    done = [f"put back {', '.join(restored)}"] if restored else []
+    done += [f"removed {', '.join(removed)}"] if removed else []
+    return f"{folder}: a save was interrupted; {'; '.join(done)}"
+
+
+def _leftovers(folder: Path) -> list[tuple[Path, str, Path]]:
+    """(leftover, "tmp" or "old", the folder it was written for) in `folder`, .old-* before .tmp-*."""
+    folder = Path(folder)
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        match = LEFTOVER.fullmatch(path.name)
+        if match is not None and path.is_dir():
+            found.append((path, match.group(1), folder / match.group(2)))
+    return found

@@ -220,7 +220,8 @@ def cmd_generate(args: argparse.Namespace, explicit: set[str]) -> None:
 
     from .data import model_tokenizer
     from .device import resolve_device
-    from .training import find_checkpoint, load_model
+    from .runs.checkpoint import load_model
+    from .runs.lookup import find_checkpoint
 
     checkpoint = find_checkpoint(Path(args.checkpoint))
     device = resolve_device(args.device)
@@ -237,7 +238,7 @@ def cmd_generate(args: argparse.Namespace, explicit: set[str]) -> None:
 
 def cmd_export(args: argparse.Namespace, explicit: set[str]) -> None:
     from .hf import transformers_problem
-    from .training import find_checkpoint
+    from .runs.lookup import find_checkpoint
 
     if problem := transformers_problem():
         raise UserError(problem)
@@ -287,7 +288,7 @@ def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
 def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
     from .device import resolve_device
     from .experiments.bench import BenchSettings, growth, markdown, parse_lengths, run_bench, write_outputs
-    from .training.run_dirs import check_writable
+    from .runs.folders import check_writable
 
     device = str(resolve_device(args.device))
     output = Path(args.output_dir)
@@ -364,7 +365,7 @@ def cmd_eval(args: argparse.Namespace, explicit: set[str]) -> None:
     from .atomic import WriteError, atomic_open, write_failure
     from .device import resolve_device
     from .hf import evaluate as harness
-    from .training import find_checkpoint
+    from .runs.lookup import find_checkpoint
 
     tasks = harness.parse_tasks(args.tasks)  # before anything slow: a misspelt task fails at once
     checkpoint = find_checkpoint(Path(args.checkpoint))

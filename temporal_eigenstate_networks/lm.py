@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,22 @@ class RecurrentState:
     """
 
     layers: list[Any] = field(default_factory=list)
+
+
+class LMOutput(NamedTuple):
+    """What one pass (`LanguageModel.run`) gives."""
+
+    logits: Tensor  # (B, T, vocab)
+    state: RecurrentState  # after these positions: pass it to the next call to continue
+    aux_loss: Tensor | None  # the mixers' raw aux loss (see aux_loss_from); None if no mixer has one
+
+
+class LossTerms(NamedTuple):
+    """`LanguageModel.loss`: the loss and its parts."""
+
+    loss: Tensor  # ce_loss + aux_loss_weight * aux_loss (ce_loss itself where there is no aux loss)
+    ce_loss: Tensor
+    aux_loss: Tensor | None
 
 
 def with_standard_strides(tensor: Tensor) -> Tensor:
@@ -195,8 +211,10 @@ class LanguageModel(nn.Module):
                     f"layer {i}: {problem}"
                 )
 
-    def _run(self, ids: Tensor, state: RecurrentState | None) -> tuple[Tensor, RecurrentState, Tensor | None]:
-        """Logits, the new state, and the raw aux loss (see aux_loss_from; None if no mixer has one)."""
+    def run(self, ids: Tensor, state: RecurrentState | None = None) -> LMOutput:
+        """The one pass every caller makes (forward, compute_loss, generation, transformers' model): ids (B, T)
+        from ``state`` (None: from the start). Nothing is checked here; the entry points check their input once
+        (check_token_ids, check_state), so no decoding step pays for it."""
         x = self.dropout(self.embedding(ids.long()))
         new_state, layer_losses = RecurrentState(), []
         for i, block in enumerate(self.blocks):
@@ -209,7 +227,7 @@ class LanguageModel(nn.Module):
             if layer_loss is not None:
                 layer_losses.append(layer_loss)
         logits = F.linear(self.final_norm(x), self.embedding.weight)  # head tied to the embedding
-        return logits, new_state, self.aux_loss_from(layer_losses) if layer_losses else None
+        return LMOutput(logits, new_state, self.aux_loss_from(layer_losses) if layer_losses else None)
 
     def forward(
         self, ids: Tensor, state: RecurrentState | None = None, return_state: bool = False
@@ -218,38 +236,47 @@ class LanguageModel(nn.Module):
         self.check_token_ids(ids)
         if state is not None:
             self.check_state(state, ids.shape[0])
-        logits, new_state, _ = self._run(ids, state)
-        return (logits, new_state) if return_state else logits
+        out = self.run(ids, state)
+        return (out.logits, out.state) if return_state else out.logits
+
+    def loss(self, logits: Tensor, targets: Tensor, aux_loss: Tensor | None = None) -> LossTerms:
+        """The one loss, compute_loss's and transformers' (hf): the mean cross-entropy over the counted targets
+        (-100 is ignored; 0 where none is counted, not the NaN of a mean over nothing) plus aux_loss_weight *
+        ``aux_loss``. ``logits`` (B, T, vocab) and ``targets`` (B, T) align position by position."""
+        targets = targets.flatten().long()
+        ce_sum = F.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=-100, reduction="sum")
+        ce_loss = ce_sum / (targets != -100).sum().clamp(min=1)
+        loss = ce_loss if aux_loss is None else ce_loss + self.aux_loss_weight * aux_loss
+        return LossTerms(loss, ce_loss, aux_loss)
 
     def compute_loss(self, inputs: Tensor, targets: Tensor, return_dict: bool = False) -> Tensor | dict[str, Tensor]:
-        """loss = ce_loss + aux_loss_weight * aux loss; targets of -100 are ignored.
+        """`loss` of predicting ``targets`` (-100: ignored) from ``inputs``.
 
         The dict holds loss and ce_loss, and the raw aux loss under ``aux_loss_name`` if the mixers
         have one (without, loss is ce_loss). Where every target is -100 there is nothing to predict:
-        ce_loss is 0 (not the NaN of a mean over nothing), with a warning where counting costs no wait for
-        a GPU (as check_token_ids' range check: on the CPU, outside torch.compile).
+        ce_loss is 0, with a warning where counting costs no wait for a GPU (as check_token_ids' range
+        check: on the CPU, outside torch.compile).
         """
         self.check_token_ids(inputs)
         if targets.shape != inputs.shape:
             raise ValueError(f"targets {tuple(targets.shape)} must match inputs {tuple(inputs.shape)}")
         if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
             raise TypeError(f"targets must be an integer tensor, got {targets.dtype}")
+        if targets.device.type == "cpu" and not torch.compiler.is_compiling():
+            self.check_targets(targets)
+        out = self.run(inputs)
+        terms = self.loss(out.logits, targets, out.aux_loss)
+        if not return_dict:
+            return terms.loss
+        losses = {"loss": terms.loss, "ce_loss": terms.ce_loss}
+        if terms.aux_loss is not None:
+            losses[self.aux_loss_name or "aux_loss"] = terms.aux_loss
+        return losses
+
+    def check_targets(self, targets: Tensor) -> None:
+        """Targets are token ids or -100 (ignored); warn where none is counted."""
         targets = targets.flatten().long()
         counted = targets != -100
-        if targets.device.type == "cpu" and not torch.compiler.is_compiling():
-            self.check_targets(targets, counted)
-        logits, _, aux_loss = self._run(inputs, None)
-        ce_sum = F.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=-100, reduction="sum")
-        ce_loss = ce_sum / counted.sum().clamp(min=1)  # the mean over counted targets; 0 if there are none
-        if aux_loss is None:
-            return {"loss": ce_loss, "ce_loss": ce_loss} if return_dict else ce_loss
-        loss = ce_loss + self.aux_loss_weight * aux_loss
-        if not return_dict:
-            return loss
-        return {"loss": loss, "ce_loss": ce_loss, self.aux_loss_name or "aux_loss": aux_loss}
-
-    def check_targets(self, targets: Tensor, counted: Tensor) -> None:
-        """Targets are token ids or -100 (ignored); warn where none is counted."""
         outside = counted & ((targets < 0) | (targets >= self.config.vocab_size))
         if bool(outside.any()):
             bad = int(targets[outside][0])
@@ -290,7 +317,7 @@ class LanguageModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            logits, state, _ = self._run(ids, None)
+            logits, state, _ = self.run(ids)
             step = self.decode_step(ids.device.type == "cuda" if compile_step is None else compile_step)
             new_tokens = []
             for _ in range(max_new_tokens):
@@ -311,19 +338,21 @@ class LanguageModel(nn.Module):
         """
         fixed_size = self.state_bytes(1) == self.state_bytes(2)
         if not (compiled and fixed_size):
-            return self._step
+            return self.step
         if self._compiled_step is None:
             mode = "reduce-overhead" if next(self.parameters()).is_cuda else None
-            self._compiled_step = torch.compile(self._step, mode=mode, dynamic=False)
+            self._compiled_step = torch.compile(self.step, mode=mode, dynamic=False)
         return self._compiled_or_eager_step
 
-    def _step(self, token: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
-        logits, state, _ = self._run(token, state)
+    def step(self, token: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
+        """One decoding step, eager: token (B, 1) through ``state``, (logits (B, 1, vocab), new state); unchecked
+        as `run` (generate checks its input once). `decode_step` gives the compiled form."""
+        logits, state, _ = self.run(token, state)
         return logits, state
 
     def _compiled_or_eager_step(self, token: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
         """The compiled step; where compiling fails (a backend missing on this machine), the eager one."""
-        if self._compiled_step is not self._step:
+        if self._compiled_step != self.step:  # a bound method: a new object each time, equal when the same
             try:
                 # One graph for every step: each mixer's state in its decoding form, and row-major strides
                 # (the graph is specialised on strides; a prefill's last-step slice of batch 1 keeps the prompt's).
@@ -338,8 +367,8 @@ class LanguageModel(nn.Module):
             except Exception as err:  # noqa: BLE001  (the eager step computes the same thing)
                 warnings.warn(f"decoding eagerly: compiling the step failed ({type(err).__name__}: {err})",
                               stacklevel=2)  # fmt: skip
-                self._compiled_step = self._step
-        return self._step(token, state)
+                self._compiled_step = self.step
+        return self.step(token, state)
 
     # ------------------------------------------------------------------ saving and loading
 

@@ -80,7 +80,7 @@ def test_a_growing_kv_cache_is_never_compiled():
     from temporal_eigenstate_networks import TransformerConfig, TransformerLM
 
     model = TransformerLM(TransformerConfig(vocab_size=64, d_model=32, n_layers=1, max_seq_len=16))
-    assert model.decode_step(compiled=True) == model._step and model._compiled_step is None
+    assert model.decode_step(compiled=True) == model.step and model._compiled_step is None
 
 
 def test_a_step_that_fails_to_compile_decodes_eagerly(monkeypatch):
@@ -89,7 +89,10 @@ def test_a_step_that_fails_to_compile_decodes_eagerly(monkeypatch):
     model = TemporalEigenstateNetwork(TemporalEigenstateConfig(vocab_size=64, d_model=16, n_layers=1, num_eigenstates=8,
                                                                num_heads=2, max_seq_len=16))  # fmt: skip
 
+    calls = []
+
     def broken(*args, **kwargs):
+        calls.append(1)
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: broken)
@@ -97,3 +100,4 @@ def test_a_step_that_fails_to_compile_decodes_eagerly(monkeypatch):
     with pytest.warns(UserWarning, match="decoding eagerly.*no compiler here"):
         compiled = model.generate(prompt, 5, temperature=0, compile_step=True)
     assert torch.equal(compiled, model.generate(prompt, 5, temperature=0, compile_step=False))
+    assert len(calls) == 1  # tried once, then every step eager without trying again

@@ -82,6 +82,21 @@ def test_save_pretrained_round_trips_through_ten_and_transformers(hf_model, tmp_
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "hf").to_ten(), TemporalEigenstateConfig)
 
 
+def test_a_model_built_from_its_config_holds_the_network_and_saves_what_ten_loads(tmp_path):
+    from safetensors import safe_open
+
+    from temporal_eigenstate_networks.hf.configuration import TenConfig
+
+    model = TenForCausalLM(TenConfig.from_ten(tiny_config(True)))
+    assert isinstance(model.network, TemporalEigenstateNetwork) and "network.embedding.weight" in model.state_dict()
+    model.save_pretrained(tmp_path / "hf")
+    with safe_open(tmp_path / "hf" / "model.safetensors", framework="pt") as weights:
+        assert set(weights.keys()) == set(model.network.state_dict())  # the network's own keys, as ten saves them
+    again = TemporalEigenstateNetwork.from_pretrained(tmp_path / "hf")
+    for (name, a), (_, b) in zip(model.network.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_the_tokenizer_of_a_checkpoint_loads_with_auto_tokenizer(saved):
     folder, _ = saved
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -303,3 +318,16 @@ def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing_behind(saved_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # no export, no staging folder
+
+
+def test_an_export_first_puts_back_or_removes_what_a_killed_export_of_its_folder_left(saved_ten, tmp_path, capsys):
+    folder, _ = saved_ten
+    out = tmp_path / "out"
+    assert main(["export", "--checkpoint", str(folder), "--hf", str(out)]) == 0
+    out.rename(tmp_path / ".old-out-99999")  # killed between the renames: the older export is set aside
+    (tmp_path / ".tmp-out-99998").mkdir()  # and a new one never moved in
+    (tmp_path / ".tmp-other-99999").mkdir()  # another folder's: let be
+    assert "is not empty" in one_line_error(capsys, ["export", "--checkpoint", str(folder), "--hf", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other-99999", "checkpoint", "out"]
+    assert main(["export", "--checkpoint", str(folder), "--hf", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other-99999", "checkpoint", "out"]

@@ -174,6 +174,19 @@ def test_loss_decomposition_and_ignore_index(use_hten):
     assert out["energy_loss"] > 0
 
 
+def test_run_is_the_pass_that_forward_compute_loss_and_step_share():
+    model = make_model((True, [1, 2, 4], True, "chunked"), energy_reg_weight=0.2).eval()
+    ids = torch.randint(0, 64, (2, 11))
+    out = model.run(ids[:, :-1])
+    assert torch.equal(out.logits, model(ids[:, :-1])) and out.aux_loss is not None
+    terms = model.loss(out.logits, ids[:, 1:], out.aux_loss)
+    expected = model.compute_loss(ids[:, :-1], ids[:, 1:], return_dict=True)
+    torch.testing.assert_close(list(terms), [expected["loss"], expected["ce_loss"], expected["energy_loss"]])
+    logits, _ = model.step(ids[:, -1:], out.state)
+    torch.testing.assert_close(logits[:, -1], model(ids)[:, -1], rtol=1e-5, atol=1e-5)
+    assert model.loss(out.logits, torch.full_like(ids[:, 1:], -100)).ce_loss == 0  # nothing counted: 0, not NaN
+
+
 def test_energy_loss_is_mean_energy_per_eigenstate():
     model = make_model((False, [1], True, "chunked"))
     inputs = torch.randint(0, 64, (2, 16))

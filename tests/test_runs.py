@@ -9,6 +9,8 @@ import hashlib
 import multiprocessing
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +21,12 @@ from safetensors.torch import load_file
 from temporal_eigenstate_networks.atomic import WriteError, write_failure
 from temporal_eigenstate_networks.cli import main
 from temporal_eigenstate_networks.experiments.compare import variant_arguments
-from temporal_eigenstate_networks.training import TrainArguments, Trainer, find_checkpoint, resolve_run
+from temporal_eigenstate_networks.runs.folders import claim_run_dir
+from temporal_eigenstate_networks.runs.lookup import find_checkpoint
+from temporal_eigenstate_networks.training import TrainArguments, Trainer, resolve_run
 from temporal_eigenstate_networks.training import checkpoint as checkpoint_module
 from temporal_eigenstate_networks.training import trainer as trainer_module
 from temporal_eigenstate_networks.training.budget import TimeBudget
-from temporal_eigenstate_networks.training.run_dirs import claim_run_dir
 
 from .test_training import TINY, records, run_cli, tiny_arguments
 
@@ -200,7 +203,7 @@ def test_a_save_killed_at_any_point_leaves_a_checkpoint_that_resume_finds(corpus
         return call
 
     monkeypatch.setattr(Path, "rename", kill_point(Path.rename))
-    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", kill_point(shutil.rmtree))
+    monkeypatch.setattr(shutil, "rmtree", kill_point(shutil.rmtree))
     with pytest.raises(Killed):
         trainer.save("final")
     monkeypatch.undo()
@@ -397,3 +400,12 @@ def test_generate_never_picks_an_older_checkpoint_past_one_a_save_set_aside(corp
     assert code == 2 and "a save of final was interrupted" in err and err.count("\n") == 1
     assert run_cli(["train", "--resume", str(output), "--max_steps", "2"], capsys)[0] == 0  # resume puts it back
     assert (checkpoints / "final").is_dir() and not (checkpoints / ".old-final-4242").exists()
+
+
+def test_finding_and_loading_a_checkpoint_does_not_import_training():
+    """generate, positions, analyze, export and eval load a model without the training package."""
+    package = "temporal_eigenstate_networks"
+    code = (f"import sys, {package}.runs.lookup, {package}.runs.checkpoint; "
+            f"print(sorted(m for m in sys.modules if m.startswith('{package}.training')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

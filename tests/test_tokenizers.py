@@ -7,6 +7,7 @@ and BPE tests run only where the optional `tokenizers` package is installed.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -33,6 +34,7 @@ from temporal_eigenstate_networks.data import (
 )
 from temporal_eigenstate_networks.data import tokenizer as tokenizer_module
 from temporal_eigenstate_networks.data.pipeline import hub_char_budget
+from temporal_eigenstate_networks.distribution import install_hint
 
 TRICKY = "Hark!  ünïcödé ✓ 漢字\n\n\tindented  \n'tis 12 34\x00 end \n"
 CORPUS = ("The quick brown fox jumps over the lazy dog. " * 40 + "\n") * 10 + TRICKY
@@ -233,10 +235,11 @@ def test_bpe_is_cached_by_size_and_text_and_not_retrained(tmp_path, monkeypatch)
 def test_missing_optional_packages_name_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tokenizers", None)
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(DataError, match=r"bpe:300.*needs the optional extra: pip install 'ten\[hub\]'") as info:
+    hint = re.escape(install_hint("hub"))
+    with pytest.raises(DataError, match=r"bpe:300.*needs the optional extra: " + hint) as info:
         build_tokenizer("bpe:300", train_text="text")
     one_line_error(info)
-    with pytest.raises(DataError, match=r"'gpt2' needs the optional extra: pip install 'ten\[hub\]'"):
+    with pytest.raises(DataError, match=r"'gpt2' needs the optional extra: " + hint):
         build_tokenizer("gpt2")
 
 
@@ -333,7 +336,7 @@ def test_hub_dataset_errors_are_one_line_naming_the_dataset(monkeypatch):
     with pytest.raises(DataError, match="'imdb' has no 'text' column"):
         load_corpus("imdb")
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(DataError, match=r"'ag_news' needs the optional extra: pip install 'ten\[hub\]'"):
+    with pytest.raises(DataError, match=r"'ag_news' needs the optional extra: " + re.escape(install_hint("hub"))):
         load_corpus("ag_news")
 
 

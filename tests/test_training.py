@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from temporal_eigenstate_networks import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
 from temporal_eigenstate_networks.atomic import WriteError
 from temporal_eigenstate_networks.cli import main
+from temporal_eigenstate_networks.runs.checkpoint import load_model
 from temporal_eigenstate_networks.training import TrainArguments, Trainer
 from temporal_eigenstate_networks.training import checkpoint as checkpoint_module
 from temporal_eigenstate_networks.training import trainer as trainer_module
@@ -195,8 +196,8 @@ def test_a_damaged_checkpoint_is_a_one_line_error(corpus, tmp_path, capsys, dama
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_and_exits_cleanly(corpus, tmp_path, signum):
     output = tmp_path / "run"
-    command = [sys.executable, "-m", "ten", "train", "--dataset", str(corpus), *TINY, "--max_steps", "100000",
-               "--output_dir", str(output)]  # fmt: skip
+    command = [sys.executable, "-m", "temporal_eigenstate_networks", "train", "--dataset", str(corpus), *TINY,
+               "--max_steps", "100000", "--output_dir", str(output)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not ((output / "metrics.jsonl").exists() and "train" in (output / "metrics.jsonl").read_text()):
@@ -243,7 +244,7 @@ def test_after_a_divergence_the_checkpoints_work_and_the_advice_is_accepted(corp
     saved = sorted((output / "checkpoints").iterdir())
     assert saved and f"the last good checkpoint is {saved[-1]}" in last
     for checkpoint in saved:  # each gives a finite loss: resuming from it does not diverge at once
-        model = checkpoint_module.load_model(checkpoint)
+        model = load_model(checkpoint)
         inputs = torch.randint(0, 256, (2, 32))
         with torch.no_grad():
             assert math.isfinite(float(model.compute_loss(inputs, inputs.roll(-1, 1))))
@@ -368,9 +369,9 @@ def test_bf16_autocast_training_runs_on_cpu(corpus, tmp_path):
 
 def test_torchrun_two_cpu_ranks_stay_in_step(corpus, tmp_path):
     output = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ten",
-               "train", "--dataset", str(corpus), *TINY, "--max_steps", "3", "--device", "cpu",
-               "--output_dir", str(output)]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "temporal_eigenstate_networks", "train", "--dataset", str(corpus), *TINY, "--max_steps", "3",
+               "--device", "cpu", "--output_dir", str(output)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[:3000]

@@ -30,7 +30,8 @@ from torch import Tensor
 from ..atomic import atomic_write
 from ..data import load_token_data
 from ..modules.eigenstate import EigenstateCore, energy
-from ..training import find_checkpoint, load_model
+from ..runs.checkpoint import load_model
+from ..runs.lookup import find_checkpoint
 from .positions import check_vocabulary, validation_windows
 
 NEAR_LAGS = (1, 2, 3, 4)

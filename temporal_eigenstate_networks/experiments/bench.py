@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..architectures import build_model
+from ..atomic import atomic_write
 from ..lm import LanguageModel
 from ..timing import machine_description, median_seconds
 
@@ -409,15 +410,16 @@ def plot(results: dict[str, Any], output_dir: Path) -> list[Path]:
     figure.suptitle(f"TEN vs transformer, d={results['settings']['d_model']}, {results['settings']['n_layers']} layers")
     figure.tight_layout()
     path = output_dir / "bench_scaling.png"
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))  # tmp's suffix names no format
     plt.close(figure)
     return [path]
 
 
 def write_outputs(results: dict[str, Any], output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "bench.json").write_text(json.dumps(results, indent=1) + "\n")
-    (output_dir / "bench.md").write_text(markdown(results))
+    text = json.dumps(results, indent=1) + "\n"
+    atomic_write(output_dir / "bench.json", lambda tmp: tmp.write_text(text))
+    atomic_write(output_dir / "bench.md", lambda tmp: tmp.write_text(markdown(results)))
     plot(results, output_dir)
 
 

@@ -17,10 +17,7 @@ from typing import Any
 
 from ..atomic import atomic_write
 from ..lm import config_fields
-from ..training import TrainArguments, Trainer
-from ..training.arguments import MODEL_FIELDS
-from ..training.plan import batch_shape, merge_resumed_arguments, model_plan
-from ..training.run_dirs import (
+from ..runs.folders import (
     CHECKPOINTS,
     any_in,
     check_writable,
@@ -29,6 +26,10 @@ from ..training.run_dirs import (
     holds_run,
     latest_run_dir,
 )
+from ..runs.metrics_log import read_records
+from ..training import TrainArguments, Trainer
+from ..training.arguments import MODEL_FIELDS
+from ..training.plan import batch_shape, merge_resumed_arguments, model_plan
 from . import spread
 
 # name -> overrides of the shared arguments. The "+energy" variants keep the run's --energy_reg_weight
@@ -218,8 +219,7 @@ def resume_hint(folder: Path) -> str:
 
 
 def eval_curve(run_dir: Path) -> list[dict[str, float]]:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in lines if r["event"] == "eval"]
+    return read_records(run_dir, event="eval")
 
 
 def run_comparison(

@@ -21,7 +21,8 @@ from ..architectures import hten_label
 from ..atomic import atomic_write
 from ..data import TokenData, load_token_data
 from ..lm import LanguageModel
-from ..training import find_checkpoint, load_model
+from ..runs.checkpoint import load_model
+from ..runs.lookup import find_checkpoint
 
 
 @dataclass

@@ -222,22 +222,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _eval_records(metrics_file: Path) -> list[dict[str, Any]]:
-    records = []
-    try:
-        lines = metrics_file.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if isinstance(record, dict) and record.get("event") == "eval" and _is_number(record.get("val_ce")):
-            records.append(record)
-    return records
-
-
 def _tokenizer_kind(checkpoint: Path) -> str | None:
     from ..data.tokenizer import META_FILE  # noqa: PLC0415
 
@@ -255,8 +239,9 @@ def ten_validation(checkpoint: Path) -> TenValidation | None:
     --eval_steps, at the end, and before it saves `best`). Without one (a step-N checkpoint between
     evaluations, or no metrics.jsonl): the best validation loss of trainer_state.json, at some step <= N.
     """
-    from ..training.checkpoint import STATE_FILE  # noqa: PLC0415
-    from ..training.run_dirs import METRICS, run_dir_of  # noqa: PLC0415
+    from ..runs.checkpoint import STATE_FILE  # noqa: PLC0415
+    from ..runs.folders import run_dir_of  # noqa: PLC0415
+    from ..runs.metrics_log import METRICS, read_records  # noqa: PLC0415
 
     checkpoint = Path(checkpoint)
     try:
@@ -270,7 +255,8 @@ def ten_validation(checkpoint: Path) -> TenValidation | None:
     dataset = args.get("tokenized_dir") or args.get("dataset")
     run_dir = run_dir_of(checkpoint.resolve())
     if run_dir is not None:
-        at_step = [r for r in _eval_records(run_dir / METRICS) if r.get("step") == step]
+        evaluations = read_records(run_dir, event="eval", skip_damaged=True)  # figures to show: a cut line is passed
+        at_step = [r for r in evaluations if r.get("step") == step and _is_number(r.get("val_ce"))]
         if at_step:
             record = at_step[-1]
             return TenValidation(step, record["val_ce"], record.get("val_bits_per_byte"), dataset,

@@ -8,12 +8,12 @@ this package (`temporal-eigenstate-networks`) where it is loaded, and there is o
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+from typing import Any
 
 from safetensors import SafetensorError
 
-from ..atomic import WriteError, write_failure
+from ..atomic import WriteError, atomic_folder, recover_interrupted_swaps, write_failure
 from ..data import load_tokenizer, save_tokenizer
 from ..data.jsonfile import write_json
 from ..distribution import DISTRIBUTION, install_hint
@@ -55,26 +55,25 @@ def export_hf(checkpoint: Path, destination: Path, overwrite: bool = False) -> P
         raise ValueError(f"{checkpoint} holds ten's {model.architecture!r} baseline; only TEN and HTEN models export")
     tokenizer = load_tokenizer(checkpoint)
     destination = Path(destination).expanduser()
+    recover_interrupted_swaps(destination.parent, destination.name)  # first: a killed export may have set it aside
     if destination.exists() and any(destination.iterdir()) and not overwrite:
         raise ValueError(f"{destination} is not empty: choose another folder or pass --overwrite")
-    staging = destination.with_name(f".{destination.name}.tmp")
     try:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        model.save_pretrained(staging)
-        save_tokenizer(tokenizer, staging)
-        config = json.loads((staging / CONFIG_FILE).read_text())
-        write_json(staging / CONFIG_FILE, {**config, "architectures": ["TenForCausalLM"], "auto_map": AUTO_MAP})
-        if getattr(tokenizer, "kind", None) in ("byte", "bpe"):
-            # generate pads a batch's finished rows with pad_token_id: the tokenizer's pad and eos, byte 0's token.
-            nul = int(tokenizer.encode("\x00")[0])
-            write_json(staging / GENERATION_CONFIG_FILE, {"pad_token_id": nul, "eos_token_id": nul})
-        for name, class_name in CODE_FILES.items():
-            (staging / name).write_text(_code(class_name))
-        if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
+        with atomic_folder(destination) as staging:
+            _write_export(staging, model, tokenizer)
     except (OSError, SafetensorError) as err:  # a full disk: nothing half-written is left
-        shutil.rmtree(staging, ignore_errors=True)
         raise WriteError(f"cannot write {destination}: {write_failure(err)}") from None
     return destination
+
+
+def _write_export(folder: Path, model: LanguageModel, tokenizer: Any) -> None:
+    model.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    write_json(folder / CONFIG_FILE, {**config, "architectures": ["TenForCausalLM"], "auto_map": AUTO_MAP})
+    if getattr(tokenizer, "kind", None) in ("byte", "bpe"):
+        # generate pads a batch's finished rows with pad_token_id: the tokenizer's pad and eos, byte 0's token.
+        nul = int(tokenizer.encode("\x00")[0])
+        write_json(folder / GENERATION_CONFIG_FILE, {"pad_token_id": nul, "eos_token_id": nul})
+    for name, class_name in CODE_FILES.items():
+        (folder / name).write_text(_code(class_name))

@@ -1,7 +1,9 @@
 """`TenForCausalLM`: a TEN or HTEN network as a transformers causal LM, generating from its recurrent state.
 
-The wrapper holds the network's own modules under their own names (embedding, blocks, final_norm), so its
-weights are the same tensors under the same keys as every `ten` checkpoint: one model.safetensors serves both.
+The network is the submodule `network`, run through its public API (`run`, `loss`, the input checks). Its
+weights are saved under the network's own keys (embedding.weight, blocks.0..., final_norm.weight), as in every
+`ten` checkpoint, so one model.safetensors serves both: transformers adds the prefix "network." when it loads
+and removes it when it saves (the key mapping registered below).
 
 `generate` reads the prompt in one parallel pass, then feeds one token per call through the state in `TenCache`
 (no keys and values, no recomputation). A left-padded batch is read a group of equal padding at a time with the
@@ -13,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.utils import ModelOutput
 
-from ..lm import RecurrentState
+from ..lm import LMOutput
 from ..model import TemporalEigenstateNetwork
 from .cache import TenCache, concat_rows, select_rows
 from .configuration import TenConfig
@@ -51,12 +54,7 @@ class TenPreTrainedModel(PreTrainedModel):
 class TenForCausalLM(TenPreTrainedModel, GenerationMixin):
     def __init__(self, config: TenConfig) -> None:
         super().__init__(config)
-        network = TemporalEigenstateNetwork(config.to_ten())
-        # The network's children become this model's, under their own names (the checkpoint's keys); the network
-        # object itself is kept outside the module tree, for its forward pass.
-        object.__setattr__(self, "network", network)
-        for name, child in network.named_children():
-            self.add_module(name, child)
+        self.network = TemporalEigenstateNetwork(config.to_ten())
         self.post_init()
 
     # ------------------------------------------------------------------ transformers' hooks
@@ -70,12 +68,6 @@ class TenForCausalLM(TenPreTrainedModel, GenerationMixin):
 
     def set_input_embeddings(self, value: torch.nn.Embedding) -> None:
         self.network.embedding = value
-        self.add_module("embedding", value)
-
-    def train(self, mode: bool = True) -> TenForCausalLM:
-        super().train(mode)
-        self.network.training = mode  # its children follow through this module; its own flag does not
-        return self
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
         """transformers' activation checkpointing switches the network's own (each block, non-reentrant)."""
@@ -130,28 +122,23 @@ class TenForCausalLM(TenPreTrainedModel, GenerationMixin):
         use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
         if cache is None and use_cache:
             cache = TenCache()
-        network = self.network
-        network.check_token_ids(input_ids)
+        self.network.check_token_ids(input_ids)
         state = cache.state if cache is not None else None
-
         if state is None and attention_mask is not None and use_cache and not bool(attention_mask.all()):
-            logits, new_state, aux_loss = self._read_left_padded(input_ids, attention_mask)
+            out = self._read_left_padded(input_ids, attention_mask)
         else:
-            logits, new_state, aux_loss = network._run(input_ids, state)
+            out = self.network.run(input_ids, state)
         if cache is not None and use_cache:
-            cache.update(new_state, input_ids.shape[1])
+            cache.update(out.state, input_ids.shape[1])
 
         loss = ce_loss = None
-        if labels is not None:
-            ce_loss = F.cross_entropy(
-                logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten().long(), ignore_index=-100
-            )
-            loss = ce_loss if aux_loss is None else ce_loss + network.aux_loss_weight * aux_loss
-        output = TenCausalLMOutput(loss=loss, ce_loss=ce_loss, energy_loss=aux_loss, logits=logits,
+        if labels is not None:  # position t predicts label t + 1, as in every transformers causal LM
+            loss, ce_loss, _ = self.network.loss(out.logits[:, :-1], labels[:, 1:], out.aux_loss)
+        output = TenCausalLMOutput(loss=loss, ce_loss=ce_loss, energy_loss=out.aux_loss, logits=out.logits,
                                    cache=cache if use_cache else None)  # fmt: skip
         return output if return_dict is not False else output.to_tuple()
 
-    def _read_left_padded(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, RecurrentState, Tensor | None]:
+    def _read_left_padded(self, ids: Tensor, mask: Tensor) -> LMOutput:
         """Each group of rows with the same padding read without it; logits of padding positions are 0."""
         batch, length = ids.shape
         padding = length - mask.long().sum(1)
@@ -164,15 +151,23 @@ class TenForCausalLM(TenPreTrainedModel, GenerationMixin):
         order, states, rows, aux_losses = [], [], [], []
         for pad in sorted(set(padding.tolist())):
             group = torch.nonzero(padding == pad).squeeze(1)
-            group_logits, group_state, aux_loss = self.network._run(ids[group, pad:], None)
+            out = self.network.run(ids[group, pad:])
             if logits is None:
-                logits = group_logits.new_zeros(batch, length, group_logits.shape[-1])
-            logits[group, pad:] = group_logits
+                logits = out.logits.new_zeros(batch, length, out.logits.shape[-1])
+            logits[group, pad:] = out.logits
             order.append(group)
-            states.append(group_state)
+            states.append(out.state)
             rows.append(len(group))
-            if aux_loss is not None:
-                aux_losses.append(aux_loss)
+            if out.aux_loss is not None:
+                aux_losses.append(out.aux_loss)
         state = concat_rows(states, rows, ids.device)
         state = select_rows(state, torch.argsort(torch.cat(order)))  # back to the rows' own order
-        return logits, state, torch.stack(aux_losses).mean() if aux_losses else None
+        return LMOutput(logits, state, torch.stack(aux_losses).mean() if aux_losses else None)
+
+
+# Checkpoints keep the network's own keys (what `LanguageModel.from_pretrained` reads): "network." is added to
+# each key when transformers loads one and removed when it saves, for models loaded or built alike. Registered by
+# model_type, which also covers the exported folders' trust_remote_code classes (they import this one).
+register_checkpoint_conversion_mapping(
+    TenConfig.model_type, [WeightRenaming(r"^(?!network\.)(.+)", r"network.\1")], overwrite=True
+)

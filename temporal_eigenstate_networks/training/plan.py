@@ -16,11 +16,12 @@ from typing import Any
 
 from ..architectures import build_model, hten_label
 from ..config import PRESETS
-from ..lm import ARCHITECTURES, LanguageModel, config_fields, load_config
+from ..lm import ARCHITECTURES, CONFIG_FILE, LanguageModel, config_fields, load_config
+from ..runs.folders import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
+from ..runs.lookup import find_checkpoint, recover_interrupted_saves
 from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
-from .checkpoint import CONFIG_FILE, find_checkpoint, read_trainer_state, recover_interrupted_saves
+from .checkpoint import read_trainer_state
 from .distributed import DistributedContext
-from .run_dirs import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
 
 # A new run's model config is built before the tokenizer is known; `ModelPlan.build` puts the
 # tokenizer's vocabulary in. The byte vocabulary is the default, so the plan's config is usually exact.

@@ -7,7 +7,6 @@ From the first step to the exit, a first SIGINT/SIGTERM ends the run with a chec
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
@@ -20,29 +19,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import WriteError, atomic_write, write_failure
+from ..atomic import WriteError
 from ..data import DataError, TokenData, WindowSampler, load_token_data
 from ..device import resolve_device
 from ..lm import LanguageModel
+from ..runs.checkpoint import CheckpointError, TrainerState, non_finite_parameters
+from ..runs.folders import CHECKPOINTS, release_run_dir
+from ..runs.lookup import FINAL, checkpoint_name, latest_checkpoint, prune_step_checkpoints, set_aside_abandoned_work
+from ..runs.metrics_log import append_record
 from .arguments import TrainArguments
 from .budget import TimeBudget
-from .checkpoint import (
-    FINAL,
-    CheckpointError,
-    TrainerState,
-    checkpoint_name,
-    later_checkpoints,
-    latest_checkpoint,
-    load_checkpoint,
-    non_finite_parameters,
-    prune_step_checkpoints,
-    save_checkpoint,
-)
+from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, weights_fingerprint
 from .optimizer import build_optimizer
 from .plan import RunPlan, resolve_run
 from .precision import Precision, resolve_precision
-from .run_dirs import ABANDONED, CHECKPOINTS, METRICS, claim_run_dir, release_run_dir
 from .schedule import MAX_WARMUP_FRACTION, learning_rate_at, learning_rate_at_fraction
 
 EVAL_SEED = 1234  # the same validation windows at every evaluation, so the figures compare
@@ -115,21 +106,6 @@ def load_run_data(plan: RunPlan) -> TokenData:
                 f"{plan.seq_len + 1}; give a longer corpus or a smaller --max_seq_len"
             )
     return data
-
-
-def forget_metrics_after(path: Path, step: int, keep_in: Path | None = None) -> None:
-    """Drop the records of steps after `step`: a run resumed there will log those steps again.
-
-    `keep_in`: a folder to write the dropped records to (with the checkpoints they belong to)."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(kept) < len(lines):
-        if keep_in is not None:
-            dropped = [line for line in lines if line not in kept]
-            atomic_write(keep_in / METRICS, lambda tmp: tmp.write_text("".join(dropped)))
-        atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
 
 
 @torch.no_grad()
@@ -211,7 +187,8 @@ class Trainer:
             if self.state.scaler:
                 self.scaler.load_state_dict(self.state.scaler)
             if self.context.is_main and plan.output_dir is not None:
-                self.set_aside_abandoned_work()
+                if note := set_aside_abandoned_work(plan.output_dir, self.state.step):
+                    self.notes.append(note)
 
         self.tokens_per_step = plan.batch_size * plan.seq_len * args.gradient_accumulation * self.context.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
@@ -233,19 +210,6 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
         self.objective = self.maybe_compile(self.objective)
-
-    def set_aside_abandoned_work(self) -> None:
-        """A run resumed from an older checkpoint starts a new branch: the checkpoints saved after it, and their
-        records, move to <run>/abandoned-after-step-N, so pruning and a later --resume see only the new branch."""
-        step = self.state.step
-        later = later_checkpoints(self.checkpoint_dir, step)
-        aside = claim_run_dir(self.output_dir / f"{ABANDONED}{checkpoint_name(step)}") if later else None
-        for path in later:
-            path.rename(aside / CHECKPOINTS / path.name)
-        forget_metrics_after(self.output_dir / METRICS, step, keep_in=aside)
-        if aside is not None:
-            self.notes.append(f"resuming at step {step:,}: the later checkpoints of this run "
-                              f"({', '.join(p.name for p in later)}) are moved to {aside}")  # fmt: skip
 
     def check_budget_left(self) -> None:
         """A resumed run whose time budget is spent (or whose budget-long schedule ended) has nothing to do."""
@@ -307,13 +271,8 @@ class Trainer:
 
     def record(self, **values: Any) -> None:
         """One line of output_dir/metrics.jsonl (rank 0 only)."""
-        if not self.context.is_main or self.output_dir is None:
-            return
-        try:
-            with (self.output_dir / METRICS).open("a") as handle:
-                handle.write(json.dumps(values) + "\n")
-        except OSError as err:
-            raise WriteError(f"cannot write {self.output_dir / METRICS}: {write_failure(err)}") from err
+        if self.context.is_main and self.output_dir is not None:
+            append_record(self.output_dir, values)
 
     def train(self) -> RunResult:
         with self.stop:  # from here to the exit, a signal ends the run with a checkpoint

@@ -10,8 +10,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .metrics_log import METRICS
+
 CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
 
 
 def any_in(folder: Path) -> bool:
