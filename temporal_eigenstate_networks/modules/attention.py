@@ -19,13 +19,16 @@ from .block import MixerOutput, SequenceMixer, describe
 ROPE_BASE = 10_000.0
 
 
-def rotate(x: Tensor, start: int) -> Tensor:
-    """RoPE: rotate each pair (x_i, x_{i+D/2}) of (B, H, T, D) by angle (start + t) * base^(-2i/D)."""
+def rotate(x: Tensor, start: int | Tensor) -> Tensor:
+    """RoPE: rotate each pair (x_i, x_{i+D/2}) of (B, H, T, D) by angle (start + t) * base^(-2i/D).
+
+    ``start`` may be a 0-d integer tensor: a compiled decoding step then takes the position as an input,
+    not as a constant of its graph (one graph for every step)."""
     if x.shape[-1] % 2:
         raise ValueError(f"rotary positions need an even head size, got {x.shape[-1]}")
     half = x.shape[-1] // 2
     inv_freq = ROPE_BASE ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = torch.arange(start, start + x.shape[-2], device=x.device, dtype=torch.float32)[:, None] * inv_freq
+    angles = (start + torch.arange(x.shape[-2], device=x.device, dtype=torch.float32))[:, None] * inv_freq
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     first, second = x[..., :half], x[..., half:]
     return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
@@ -66,7 +69,9 @@ class KVCache:
         return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
 
-class CausalSelfAttention(SequenceMixer):
+class AttentionMixer(SequenceMixer):
+    """What every attention mixer shares: one projection to rotary queries, keys and values, one out of the heads."""
+
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, residual_gain: float = 1.0) -> None:
         super().__init__()
         if d_model % num_heads:
@@ -79,25 +84,41 @@ class CausalSelfAttention(SequenceMixer):
         nn.init.normal_(self.qkv.weight, std=0.02)
         nn.init.normal_(self.out.weight, std=0.02 * residual_gain)
 
+    def project(self, u: Tensor, start: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values (B, heads, T, head size) of u (B, T, d), the first at position ``start``."""
+        batch, length, _ = u.shape
+        q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in self.qkv(u).chunk(3, dim=-1))
+        return rotate(q, start), rotate(k, start), v
+
+    def merge(self, y: Tensor) -> Tensor:
+        """The heads' outputs (B, heads, T, head size) back to the residual stream's (B, T, d)."""
+        batch, _, length, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(batch, length, self.d_model))
+
+    def attention_dropout(self) -> float:
+        return self.dropout if self.training else 0.0
+
+
+class CausalSelfAttention(AttentionMixer):
+    """Every earlier position visible; its state is a growing KVCache."""
+
     def forward(self, u: Tensor, state: KVCache | None = None) -> MixerOutput:
         """The output and, as state, the cache including these positions; attention has no aux loss."""
-        batch, length, width = u.shape
-        q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in self.qkv(u).chunk(3, dim=-1))
+        length = u.shape[1]
         past = 0 if state is None else state.length
-        q, k = rotate(q, past), rotate(k, past)
+        q, k, v = self.project(u, past)
         cache = KVCache.start(k, v) if state is None else state.append(k, v)
         if past:
             k, v = cache.contents()
         # After a cache, the new queries are the last `length` positions: mask only among themselves.
         if not past or length == 1:
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=not past and length > 1, dropout_p=self.dropout if self.training else 0.0
+                q, k, v, is_causal=not past and length > 1, dropout_p=self.attention_dropout()
             )
         else:
             allowed = torch.ones(length, k.shape[2], dtype=torch.bool, device=u.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        y = self.out(y.transpose(1, 2).reshape(batch, length, width))
-        return MixerOutput(y, cache, None)
+        return MixerOutput(self.merge(y), cache, None)
 
     def state_mismatch(self, state: Any, batch: int) -> str | None:
         shape = (batch, self.num_heads, self.d_model // self.num_heads)
