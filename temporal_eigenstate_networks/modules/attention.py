@@ -164,8 +164,9 @@ def window_block_mask(length: int, window: int, device: torch.device) -> BlockMa
 
 @functools.lru_cache(maxsize=1)
 def compiled_flex_attention() -> Any:
-    """flex_attention through torch.compile: uncompiled it computes every score, the dense reference."""
-    return torch.compile(flex_attention, dynamic=False)
+    """flex_attention through torch.compile: uncompiled it computes every score, the dense reference. Shapes
+    become dynamic after a second length (prompts of many lengths would otherwise compile each)."""
+    return torch.compile(flex_attention)
 
 
 @dataclass
@@ -250,7 +251,7 @@ class SlidingWindowAttention(AttentionMixer):
                 return compiled_flex_attention()(q, k, v, block_mask=window_block_mask(length, self.window, q.device))
             except Exception as err:  # noqa: BLE001  (SDPA computes the same thing)
                 warnings.warn(f"sliding-window attention falls back to SDPA: FlexAttention failed "
-                              f"({type(err).__name__}: {err})", stacklevel=3)  # fmt: skip
+                              f"({type(err).__name__}: {err})", stacklevel=2)  # fmt: skip
                 self.kernel = "sdpa"
         positions = torch.arange(length, device=q.device)
         mask = in_window(positions, positions, self.window)
@@ -258,6 +259,8 @@ class SlidingWindowAttention(AttentionMixer):
 
     def _uses_flex(self, q: Tensor) -> bool:
         if flex_attention is None or self.attention_dropout() or self.kernel == "sdpa":  # flex has no dropout
+            return False
+        if q.requires_grad and q.device.type == "cpu":  # flex has no backward on the CPU (torch 2.13)
             return False
         return self.kernel == "flex" or q.device.type in FLEX_DEVICE_TYPES
 
