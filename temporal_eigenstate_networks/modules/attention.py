@@ -27,7 +27,9 @@ except ImportError:  # torch < 2.5: scaled_dot_product_attention with a band mas
 
 ROPE_BASE = 10_000.0
 # Device types where a window's prefill runs on FlexAttention: on CUDA it is the usual winner (it skips the blocks
-# outside the band); on the CPU, benchmarks/attention_window.py measured SDPA's band mask faster.
+# outside the band). Not the CPU: there it has no backward (training takes SDPA), and although its forward measured
+# 1.1-2.9x faster than SDPA's band mask at T 256-2048 (benchmarks/attention_window.py), its first call at each new
+# shape or window compiles for 3-7 s, more than a generate's prefill saves; kernel="flex" asks for it there.
 FLEX_DEVICE_TYPES = frozenset({"cuda"})
 KERNELS = ("auto", "sdpa", "flex")
 
