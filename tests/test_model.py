@@ -34,9 +34,19 @@ ABLATIONS = {
 }
 VARIANTS += [(h, [1, 2, 4] if h else [1], True, "chunked", ablation) for ablation in ABLATIONS.values()
              for h in (False, True)]  # fmt: skip
+# Hybrids (design section 10): attention layers among the eigenstate layers; windows shorter than the tests'
+# sequences, so the ring buffer wraps many times.
+HYBRIDS = {
+    "ea": {"layer_pattern": "ea"},
+    "ew": {"layer_pattern": "ew", "attention_window": 5},
+    "wea": {"layer_pattern": "wea", "n_layers": 3, "attention_window": 7},
+}
+VARIANTS += [(False, [1], True, "chunked", hybrid) for hybrid in HYBRIDS.values()]
+VARIANTS += [(True, [1, 2, 4], True, "chunked", {"layer_pattern": "hw", "attention_window": 6})]
+OVERRIDES = {**ABLATIONS, **HYBRIDS, "hw": VARIANTS[-1][4]}
 IDS = [
     f"{'hten' + ''.join(map(str, v[1])) if v[0] else 'ten'}-{'sel' if v[2] else 'lti'}-{v[3]}"
-    + "".join(f"-{name}" for name, ablation in ABLATIONS.items() if v[4:] and v[4] == ablation)
+    + "".join(f"-{name}" for name, overrides in OVERRIDES.items() if v[4:] and v[4] == overrides)
     for v in VARIANTS
 ]
 

@@ -17,7 +17,7 @@ class TransformerLM(LanguageModel):
     config_class = TransformerConfig
     config: TransformerConfig
 
-    def make_mixer(self, config: TransformerConfig, residual_gain: float) -> SequenceMixer:
+    def make_mixer(self, config: TransformerConfig, layer: int, residual_gain: float) -> SequenceMixer:
         return CausalSelfAttention(config.d_model, config.num_heads, config.dropout, residual_gain)
 
     def summary(self) -> str:

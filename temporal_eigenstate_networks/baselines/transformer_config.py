@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigDict, check_parameter_count, check_shared_fields, is_integer
+from ..config import ConfigDict, check_parameter_count, check_shared_fields, default_attention_heads, is_integer
 from ..modules.block import default_mlp_width
-
-HEAD_DIM = 64
 
 
 @dataclass
@@ -23,7 +21,7 @@ class TransformerConfig(ConfigDict):
 
     def __post_init__(self) -> None:
         if self.num_heads is None and is_integer(self.d_model):
-            self.num_heads = max(1, self.d_model // HEAD_DIM)
+            self.num_heads = default_attention_heads(self.d_model)
         check_shared_fields(self, ("vocab_size", "d_model", "n_layers", "num_heads", "max_seq_len"))
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
