@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument(
         "--variants",
         default="ten,hten,transformer",
-        help="comma-separated, from: ten, ten-noselective, hten, transformer",
+        help="comma-separated, from: ten, ten-noselective, hten, transformer, ten-hybrid (ea), ten-swa (ew)",
     )
     synthetic.add_argument("--d_models", type=integer_list, default=[64], help="widths, e.g. 64,128,256")
     synthetic.add_argument("--lengths", type=integer_list, help="training lengths (default: the task's)")
@@ -486,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--num_heads", type=positive(int))
     synthetic.add_argument("--selective_range", type=non_negative_float, help="TEN's |da|, |dw| bound (default 0.1)")
     synthetic.add_argument("--n_layers", type=positive(int), help="default 2")
+    synthetic.add_argument("--layer_pattern", help="TEN variants' layers: e, h, a (attention), w (window), e.g. ea")
+    synthetic.add_argument("--attention_window", type=positive(int), help="w layers' window (default 256)")
+    synthetic.add_argument("--attention_heads", type=positive(int), help="a/w layers' heads (default d_model / 64)")
     synthetic.add_argument("--mlp", action="store_true", help="keep an MLP in each block (default: mixers only)")
     synthetic.add_argument("--paper", action="store_true", help="the papers' settings (for a GPU)")
     synthetic.add_argument("--seed", type=random_seed, default=0)

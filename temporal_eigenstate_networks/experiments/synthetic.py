@@ -33,6 +33,9 @@ VARIANTS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
     "ten-noselective": ("ten", {"selective": False}),
     "hten": ("ten", {"use_hten": True, "hten_scales": [1, 2, 4, 8]}),
     "transformer": ("transformer", {}),
+    # The 2-layer hybrids of the recall papers' size: a TEN layer, then attention (full, or over a window).
+    "ten-hybrid": ("ten", {"layer_pattern": "ea"}),
+    "ten-swa": ("ten", {"layer_pattern": "ew"}),
 }
 WARMUP_FRACTION = 0.1
 MIN_LR_RATIO = 0.1
@@ -91,7 +94,9 @@ def check_cell(cell: Cell) -> None:
 # ---------------------------------------------------------------- the grid `ten synthetic` asks for
 
 TASK_OPTIONS = ("vocab_size", "num_kv_pairs", "num_tokens")  # the generator's, over the task's settings
-MODEL_SIZES = ("num_eigenstates", "num_heads", "selective_range", "n_layers")  # over each variant's defaults
+# Over each variant's defaults; each applies to the architectures whose config has it (layer_pattern: TEN's).
+MODEL_SIZES = ("num_eigenstates", "num_heads", "selective_range", "n_layers", "layer_pattern", "attention_window",
+               "attention_heads")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,9 @@ class GridSettings:
     num_heads: int | None = None
     selective_range: float | None = None
     n_layers: int | None = None
+    layer_pattern: str | None = None
+    attention_window: int | None = None
+    attention_heads: int | None = None
 
 
 @dataclass(frozen=True)
