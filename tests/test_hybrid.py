@@ -105,3 +105,12 @@ def test_a_hybrid_saves_loads_and_reports_only_its_eigenstate_layers(tmp_path):
     ids = torch.randint(0, 64, (2, 30))
     torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
     assert [row["layer"] for row in loaded.eigenstate_analysis()] == [1]
+
+
+def test_analyze_reads_the_eigenstate_layers_of_a_hybrid_and_refuses_one_without():
+    from temporal_eigenstate_networks.experiments.analyze import analyze
+
+    ids = torch.randint(0, 64, (2, 40))
+    assert [(r.layer, r.scale) for r in analyze(hybrid("aew", n_layers=3), ids)] == [(1, 1)]
+    with pytest.raises(ValueError, match="layer_pattern 'aw' has no eigenstate layer"):
+        analyze(hybrid("aw"), ids)

@@ -181,6 +181,8 @@ def analyze(model: torch.nn.Module, ids: Tensor) -> list[CoreReport]:
     """A report per eigenstate core of a TEN/HTEN model reading ids (B, T)."""
     if not hasattr(model, "eigenstate_analysis"):
         raise ValueError(f"only TEN models have eigenstates to analyze, not a {model.architecture!r} model")
+    if not any(block.mixer.cores() for block in model.blocks):
+        raise ValueError(f"layer_pattern {model.config.layer_kinds!r} has no eigenstate layer (e or h) to analyze")
     model.eval()
     initial_model = type(model)(model.config)  # the deterministic initial eigenvalues of the same config
     initial_cores = [core for block in initial_model.blocks for _, core in block.mixer.cores()]
