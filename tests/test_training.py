@@ -483,3 +483,23 @@ def test_resume_accepts_the_settings_in_use_and_a_runs_checkpoints_folder(corpus
     assert records(output)[-1]["step"] == 2 and (output / "checkpoints" / "final").is_dir()
     code, _, err = run_cli([*argv, str(output), "--learning_rate", "1e-3"], capsys)
     assert code == 2 and "--learning_rate 0.001 differs from the resumed run's 0.0006" in err
+
+
+def test_mlp_hidden_0_builds_blocks_without_an_mlp(corpus, tmp_path, capsys):
+    code, out, err = run_cli(["train", "--dry_run", "--mlp_hidden", "0", "--dataset", str(corpus), *TINY], capsys)
+    assert code == 0, err
+    trainer = Trainer(tiny_arguments(corpus, tmp_path / "run", mlp_hidden=0, dry_run=True))
+    assert trainer.plan.model.config.mlp_hidden == 0
+    assert all(block.mlp is None for block in trainer.model.blocks)
+    assert f"{trainer.model.config.parameter_count():,} parameters" in out  # the printed summary is this model
+    trainer.close()
+
+
+def test_a_resumed_run_keeps_its_mlp_hidden(corpus, tmp_path, capsys):
+    output = tmp_path / "run"
+    Trainer(tiny_arguments(corpus, output, max_steps=1, mlp_hidden=64)).train()
+    argv = ["train", "--dataset", str(corpus), *TINY, "--max_steps", "2", "--resume", str(output)]
+    code, _, err = run_cli([*argv, "--mlp_hidden", "0"], capsys)
+    assert code == 2 and "--mlp_hidden 0 differs from the resumed run's 64; a resumed run keeps it" in err
+    code, _, err = run_cli([*argv, "--mlp_hidden", "64"], capsys)  # the value in use may be given
+    assert code == 0, err

@@ -45,6 +45,8 @@ class TrainArguments:
     )
     dropout: float | None = setting(None, group=MODEL, bound=NON_NEGATIVE)
     scan_backend: str | None = setting(None, group=MODEL, choices=tuple(SCAN_BACKENDS))
+    mlp_hidden: int | None = setting(None, "SwiGLU width (default 8/3 d_model rounded up to 64; 0: no MLP)",
+                                     group=MODEL, bound=NON_NEGATIVE)  # fmt: skip
     # the paper's ablations (TemporalEigenstateConfig)
     output_gate: bool | None = setting(None, group=ABLATIONS, off="no output gate: g = 1")
     coupling: bool | None = setting(None, group=ABLATIONS, off="no resonance coupling: R = I")
