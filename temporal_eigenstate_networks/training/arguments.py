@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import PRESETS
-from ..flags import MAX_SEED, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings, flags_of, setting
+from ..flags import NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings, flags_of, setting
 from ..lm import ARCHITECTURES, config_fields
 from ..ops import SCAN_BACKENDS
-
-__all__ = ["MAX_SEED", "MODEL_FIELDS", "RESUMABLE_OVERRIDES", "TrainArguments"]
 
 # The flags' sections of --help, in order.
 MODEL = "model (a preset, then overrides)"
