@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..atomic import WriteError
 from ..data import DataError, TokenData, WindowSampler, load_token_data
 from ..device import resolve_device
+from ..flags import command_line
 from ..lm import LanguageModel
 from ..runs.checkpoint import CheckpointError, TrainerState, non_finite_parameters
 from ..runs.folders import CHECKPOINTS, release_run_dir
@@ -32,9 +33,9 @@ from .budget import TimeBudget
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, weights_fingerprint
 from .optimizer import build_optimizer
-from .plan import RunPlan, resolve_run
+from .plan import MAX_WARMUP_FRACTION, RunPlan, resolve_run
 from .precision import Precision, resolve_precision
-from .schedule import MAX_WARMUP_FRACTION, learning_rate_at, learning_rate_at_fraction
+from .schedule import learning_rate_at, learning_rate_at_fraction
 
 EVAL_SEED = 1234  # the same validation windows at every evaluation, so the figures compare
 LOG_EVERY = 10
@@ -193,9 +194,7 @@ class Trainer:
         self.tokens_per_step = plan.batch_size * plan.seq_len * args.gradient_accumulation * self.context.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
         self.total_steps = plan.total_steps(self.steps_per_epoch)  # None: the time budget sets the length
-        self.warmup_steps = args.warmup_steps  # at most a fifth of the run: of its steps here, else of its budget
-        if self.total_steps is not None:
-            self.warmup_steps = min(self.warmup_steps, int(self.total_steps * MAX_WARMUP_FRACTION))
+        self.warmup_steps = plan.warmup_steps(self.total_steps)
         checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())  # + 2 moments
         self.budget = TimeBudget(plan.time_budget_s, self.state.elapsed_s, clock,
                                  args.eval_batches / args.gradient_accumulation, checkpoint_bytes, started)  # fmt: skip
@@ -294,7 +293,8 @@ class Trainer:
         """The schedule's rate for the next step: by steps, or by the fraction of the time budget used."""
         step, peak, floor = self.state.step, self.plan.learning_rate, self.args.min_lr_ratio
         if self.total_steps is None:
-            return learning_rate_at_fraction(step, self.budget.fraction(), peak, self.warmup_steps, floor)
+            fraction = self.budget.fraction()
+            return learning_rate_at_fraction(step, fraction, peak, self.warmup_steps, floor, MAX_WARMUP_FRACTION)
         return learning_rate_at(step, peak, self.total_steps, self.warmup_steps, floor)
 
     def train_step(self) -> dict[str, float]:
@@ -472,8 +472,9 @@ class Trainer:
 
     def divergence_advice(self) -> str:
         """What to do after a divergence: continue from the last checkpoint (all are finite) at a lower rate."""
-        lower = f"--learning_rate {self.plan.learning_rate / 10:g}"
-        precision = " (or --mixed_precision no)" if self.precision.dtype is not None else ""
+        lower = command_line(TrainArguments, learning_rate=self.plan.learning_rate / 10)
+        plain = command_line(TrainArguments, mixed_precision="no")
+        precision = f" (or {plain})" if self.precision.dtype is not None else ""
         try:
             last = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir)
         except CheckpointError:
@@ -481,7 +482,7 @@ class Trainer:
         if last is None:
             return f"no checkpoint of this run was saved: start again with a lower rate, e.g. {lower}{precision}"
         return (f"the last good checkpoint is {last}: continue from it at a lower rate with "
-                f"ten train --resume {last} {lower}{precision}")  # fmt: skip
+                f"ten train {command_line(TrainArguments, resume=str(last))} {lower}{precision}")  # fmt: skip
 
     def resume_hint(self) -> str:
         """Where a run that cannot write stands: its last good checkpoint and how to continue."""
@@ -492,7 +493,7 @@ class Trainer:
         if last is None:
             return "no checkpoint of this run was saved"
         return (f"the last good checkpoint is {last}; when there is room again, continue with: "
-                f"ten train --resume {self.output_dir}")
+                f"ten train {command_line(TrainArguments, resume=str(self.output_dir))}")
 
     def finish(self, status: str) -> RunResult:
         """Evaluate and save the end of the run; after a signal (in the loop or in this evaluation), only save."""
