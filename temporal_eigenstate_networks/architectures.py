@@ -41,6 +41,9 @@ def architecture_sizes(architecture: str, sizes: dict[str, Any]) -> dict[str, An
     return {name: value for name, value in sizes.items() if name in fields}
 
 
-def hten_label(config: Any, separator: str) -> str:
-    """`separator` + "hten" for a hierarchical model, else "": run folders say -hten, tables ten/hten."""
-    return f"{separator}hten" if getattr(config, "use_hten", False) else ""
+def variant_label(config: Any, separator: str) -> str:
+    """What sets a TEN model apart in a name, each part after `separator`: "hten" for a hierarchical model, and
+    the layer pattern of a hybrid (run folders say nano-hten or nano-eeea, tables ten/hten or ten/eeea)."""
+    parts = ["hten"] if getattr(config, "use_hten", False) else []
+    parts += [config.layer_pattern] if getattr(config, "layer_pattern", None) else []
+    return "".join(separator + part for part in parts)

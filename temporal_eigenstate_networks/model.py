@@ -84,7 +84,7 @@ class TemporalEigenstateNetwork(LanguageModel):
         if set(cfg.layer_kinds) & set("aw"):
             window = f", window {cfg.attention_window:,} tokens" if "w" in cfg.layer_kinds else ""
             lines.append(f"  layers: {cfg.layer_kinds} (e/h: eigenstates, a: attention, w: sliding-window "
-                         f"attention; {cfg.heads_of_attention} attention heads{window}; energy over e/h only)")
+                         f"attention; {cfg.heads_of_attention} attention head(s){window}; energy over e/h only)")
         ablations = [name for name, on in (("no output gate (g = 1)", not cfg.output_gate),
                                            ("no coupling (R = I)", not cfg.coupling),
                                            ("real eigenvalues (w = 0 or pi)", cfg.real_eigenvalues),

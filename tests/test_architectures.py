@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from temporal_eigenstate_networks import TemporalEigenstateConfig, TransformerConfig
-from temporal_eigenstate_networks.architectures import build_model, hten_label
+from temporal_eigenstate_networks.architectures import build_model, variant_label
 from temporal_eigenstate_networks.lm import ARCHITECTURES
 
 CPU = torch.device("cpu")
@@ -47,8 +47,10 @@ def test_build_model_takes_a_config_or_sizes_not_both():
         build_model("transformer", config=config, d_model=64)
 
 
-def test_the_hten_label_is_the_same_fact_for_run_folders_and_tables():
+def test_the_variant_label_is_the_same_fact_for_run_folders_and_tables():
     hten = TemporalEigenstateConfig(d_model=32, n_layers=1, num_eigenstates=8, use_hten=True, hten_scales=[1, 2])
-    assert (hten_label(hten, "-"), hten_label(hten, "/")) == ("-hten", "/hten")
-    assert hten_label(TemporalEigenstateConfig(d_model=32, n_layers=1, num_eigenstates=8), "-") == ""
-    assert hten_label(TransformerConfig(d_model=32, n_layers=1), "/") == ""  # no use_hten at all
+    assert (variant_label(hten, "-"), variant_label(hten, "/")) == ("-hten", "/hten")
+    assert variant_label(TemporalEigenstateConfig(d_model=32, n_layers=1, num_eigenstates=8), "-") == ""
+    assert variant_label(TransformerConfig(d_model=32, n_layers=1), "/") == ""  # no use_hten at all
+    hybrid = TemporalEigenstateConfig(d_model=32, n_layers=2, num_eigenstates=8, layer_pattern="ew")
+    assert variant_label(hybrid, "-") == "-ew"

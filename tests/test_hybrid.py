@@ -3,6 +3,8 @@
 The property tests every TEN variant passes (causality, streaming, gradients, parameter counts) run over hybrids
 in test_model.py; this file tests what only a hybrid has."""
 
+import re
+
 import pytest
 import torch
 
@@ -114,3 +116,43 @@ def test_analyze_reads_the_eigenstate_layers_of_a_hybrid_and_refuses_one_without
     assert [(r.layer, r.scale) for r in analyze(hybrid("aew", n_layers=3), ids)] == [(1, 1)]
     with pytest.raises(ValueError, match="layer_pattern 'aw' has no eigenstate layer"):
         analyze(hybrid("aw"), ids)
+
+
+HYBRID_RUN = ["--d_model", "32", "--n_layers", "2", "--num_eigenstates", "8", "--max_seq_len", "32", "--batch_size",
+              "2", "--eval_batches", "1", "--sample_tokens", "0", "--layer_pattern", "ew", "--attention_window", "8"]
+
+
+def test_train_resume_and_generate_a_hybrid_from_the_command_line(corpus, tmp_path, capsys):
+    from temporal_eigenstate_networks.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(corpus), *HYBRID_RUN, "--max_steps", "2", "--output_dir", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--max_steps", "4"]) == 0  # the saved run's pattern
+    loaded = TemporalEigenstateNetwork.from_pretrained(run / "checkpoints" / "final")
+    assert loaded.config.layer_kinds == "ew" and loaded.config.attention_window == 8
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "Now", "--max_new_tokens", "20", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith("Now")
+    # A resumed run keeps its layers, as every model setting.
+    assert main(["train", "--resume", str(run), "--max_steps", "6", "--layer_pattern", "ea"]) == 2
+    assert "--layer_pattern ea differs from the resumed run's ew" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--layer_pattern", "eqa"], "layer_pattern must be letters from ehaw"),
+    (["--layer_pattern", ""], "layer_pattern must be letters from ehaw"),
+    (["--layer_pattern", "ew", "--attention_window", "0"], "argument --attention_window: must be positive"),
+    (["--layer_pattern", "ha"], "an h layer .HTEN. needs HTEN scales"),
+    (["--layer_pattern", "aw", "--num_eigenstates", "16"], "has no eigenstate layer .e or h., so --num_eigenstates"),
+    (["--model", "transformer", "--layer_pattern", "ea"], "--layer_pattern does not apply to --model transformer"),
+])  # fmt: skip
+def test_bad_hybrid_flags_are_one_line_errors_with_exit_2(flags, message, capsys):
+    from temporal_eigenstate_networks.cli import main
+
+    try:
+        code = main(["train", "--dry_run", *flags])
+    except SystemExit as stop:  # argparse's own checks exit from inside the parser
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err)

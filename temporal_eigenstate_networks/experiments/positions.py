@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..architectures import hten_label
+from ..architectures import variant_label
 from ..atomic import atomic_write
 from ..data import TokenData, load_token_data
 from ..lm import LanguageModel
@@ -118,7 +118,7 @@ def run_positions(
         checkpoint = find_checkpoint(Path(target))
         model = load_model(checkpoint, device)
         check_vocabulary(checkpoint, model, data, tokenizer)
-        name = f"{model.architecture}{hten_label(model.config, '/')} ({Path(target).name})"
+        name = f"{model.architecture}{variant_label(model.config, '/')} ({Path(target).name})"
         loss = loss_by_position(model, windows, batch_size)
         results.append(PositionLoss(name, model.config.max_seq_len, loss))
         log(f"{name}: mean loss {sum(loss) / len(loss):.4f} over {len(windows)} windows of {length:,}")

@@ -17,6 +17,7 @@ from ..ops import SCAN_BACKENDS
 # The flags' sections of --help, in order.
 MODEL = "model (a preset, then overrides)"
 ABLATIONS = "ablations of TEN (the paper's; docs/RESULTS.md measures each)"
+HYBRIDS = "hybrids: attention layers among TEN's (design section 10)"
 OPTIMISATION = "optimisation"
 DATA = "data"
 OUTPUT = "output"
@@ -54,6 +55,15 @@ class TrainArguments:
     fixed_basis: bool | None = setting(
         None, group=ABLATIONS, on="eigenvalue magnitudes and frequencies frozen at their initial values"
     )
+    # hybrids (TemporalEigenstateConfig)
+    layer_pattern: str | None = setting(
+        None, "each layer's mixer, repeated to --n_layers: e TEN, h HTEN, a attention, w sliding-window attention, "
+        "e.g. eeea (default: every layer e, or h with --use_hten)", group=HYBRIDS,
+    )  # fmt: skip
+    attention_window: int | None = setting(None, "tokens a w layer sees, itself included (default 256)",
+                                           group=HYBRIDS, bound=POSITIVE)  # fmt: skip
+    attention_heads: int | None = setting(None, "heads of the a and w layers (default d_model / 64)", group=HYBRIDS,
+                                          bound=POSITIVE)  # fmt: skip
     # optimisation
     epochs: float | None = setting(None, "passes over the training split (default 1, or as many as --time_budget "
                                    "allows)", group=OPTIMISATION, bound=POSITIVE, resumable=True)  # fmt: skip

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..architectures import build_model, hten_label
+from ..architectures import build_model, variant_label
 from ..config import PRESETS
 from ..lm import ARCHITECTURES, CONFIG_FILE, LanguageModel, config_fields, load_config
 from ..runs.folders import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
@@ -47,8 +47,10 @@ class ModelPlan:
         return build_model(self.architecture, config=config)
 
     def run_name(self, preset: str) -> str:
-        """runs/<this>: the preset, -hten when the model is hierarchical, and the architecture if not TEN."""
-        return preset + hten_label(self.config, "-") + ("" if self.architecture == "ten" else f"-{self.architecture}")
+        """runs/<this>: the preset, -hten when the model is hierarchical, -PATTERN for a hybrid, and the
+        architecture if not TEN."""
+        architecture = "" if self.architecture == "ten" else f"-{self.architecture}"
+        return preset + variant_label(self.config, "-") + architecture
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,20 @@ def model_plan(args: TrainArguments) -> ModelPlan:
     config = config_class(**{**preset, **overrides, "vocab_size": PROVISIONAL_VOCAB})
     if "hten_scales" in overrides and not config.use_hten:
         raise ValueError(f"--hten_scales needs --use_hten (the {args.config} preset has no HTEN)")
+    check_eigenstate_flags(config, overrides)
     return ModelPlan(args.model, config, from_checkpoint=False)
+
+
+def check_eigenstate_flags(config: Any, overrides: dict[str, Any]) -> None:
+    """A hybrid without an eigenstate layer ignores the eigenstate settings: one given is a mistake, said."""
+    layer_kinds = getattr(config, "layer_kinds", "")
+    if not layer_kinds or set(layer_kinds) & set("eh"):
+        return
+    attention_fields = config_fields("transformer") | {"layer_pattern", "attention_window", "attention_heads"}
+    ignored = [f"--{name}" for name in overrides if name not in attention_fields]
+    if ignored:
+        raise ValueError(f"--layer_pattern {config.layer_pattern} has no eigenstate layer (e or h), so "
+                         f"{', '.join(ignored)} would change nothing")  # fmt: skip
 
 
 def batch_shape(args: TrainArguments, model: ModelPlan) -> tuple[int, int]:
