@@ -154,7 +154,7 @@ def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
         decode_batches=parse_lengths(args.decode_batches, "--decode_batches"),
         tokens_per_batch=args.tokens_per_batch,
         new_tokens=args.new_tokens, reps=args.reps, max_step_seconds=args.max_step_seconds, device=device,
-        dtype=args.dtype,
+        dtype=args.dtype, layer_pattern=args.layer_pattern, attention_window=args.attention_window,
     )  # fmt: skip
     check_writable(output)  # before any measuring (and after the flags): a folder that cannot be written loses it all
     results = run_bench(settings)
@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--d_model", type=positive(int), default=512)
     bench.add_argument("--n_layers", type=positive(int), default=4)
     bench.add_argument("--num_eigenstates", type=positive(int), default=64)
+    bench.add_argument("--layer_pattern", help="measure TEN as this hybrid, e.g. eeew (see ten train --help)")
+    bench.add_argument("--attention_window", type=positive(int), help="the hybrid's w layers' window (default 256)")
     bench.add_argument("--lengths", default="256,512,1024,2048,4096,8192,16384", help="sequence lengths T")
     bench.add_argument("--tokens_per_batch", type=positive(int), default=8192, help="batch = this / T (at least 1)")
     bench.add_argument("--contexts", default="128,1024,8192", help="contexts for per-token generation time")

@@ -156,3 +156,26 @@ def test_bad_hybrid_flags_are_one_line_errors_with_exit_2(flags, message, capsys
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and re.search(message, err)
+
+
+def test_compare_offers_the_hybrids_and_refuses_a_pattern_for_every_variant_where_one_sets_its_own():
+    from temporal_eigenstate_networks.experiments.compare import DEFAULT_VARIANTS, check_variants, parse_variants
+    from temporal_eigenstate_networks.training import TrainArguments
+
+    assert parse_variants("ten,ten-hybrid,ten-swa") == ["ten", "ten-hybrid", "ten-swa"]
+    assert "ten-hybrid" not in DEFAULT_VARIANTS  # the default comparison is what it was
+    base = TrainArguments(layer_pattern="ew", d_model=32, n_layers=2, num_eigenstates=8, max_seq_len=32)
+    check_variants(base, ["ten", "transformer"], typed={"layer_pattern"})  # the TEN variant takes it
+    with pytest.raises(ValueError, match="--layer_pattern is what variant ten-swa sets"):
+        check_variants(base, ["ten", "ten-swa"], typed={"layer_pattern"})
+
+
+def test_bench_measures_ten_as_the_hybrid_asked_for_and_checks_it_first():
+    from temporal_eigenstate_networks.experiments.bench import BenchSettings, build
+
+    settings = BenchSettings(d_model=32, n_layers=2, num_eigenstates=8, layer_pattern="ew", attention_window=8)
+    ten, transformer = (build(name, settings, 64, torch.device("cpu")) for name in ("ten", "transformer"))
+    assert ten.config.layer_kinds == "ew" and ten.blocks[1].mixer.window == 8
+    assert transformer.config.n_layers == 2  # all attention, as always
+    with pytest.raises(ValueError, match="layer_pattern must be letters"):
+        BenchSettings(layer_pattern="xq")

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..architectures import build_model
 from ..atomic import atomic_write
+from ..config import DEFAULT_ATTENTION_WINDOW, TemporalEigenstateConfig
 from ..flags import comma_list
 from ..lm import LanguageModel
 from ..timing import machine_description, median_seconds
@@ -44,6 +45,14 @@ class BenchSettings:
     weight_read_mib: int = 128  # more than any CPU cache
     device: str = "cpu"
     dtype: str = "float32"
+    layer_pattern: str | None = None  # TEN's column as a hybrid (e.g. eeew); the transformer's is all attention
+    attention_window: int | None = None
+
+    def __post_init__(self) -> None:
+        """TEN's settings checked by its config now, before any folder is made or anything measured."""
+        hybrid = {key: getattr(self, key) for key in ("layer_pattern", "attention_window") if getattr(self, key)}
+        TemporalEigenstateConfig(d_model=self.d_model, n_layers=self.n_layers, num_eigenstates=self.num_eigenstates,
+                                 **hybrid)  # fmt: skip
 
 
 # ---------------------------------------------------------------- measuring
@@ -105,8 +114,9 @@ def peak_memory_mib(name: str, settings: BenchSettings, length: int, batch: int,
 
 
 def build(name: str, settings: BenchSettings, max_len: int, device: torch.device) -> LanguageModel:
+    hybrid = {key: getattr(settings, key) for key in ("layer_pattern", "attention_window") if getattr(settings, key)}
     return build_model(name, device, vocab_size=256, d_model=settings.d_model, n_layers=settings.n_layers,
-                       num_eigenstates=settings.num_eigenstates, max_seq_len=max_len)  # fmt: skip
+                       num_eigenstates=settings.num_eigenstates, max_seq_len=max_len, **hybrid)  # fmt: skip
 
 
 def autocast(settings: BenchSettings, device: torch.device):
@@ -384,6 +394,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"\n{weight_read_line(results)}.")
     for name, why in results["stopped"].items():
         lines.append(f"\n{name}: stopped, {why}.")
+    if pattern := results["settings"].get("layer_pattern"):
+        window = results["settings"].get("attention_window") or DEFAULT_ATTENTION_WINDOW
+        lines.append(f"\nTEN is the hybrid {pattern} (w layers over {window:,} tokens).")
     return "\n".join(lines) + "\n"
 
 

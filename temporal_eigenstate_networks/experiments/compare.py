@@ -63,7 +63,14 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "hten4": {**FULL, "use_hten": True, "hten_scales": [1, 2, 4, 8]},
 }
 VARIANTS.update(ABLATIONS)
+# Hybrids (design section 10): one attention layer in four, full or over a window; energy off, as "ten".
+HYBRIDS: dict[str, dict[str, Any]] = {
+    "ten-hybrid": {**PLAIN_TEN, "layer_pattern": "eeea", "energy_reg_weight": 0.0},
+    "ten-swa": {**PLAIN_TEN, "layer_pattern": "eeew", "energy_reg_weight": 0.0},
+}
+VARIANTS.update(HYBRIDS)
 SWITCHES = {
+    "layer_pattern": "--layer_pattern",
     "model": "--model",
     "selective": "--no_selective",
     "output_gate": "--no_output_gate",
