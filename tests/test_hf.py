@@ -307,6 +307,16 @@ def test_exported_hybrids_generate_from_their_state_what_ten_generate_does(tmp_p
     assert run_alone(script, tmp_path).split() == [word for p in HYBRIDS for word in ("ok", p, p)]
 
 
+def test_the_modeling_module_imports_first_and_registers_the_auto_classes(tmp_path):
+    """Importing it imports transformers, whose import hook registers ten's classes: not before they exist."""
+    script = (
+        "from temporal_eigenstate_networks.hf.modeling import TenConfig, TenForCausalLM\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "print(AutoModelForCausalLM._model_mapping[TenConfig] is TenForCausalLM)\n"
+    )
+    assert run_alone(script, tmp_path).split() == ["True"]
+
+
 def one_line_error(capsys, argv):
     code = main(argv)
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`TenForCausalLM`: a TEN or HTEN network as a transformers causal LM, generating from its recurrent state.
+"""`TenForCausalLM`: a TEN, HTEN or hybrid network as a transformers causal LM, generating from its state.
 
 The network is the submodule `network`, run through its public API (`run`, `loss`, the input checks). Its
 weights are saved under the network's own keys (embedding.weight, blocks.0..., final_norm.weight), as in every
@@ -24,6 +24,7 @@ from transformers.utils import ModelOutput
 
 from ..lm import LMOutput
 from ..model import TemporalEigenstateNetwork
+from . import register
 from .cache import TenCache, concat_rows, left_padded, select_rows
 from .configuration import TenConfig
 
@@ -172,3 +173,4 @@ class TenForCausalLM(TenPreTrainedModel, GenerationMixin):
 register_checkpoint_conversion_mapping(
     TenConfig.model_type, [WeightRenaming(r"^(?!network\.)(.+)", r"network.\1")], overwrite=True
 )
+register()  # the Auto classes, where importing this module was what imported transformers
