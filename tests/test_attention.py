@@ -149,6 +149,37 @@ def test_the_state_does_not_grow_with_the_context():
             assert layer.state_mismatch(state, BATCH) is None
 
 
+def scrambled_padding(cache: KVCache | WindowCache) -> KVCache | WindowCache:
+    """The cache with random keys and values wherever a position before a row's first real one is held."""
+    positions = torch.arange(cache.length) if isinstance(cache, KVCache) else cache.positions()
+    keys, values = cache.keys.clone(), cache.values.clone()
+    for row, first in enumerate(cache.first.tolist()):
+        slots = torch.nonzero(positions < first).squeeze(1)
+        keys[row, :, slots], values[row, :, slots] = torch.randn(2, HEADS, len(slots), D // HEADS) * 10
+    return type(cache)(keys, values, cache.length, cache.first)
+
+
+@pytest.mark.parametrize("padding", [0, 1, WINDOW + 1, 3 * WINDOW + 2])
+@pytest.mark.parametrize("prompt", [3, WINDOW + 3])
+@pytest.mark.parametrize("make", [lambda: CausalSelfAttention(D, HEADS).eval(), lambda: window_layer(WINDOW)],
+                         ids=["KVCache", "WindowCache"])  # fmt: skip
+def test_a_cache_moved_behind_masked_padding_continues_as_it_would_have(make, prompt, padding):
+    """left_padded (how rows read without their padding join a batch): the positions move, what they hold is
+    never seen again, and the outputs of the steps after are those of the cache as read."""
+    layer, u = make(), torch.randn(BATCH, prompt + 2 * WINDOW, D)
+    with torch.no_grad():
+        state = layer(u[:, :prompt]).state
+        moved = scrambled_padding(state.left_padded(padding))
+        assert int(moved.length) == prompt + padding and moved.first.tolist() == [padding] * BATCH
+        assert layer.state_mismatch(moved, BATCH) is None and moved.keys.shape[2] == state.keys.shape[2] + (
+            0 if isinstance(state, WindowCache) else padding)  # a ring keeps its size
+        for piece in (1, 3, 1, 2 * WINDOW - 5):
+            start = int(state.length) if isinstance(state, WindowCache) else state.length
+            expected, got = layer(u[:, start : start + piece], state), layer(u[:, start : start + piece], moved)
+            torch.testing.assert_close(got.y, expected.y, rtol=1e-5, atol=1e-6)
+            state, moved = expected.state, got.state
+
+
 def decoding_form(layer: SlidingWindowAttention, state: WindowCache) -> list[tuple]:
     decoding = layer.decoding_state(state)
     return [(tuple(t.shape), t.dtype, t.stride()) for t in (decoding.keys, decoding.values, decoding.length)]

@@ -21,32 +21,42 @@ from temporal_eigenstate_networks import (  # noqa: E402
 from temporal_eigenstate_networks.cli import main  # noqa: E402
 from temporal_eigenstate_networks.data import ByteTokenizer, load_tokenizer, save_tokenizer  # noqa: E402
 from temporal_eigenstate_networks.hf import transformers_problem  # noqa: E402
+from temporal_eigenstate_networks.hf.configuration import TenConfig  # noqa: E402
 from temporal_eigenstate_networks.hf.modeling import TenForCausalLM  # noqa: E402
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 
 
-def tiny_config(hten: bool) -> TemporalEigenstateConfig:
+# (use_hten, layer_pattern): the pure models, and hybrids with full (a) and sliding-window (w) attention
+VARIANTS = {"ten": (False, None), "hten": (True, None), "ea": (False, "ea"), "ew": (False, "ew"), "hw": (True, "hw")}
+HYBRIDS = ["ea", "ew", "hw"]
+WINDOW = 6  # shorter than the prompts plus new tokens of the tests: a w layer's ring wraps
+
+
+def tiny_config(hten: bool, layer_pattern: str | None = None) -> TemporalEigenstateConfig:
     return TemporalEigenstateConfig(d_model=32, n_layers=2, num_eigenstates=12, num_heads=2, max_seq_len=32,
-                                    use_hten=hten, hten_scales=[1, 2, 4], scan_backend="chunked")  # fmt: skip
+                                    use_hten=hten, hten_scales=[1, 2, 4], scan_backend="chunked",
+                                    layer_pattern=layer_pattern, attention_window=WINDOW,
+                                    attention_heads=2)  # fmt: skip
 
 
-@pytest.fixture(params=[False, True], ids=["ten", "hten"])
-def saved(request, tmp_path):
+def checkpoint_of(variant: str, folder):
     """A ten checkpoint folder as `ten train` writes it (model + tokenizer), and the network."""
-    network = TemporalEigenstateNetwork(tiny_config(request.param)).eval()
-    folder = tmp_path / "checkpoint"
+    network = TemporalEigenstateNetwork(tiny_config(*VARIANTS[variant])).eval()
     network.save_pretrained(folder)
     save_tokenizer(ByteTokenizer(), folder)
     return folder, network
 
 
+@pytest.fixture(params=list(VARIANTS))
+def saved(request, tmp_path):
+    """Every test that takes it runs for TEN, HTEN and the hybrids alike."""
+    return checkpoint_of(request.param, tmp_path / "checkpoint")
+
+
 @pytest.fixture
 def saved_ten(tmp_path):
-    network = TemporalEigenstateNetwork(tiny_config(False)).eval()
-    network.save_pretrained(tmp_path / "checkpoint")
-    save_tokenizer(ByteTokenizer(), tmp_path / "checkpoint")
-    return tmp_path / "checkpoint", network
+    return checkpoint_of("ten", tmp_path / "checkpoint")
 
 
 @pytest.fixture
@@ -79,13 +89,15 @@ def test_save_pretrained_round_trips_through_ten_and_transformers(hf_model, tmp_
     again = TemporalEigenstateNetwork.from_pretrained(tmp_path / "hf")
     for (name, a), (_, b) in zip(network.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    assert isinstance(AutoConfig.from_pretrained(tmp_path / "hf").to_ten(), TemporalEigenstateConfig)
+    assert again.config == network.config  # a hybrid's layer_pattern, window and heads too
+    assert AutoConfig.from_pretrained(tmp_path / "hf").to_ten() == network.config
+    ids = torch.randint(0, 256, (2, 15))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
 def test_a_model_built_from_its_config_holds_the_network_and_saves_what_ten_loads(tmp_path):
     from safetensors import safe_open
-
-    from temporal_eigenstate_networks.hf.configuration import TenConfig
 
     model = TenForCausalLM(TenConfig.from_ten(tiny_config(True)))
     assert isinstance(model.network, TemporalEigenstateNetwork) and "network.embedding.weight" in model.state_dict()
@@ -165,13 +177,21 @@ def test_beam_search_with_the_state_equals_beam_search_by_recomputation(hf_model
     torch.testing.assert_close(with_state.sequences_scores, recomputed.sequences_scores)
 
 
-def test_a_left_padded_batch_generates_what_each_prompt_does_alone(hf_model):
-    """Prompts of 5, 8 and 11 tokens: for HTEN, rows at different positions of their windows."""
-    model, _ = hf_model
-    prompts = [torch.randint(1, 256, (n,)) for n in (5, 8, 11)]
-    width = max(len(p) for p in prompts)
+def left_padded_batch(lengths):
+    """Prompts of these lengths (no token 0) and the batch that holds them padded on the left with 0: (prompts,
+    ids, attention mask)."""
+    prompts = [torch.randint(1, 256, (n,)) for n in lengths]
+    width = max(lengths)
     ids = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
-    mask = (ids != 0).long()
+    return prompts, ids, (ids != 0).long()
+
+
+def test_a_left_padded_batch_generates_what_each_prompt_does_alone(hf_model):
+    """Prompts of 5, 8 and 11 tokens: for HTEN, rows at different positions of their windows; for a hybrid's
+    attention, rows whose keys sit at different positions (a w layer's ring wraps)."""
+    model, _ = hf_model
+    prompts, ids, mask = left_padded_batch((5, 8, 11))
+    width = ids.shape[1]
     settings = dict(max_new_tokens=7, do_sample=False, output_logits=True, return_dict_in_generate=True,
                     pad_token_id=0)  # fmt: skip
     batch = model.generate(ids, attention_mask=mask, **settings)
@@ -180,6 +200,33 @@ def test_a_left_padded_batch_generates_what_each_prompt_does_alone(hf_model):
         assert torch.equal(batch.sequences[row, width:], alone.sequences[0, len(prompt) :])
         for step_batch, step_alone in zip(batch.logits, alone.logits, strict=True):
             torch.testing.assert_close(step_batch[row], step_alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_left_padded_beam_search_finds_the_beams_of_each_prompt_alone(hf_model):
+    """Beams reorder a padded state's rows (select_rows): its padding, masked, must follow each row."""
+    model, _ = hf_model
+    prompts, ids, mask = left_padded_batch((4, 9))
+    settings = dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=0,
+                    output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    batch = model.generate(ids, attention_mask=mask, **settings)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt.unsqueeze(0), **settings)
+        rows = slice(2 * row, 2 * row + 2)
+        assert torch.equal(batch.sequences[rows, ids.shape[1] :], alone.sequences[:, len(prompt) :])
+        torch.testing.assert_close(batch.sequences_scores[rows], alone.sequences_scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", HYBRIDS)
+def test_a_hybrids_attention_masks_each_rows_padding_and_a_window_keeps_its_size(pattern):
+    model = TenForCausalLM(TenConfig.from_ten(tiny_config(*VARIANTS[pattern]))).eval()
+    _, ids, mask = left_padded_batch((3, 10, 7))
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
+                         return_dict_in_generate=True)  # fmt: skip
+    attention = out.cache.state.layers[1]
+    assert attention.first.tolist() == [7, 0, 3]  # each row's padding: masked, the batch's positions shared
+    assert int(attention.length) == out.cache.seen_tokens == 14
+    if pattern.endswith("w"):
+        assert attention.keys.shape == (3, 2, WINDOW, 16)  # the ring: its fixed size, padded or not
 
 
 def test_generation_continues_from_the_returned_state(hf_model):
@@ -223,12 +270,51 @@ def test_an_exported_folder_loads_with_trust_remote_code_alone(saved_ten, tmp_pa
         f"torch.testing.assert_close(model(ids).logits, torch.load({str(tmp_path / 'expected.pt')!r}))\n"
         "print('ok', type(model).__name__)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **OFFLINE}, cwd=tmp_path)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "ok TenForCausalLM" in done.stdout
+    assert "ok TenForCausalLM" in run_alone(script, tmp_path)
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_ten.TenForCausalLM"
+
+
+def run_alone(script: str, folder) -> str:
+    """Run a Python script in a fresh interpreter (nothing of ten imported first) in ``folder``: its stdout."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **OFFLINE}, cwd=folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_exported_hybrids_generate_from_their_state_what_ten_generate_does(tmp_path):
+    """ea, ew and hw exported, then loaded with trust_remote_code alone (one interpreter for the three): greedy
+    generate through TenCache gives LanguageModel.generate's tokens, 12 new ones after 7 (past the window)."""
+    prompt = torch.randint(0, 256, (2, 7))
+    torch.save(prompt, tmp_path / "prompt.pt")
+    for pattern in HYBRIDS:
+        folder, network = checkpoint_of(pattern, tmp_path / pattern)
+        assert main(["export", "--checkpoint", str(folder), "--hf", str(tmp_path / f"{pattern}-hf")]) == 0
+        torch.save(network.generate(prompt, 12, temperature=0), tmp_path / f"{pattern}.pt")
+    script = (
+        "import torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "prompt = torch.load('prompt.pt')\n"
+        f"for pattern in {HYBRIDS!r}:\n"
+        "    model = AutoModelForCausalLM.from_pretrained(pattern + '-hf', trust_remote_code=True)\n"
+        "    model.generation_config.eos_token_id = None  # the export's eos is byte 0: a random model may choose it\n"
+        "    out = model.generate(prompt, max_new_tokens=12, do_sample=False, return_dict_in_generate=True)\n"
+        "    assert type(out.cache).__name__ == 'TenCache' and out.cache.seen_tokens == 18, out.cache\n"
+        "    assert torch.equal(out.sequences, torch.load(pattern + '.pt')), pattern\n"
+        "    print('ok', pattern, model.config.layer_pattern)\n"
+    )
+    assert run_alone(script, tmp_path).split() == [word for p in HYBRIDS for word in ("ok", p, p)]
+
+
+def test_the_modeling_module_imports_first_and_registers_the_auto_classes(tmp_path):
+    """Importing it imports transformers, whose import hook registers ten's classes: not before they exist."""
+    script = (
+        "from temporal_eigenstate_networks.hf.modeling import TenConfig, TenForCausalLM\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "print(AutoModelForCausalLM._model_mapping[TenConfig] is TenForCausalLM)\n"
+    )
+    assert run_alone(script, tmp_path).split() == ["True"]
 
 
 def one_line_error(capsys, argv):

@@ -56,6 +56,9 @@ def register() -> bool:
     if problem:
         warnings.warn(problem, stacklevel=2)
         return False
+    modeling = sys.modules.get(f"{__name__}.modeling")
+    if modeling is not None and not hasattr(modeling, "TenForCausalLM"):
+        return True  # hf.modeling is importing transformers: it registers when it is complete
     from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415  (optional extra)
 
     from .configuration import MODEL_TYPE, TenConfig  # noqa: PLC0415

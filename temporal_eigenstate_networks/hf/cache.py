@@ -1,7 +1,8 @@
 """The recurrent state as transformers' `generate` carries it: one object, updated in place, reordered for beams.
 
 A TEN state is a fixed number of eigenstates per layer, not keys and values per position, so it is not one of
-transformers' `Cache` classes: `TenCache` offers just the attributes `generate` reads.
+transformers' `Cache` classes: `TenCache` offers just the attributes `generate` reads. A hybrid's attention layers
+keep their own caches in it, with positions shared by the batch and each row's left padding masked.
 """
 
 from __future__ import annotations
@@ -14,11 +15,21 @@ import torch
 from torch import Tensor
 
 from ..lm import RecurrentState, map_tensors
+from ..modules.attention import KVCache, WindowCache
 
 
 def select_rows(state: Any, index: Tensor) -> Any:
-    """The state of the batch rows ``index`` (beam search's reordering): every per-row tensor indexed on dim 0."""
-    return map_tensors(state, lambda tensor: tensor.index_select(0, index.to(tensor.device)))
+    """The state of the batch rows ``index`` (beam search's reordering): every per-row tensor indexed on dim 0;
+    a 0-d tensor (a window's token count) is the batch's, kept."""
+    return map_tensors(state, lambda t: t.index_select(0, index.to(t.device)) if t.dim() else t)
+
+
+def left_padded(state: RecurrentState, padding: int) -> RecurrentState:
+    """The state of rows read without their ``padding`` left-padding positions, as if those had been read first
+    and masked: the attention caches move to the batch's shared positions (the recurrent layers read no padding
+    and need nothing). Groups of rows with different padding then agree on every count, and join."""
+    return RecurrentState([layer.left_padded(padding) if isinstance(layer, KVCache | WindowCache) else layer
+                           for layer in state.layers])  # fmt: skip
 
 
 def concat_rows(parts: list[Any], rows: list[int], device: torch.device) -> Any:
@@ -31,6 +42,10 @@ def concat_rows(parts: list[Any], rows: list[int], device: torch.device) -> Any:
     if not present:
         return None
     first = present[0]
+    if torch.is_tensor(first) and not first.dim():  # shared by the batch: `left_padded` made the groups agree
+        if not all(torch.equal(p, first) for p in parts):
+            raise ValueError("the groups' states disagree on a count the batch shares: align them with left_padded")
+        return first
     if torch.is_tensor(first):
         sizes = zip(parts, rows, strict=True)
         return torch.cat([p if p is not None else first.new_zeros(n, *first.shape[1:]) for p, n in sizes])

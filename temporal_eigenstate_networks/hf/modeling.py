@@ -1,4 +1,4 @@
-"""`TenForCausalLM`: a TEN or HTEN network as a transformers causal LM, generating from its recurrent state.
+"""`TenForCausalLM`: a TEN, HTEN or hybrid network as a transformers causal LM, generating from its state.
 
 The network is the submodule `network`, run through its public API (`run`, `loss`, the input checks). Its
 weights are saved under the network's own keys (embedding.weight, blocks.0..., final_norm.weight), as in every
@@ -7,7 +7,8 @@ and removes it when it saves (the key mapping registered below).
 
 `generate` reads the prompt in one parallel pass, then feeds one token per call through the state in `TenCache`
 (no keys and values, no recomputation). A left-padded batch is read a group of equal padding at a time with the
-padding cut off, so every row's state is the one its prompt alone gives.
+padding cut off, so every row's state is the one its prompt alone gives; a hybrid's attention caches are then
+shifted behind their padding, masked, so that the batch shares one position counter (cache.left_padded).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from transformers.utils import ModelOutput
 
 from ..lm import LMOutput
 from ..model import TemporalEigenstateNetwork
-from .cache import TenCache, concat_rows, select_rows
+from . import register
+from .cache import TenCache, concat_rows, left_padded, select_rows
 from .configuration import TenConfig
 
 
@@ -156,7 +158,7 @@ class TenForCausalLM(TenPreTrainedModel, GenerationMixin):
                 logits = out.logits.new_zeros(batch, length, out.logits.shape[-1])
             logits[group, pad:] = out.logits
             order.append(group)
-            states.append(out.state)
+            states.append(left_padded(out.state, pad))
             rows.append(len(group))
             if out.aux_loss is not None:
                 aux_losses.append(out.aux_loss)
@@ -171,3 +173,4 @@ class TenForCausalLM(TenPreTrainedModel, GenerationMixin):
 register_checkpoint_conversion_mapping(
     TenConfig.model_type, [WeightRenaming(r"^(?!network\.)(.+)", r"network.\1")], overwrite=True
 )
+register()  # the Auto classes, where importing this module was what imported transformers

@@ -39,14 +39,49 @@ def rotate(x: Tensor, start: int | Tensor) -> Tensor:
 
     ``start`` may be a 0-d integer tensor: a compiled decoding step then takes the position as an input,
     not as a constant of its graph (one graph for every step)."""
+    return rotate_at(x, start + torch.arange(x.shape[-2], device=x.device, dtype=torch.float32))
+
+
+def rotate_at(x: Tensor, positions: Tensor) -> Tensor:
+    """RoPE of (B, H, T, D) at ``positions`` (T,) float32; rotating twice adds the positions (a shift)."""
     if x.shape[-1] % 2:
         raise ValueError(f"rotary positions need an even head size, got {x.shape[-1]}")
     half = x.shape[-1] // 2
     inv_freq = ROPE_BASE ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = (start + torch.arange(x.shape[-2], device=x.device, dtype=torch.float32))[:, None] * inv_freq
+    angles = positions[:, None] * inv_freq
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     first, second = x[..., :half], x[..., half:]
     return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+
+def shift_keys(keys: Tensor, padding: int) -> Tensor:
+    """Rotated keys (B, H, T, D) moved ``padding`` positions later: scores depend on position differences only,
+    so a row read alone and then shifted scores as if read after ``padding`` positions."""
+    if not padding:
+        return keys
+    return rotate_at(keys, torch.full((keys.shape[2],), float(padding), device=keys.device))
+
+
+def own_keys(first: Tensor | None, key_positions: Tensor) -> Tensor | None:
+    """(B, 1, 1, keys) bool: which keys are each row's own, at or after its first real position (before it: left
+    padding); None where no row is padded."""
+    if first is None:
+        return None
+    return (key_positions[None, :] >= first[:, None])[:, None, None, :]
+
+
+def shifted_first(first: Tensor | None, padding: int, keys: Tensor) -> Tensor:
+    """Each row of ``keys``' first real position after ``padding`` more positions in front (None: 0)."""
+    if first is None:
+        return torch.full((keys.shape[0],), padding, dtype=torch.long, device=keys.device)
+    return first + padding
+
+
+def first_mismatch(first: Any, batch: int) -> str | None:
+    """Why a cache's ``first`` (None, or each row's first real position) does not fit ``batch`` rows."""
+    if first is None or (torch.is_tensor(first) and tuple(first.shape) == (batch,)):
+        return None
+    return f"its first real positions must be None or of shape ({batch},), got {describe(first)}"
 
 
 @dataclass
@@ -57,11 +92,15 @@ class KVCache:
     read of the cache, not a copy of it (what torch.cat would do). The cost per token still grows
     with the context: that is attention's, and what the benchmark measures. Writing in place means
     two continuations of one cache share its buffer: copy the cache to branch.
+
+    Positions are shared by the batch. ``first`` (B,) marks left padding: a row's keys before its first real
+    position are never attended to (None: no row is padded).
     """
 
     keys: Tensor
     values: Tensor
     length: int
+    first: Tensor | None = None
 
     @classmethod
     def start(cls, keys: Tensor, values: Tensor) -> KVCache:
@@ -78,10 +117,17 @@ class KVCache:
                 new[:, :, : self.length] = old[:, :, : self.length]
         buffers[0][:, :, self.length : needed] = keys
         buffers[1][:, :, self.length : needed] = values
-        return KVCache(buffers[0], buffers[1], needed)
+        return KVCache(buffers[0], buffers[1], needed, self.first)
 
     def contents(self) -> tuple[Tensor, Tensor]:
         return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def left_padded(self, padding: int) -> KVCache:
+        """This cache after ``padding`` masked positions in front: what rows read without their left padding
+        become, so that groups of rows with different padding share one length (to be joined)."""
+        keys, values = self.contents()
+        keys, values = (F.pad(t, (0, 0, padding, 0)) for t in (shift_keys(keys, padding), values))
+        return KVCache(keys, values, self.length + padding, shifted_first(self.first, padding, keys))
 
 
 class AttentionMixer(SequenceMixer):
@@ -126,19 +172,20 @@ class CausalSelfAttention(AttentionMixer):
         if past:
             k, v = cache.contents()
         # After a cache, the new queries are the last `length` positions: mask only among themselves.
-        if not past or length == 1:
+        if not past or (length == 1 and cache.first is None):
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=not past and length > 1, dropout_p=self.attention_dropout()
             )
         else:
             allowed = torch.ones(length, k.shape[2], dtype=torch.bool, device=u.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            padded = own_keys(cache.first, torch.arange(k.shape[2], device=u.device))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed if padded is None else allowed & padded)
         return MixerOutput(self.merge(y), cache, None)
 
     def state_mismatch(self, state: Any, batch: int) -> str | None:
         shape = (batch, self.num_heads, self.d_model // self.num_heads)
         if isinstance(state, KVCache) and (state.keys.shape[0], state.keys.shape[1], state.keys.shape[3]) == shape:
-            return None
+            return first_mismatch(state.first, batch)
         got = f"keys of shape {tuple(state.keys.shape)}" if isinstance(state, KVCache) else describe(state)
         return f"an attention layer's state must be a KVCache of (batch, heads, ., head size) {shape}, got {got}"
 
@@ -178,12 +225,14 @@ class WindowCache:
     Position p sits in slot p % window, so which position a slot holds follows from ``length`` alone; keys are
     stored rotated, so attention needs no order of the slots. The shapes never change and ``length`` is a 0-d
     tensor: one compiled decoding step serves every step. Writing makes new buffers rather than overwriting
-    (a compiled step then mutates none of its inputs, and one state can be continued twice).
+    (a compiled step then mutates none of its inputs, and one state can be continued twice). ``first`` marks
+    left padding as in KVCache; (B,), so the state stays a fixed size.
     """
 
     keys: Tensor
     values: Tensor
-    length: Tensor  # 0-d int64: tokens read so far
+    length: Tensor  # 0-d int64: tokens read so far, shared by the batch
+    first: Tensor | None = None  # (B,) int64: each row's first real position; None: 0
 
     @classmethod
     def empty(cls, like: Tensor, window: int) -> WindowCache:
@@ -208,7 +257,12 @@ class WindowCache:
         slots = torch.remainder(self.length + count - kept + torch.arange(kept, device=keys.device), self.window)
         buffers = (old.index_copy(2, slots, new[:, :, count - kept :].to(old.dtype))
                    for old, new in ((self.keys, keys), (self.values, values)))  # fmt: skip
-        return WindowCache(*buffers, self.length + count)
+        return WindowCache(*buffers, self.length + count, self.first)
+
+    def left_padded(self, padding: int) -> WindowCache:
+        """As KVCache.left_padded: each position ``padding`` later, so into slot (p + padding) % window."""
+        keys, values = (torch.roll(t, padding, dims=2) for t in (shift_keys(self.keys, padding), self.values))
+        return WindowCache(keys, values, self.length + padding, shifted_first(self.first, padding, keys))
 
 
 class SlidingWindowAttention(AttentionMixer):
@@ -270,7 +324,10 @@ class SlidingWindowAttention(AttentionMixer):
         """After a state, any number of new positions: the ring's and the new keys, masked by position. Tensor
         operations only (no sync, no int from the state), so a one-token step compiles to one graph."""
         new_positions = state.length + torch.arange(q.shape[2], device=q.device)
-        mask = in_window(new_positions, torch.cat([state.positions(), new_positions]), self.window)
+        key_positions = torch.cat([state.positions(), new_positions])
+        mask = in_window(new_positions, key_positions, self.window)
+        if state.first is not None:
+            mask = mask & own_keys(state.first, key_positions)
         keys, values = (torch.cat([old.to(new.dtype), new], dim=2) for old, new in ((state.keys, k), (state.values, v)))
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=self.attention_dropout())
 
@@ -279,7 +336,7 @@ class SlidingWindowAttention(AttentionMixer):
         if isinstance(state, WindowCache):
             got = (tuple(state.keys.shape), tuple(state.values.shape), describe(state.length))
             if got[:2] == (shape, shape) and torch.is_tensor(state.length) and state.length.shape == ():
-                return None
+                return first_mismatch(state.first, batch)
             got = f"keys {got[0]}, values {got[1]}, length {got[2]}"
         else:
             got = describe(state)
