@@ -6,14 +6,19 @@ A user's mistake ends in one line on stderr and exit code 2; set TEN_DEBUG=1 to 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
+from .config import PRESETS
 from .experiments.compare import DEFAULT_VARIANTS, VARIANTS
-from .flags import add_flags, float_list, integer_list, non_negative_float, positive, random_seed, typed_fields
-from .training.arguments import MODE_FIELDS, TrainArguments
+from .lm import ARCHITECTURES
+from .ops import SCAN_BACKENDS
+from .training.arguments import MAX_SEED, TrainArguments
+
+TRAIN_DEFAULTS = TrainArguments()
 
 
 class UserError(Exception):
@@ -23,7 +28,7 @@ class UserError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the usage text is one `--help` away), and no abbreviations.
 
-    An abbreviated flag (--max_step for --max_steps) would be parsed, but not seen by `typed_fields`, so a
+    An abbreviated flag (--max_step for --max_steps) would be parsed, but not seen by `explicit_flags`, so a
     resumed run would ignore it: every flag must be typed in full.
     """
 
@@ -34,13 +39,158 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# ---------------------------------------------------------------- flag types
+
+
+def integer_list(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; what the values must satisfy is the model config's to say."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers such as 1,2,4, got {text!r}") from None
+
+
+def positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def random_seed(text: str) -> int:
+    """A random seed, refused here when out of range: found later, the run would already have claimed its folder."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**64 - 1], got {text!r}")
+    return value
+
+
 # ---------------------------------------------------------------- ten train
 
 
 def add_train_flags(parser: argparse.ArgumentParser, modes: bool = True) -> None:
-    """A flag per field of TrainArguments; `modes`: offer --dry_run and --benchmark (`ten compare` trains, so it
-    has neither)."""
-    add_flags(parser, TrainArguments, TrainArguments.flag_groups, leave_out=() if modes else MODE_FIELDS)
+    """`modes`: offer --dry_run and --benchmark (`ten compare` trains, so it has neither)."""
+    d = TRAIN_DEFAULTS
+    model = parser.add_argument_group("model (a preset, then overrides)")
+    model.add_argument("--config", default=d.config, choices=list(PRESETS), help="preset (default %(default)s)")
+    model.add_argument(
+        "--model",
+        default=d.model,
+        choices=list(ARCHITECTURES),
+        help="architecture: TEN, or the attention baseline of the same size (default %(default)s)",
+    )
+    model.add_argument("--use_hten", action="store_const", const=True, help="hierarchical multi-scale TEN")
+    model.add_argument("--hten_scales", type=integer_list, help="HTEN scales, e.g. 1,2,4")
+    model.add_argument("--energy_reg_weight", type=non_negative_float, help="weight of the energy loss")
+    model.add_argument("--max_seq_len", type=positive(int), help="training window T")
+    model.add_argument("--d_model", type=positive(int))
+    model.add_argument("--n_layers", type=positive(int))
+    model.add_argument("--num_eigenstates", type=positive(int), help="K eigenstates per layer")
+    model.add_argument("--num_heads", type=positive(int), help="eigenstate heads (blocks of the coupling)")
+    model.add_argument("--no_selective", dest="selective", action="store_const", const=False,
+                       help="eigenvalues independent of the input (time-invariant)")  # fmt: skip
+    model.add_argument(
+        "--selective_range",
+        type=non_negative_float,
+        help="bound on the selective change of decay logit and phase (default 0.1)",
+    )
+    model.add_argument("--dropout", type=non_negative_float)
+    model.add_argument("--scan_backend", choices=list(SCAN_BACKENDS))
+    ablation = parser.add_argument_group("ablations of TEN (the paper's; docs/RESULTS.md measures each)")
+    ablation.add_argument("--no_output_gate", dest="output_gate", action="store_const", const=False,
+                          help="no output gate: g = 1")  # fmt: skip
+    ablation.add_argument("--no_coupling", dest="coupling", action="store_const", const=False,
+                          help="no resonance coupling: R = I")  # fmt: skip
+    ablation.add_argument("--real_eigenvalues", action="store_const", const=True,
+                          help="frequencies fixed at 0 or pi (no rotation, no selective phase)")  # fmt: skip
+    ablation.add_argument("--fixed_basis", action="store_const", const=True,
+                          help="eigenvalue magnitudes and frequencies frozen at their initial values")  # fmt: skip
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument(
+        "--epochs",
+        type=positive(float),
+        help="passes over the training split (default 1, or as many as --time_budget allows)",
+    )
+    opt.add_argument("--max_steps", type=positive(int), help="optimiser steps (overrides --epochs)")
+    opt.add_argument("--learning_rate", "--lr", type=positive(float), help="peak (default: the preset's)")
+    opt.add_argument("--min_lr_ratio", type=non_negative_float, default=d.min_lr_ratio, help="final lr / peak lr")
+    opt.add_argument("--weight_decay", type=non_negative_float, default=d.weight_decay)
+    opt.add_argument("--warmup_steps", type=int, default=d.warmup_steps)
+    opt.add_argument("--batch_size", type=positive(int), help="sequences per micro-batch (default: the preset's)")
+    opt.add_argument("--gradient_accumulation", type=positive(int), default=d.gradient_accumulation)
+    opt.add_argument("--grad_clip", type=non_negative_float, default=d.grad_clip, help="0 turns clipping off")
+    opt.add_argument("--mixed_precision", nargs="?", const="auto", default=d.mixed_precision,
+                     choices=["no", "auto", "bf16", "fp16"],
+                     help="bf16 autocast where supported, else fp16 + scaler on GPUs (flag alone: auto)")  # fmt: skip
+    opt.add_argument("--gradient_checkpointing", action="store_true", help="recompute layers in backward")
+    opt.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_const",
+        const=True,
+        help="torch.compile the training step (default: on CUDA only, where it is faster)",
+    )
+    opt.add_argument("--no_compile", dest="compile", action="store_const", const=False, help="never torch.compile")
+    opt.add_argument("--use_8bit_optim", action="store_true", help="bitsandbytes 8-bit AdamW (CUDA)")
+    opt.add_argument("--seed", type=random_seed, default=d.seed)
+    opt.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    opt.add_argument("--time_budget", type=positive(float),
+                     help="minutes for the whole run, final evaluation and checkpoint included; with no --epochs "
+                          "or --max_steps the schedule ends with it")  # fmt: skip
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=d.dataset,
+                      help="shakespeare (built in), a text file or folder, a token file (.bin/.u32), or a hub name "
+                           "(wikitext-103, tinystories, finewebedu, pg19, openwebtext, imdb, ag_news)")  # fmt: skip
+    data.add_argument("--tokenizer", default=d.tokenizer, help="byte (default), bpe:N, or a hub tokenizer name")
+    data.add_argument("--subset_size", type=positive(int), help="train on the first N windows of the corpus")
+    data.add_argument("--streaming", action="store_true", help="stream a hub dataset instead of downloading it all")
+    data.add_argument("--tokenized_dir", "--pretokenized", dest="tokenized_dir", help="a folder from `ten prepare`")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--output_dir", help="metrics.jsonl and checkpoints/ (default runs/<config>[-hten], numbered)")
+    out.add_argument("--save_steps", type=positive(int), default=d.save_steps)
+    out.add_argument("--eval_steps", type=positive(int), default=d.eval_steps)
+    out.add_argument("--eval_batches", type=positive(int), default=d.eval_batches)
+    out.add_argument("--keep_checkpoints", type=positive(int), default=d.keep_checkpoints, help="step-N ones kept")
+    out.add_argument("--resume", nargs="?", const="", help="continue a run: its latest checkpoint, or PATH")
+    out.add_argument("--overwrite", action="store_true", help="start over in an --output_dir that holds a run")
+    out.add_argument("--hourly_rate", type=non_negative_float, help="$/hour of the machine: show the cost so far")
+    out.add_argument("--sample_tokens", type=int, default=d.sample_tokens, help="tokens sampled at the end")
+
+    if not modes:
+        return
+    mode = parser.add_argument_group("other modes")
+    mode.add_argument("--dry_run", action="store_true", help="summary and the loss of real windows; no training")
+    mode.add_argument("--dry_samples", type=positive(int), default=d.dry_samples)
+    mode.add_argument("--benchmark", action="store_true", help="time training steps and generation; no training")
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the flags the user typed (so a resumed run knows what was asked to change)."""
+    typed = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+    return {a.dest for a in parser._actions if typed.intersection(a.option_strings)}
 
 
 def cmd_train(args: argparse.Namespace, explicit: set[str]) -> None:
@@ -157,6 +307,17 @@ def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
     if measured := [f"{n} p = {e:.2f}" for n, e in exponents.items() if e is not None]:  # two lengths or more
         print("forward peak memory ~ T^p: " + ", ".join(measured))
     print(f"written: {output}/bench.md, bench.json, bench_scaling.png")
+
+
+def float_list(text: str) -> list[float]:
+    """'1e-3,3e-3' -> [0.001, 0.003]."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers such as 1e-3,3e-3, got {text!r}") from None
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return values
 
 
 def cmd_synthetic(args: argparse.Namespace, explicit: set[str]) -> None:
@@ -458,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     subparser = parser._subparsers._group_actions[0].choices[args.command]
     prefix = f"ten {args.command}"
     try:
-        args.run(args, typed_fields(subparser, argv))
+        args.run(args, explicit_flags(subparser, argv))
     except (UserError, DataError, ValueError, FileNotFoundError, PermissionError) as err:
         if os.environ.get("TEN_DEBUG"):
             raise

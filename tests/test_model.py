@@ -13,7 +13,6 @@ from temporal_eigenstate_networks.config import MAX_PARAMETERS
 from temporal_eigenstate_networks.modules.block import is_no_weight_decay
 from temporal_eigenstate_networks.modules.eigenstate import MIN_DECAY, EigenstateCore, energy
 from temporal_eigenstate_networks.training.optimizer import parameter_groups
-from temporal_eigenstate_networks.training.presets import TRAINING_PRESETS
 
 from .conftest import relative_error
 
@@ -570,8 +569,8 @@ DESIGN_TABLE = {  # the design's section 6, verbatim
 @pytest.mark.parametrize("name", list(DESIGN_TABLE))
 def test_presets_build_on_meta_and_match_the_summary(name):
     d, layers, k, batch, seq, hten, scales, weight = DESIGN_TABLE[name]
-    preset, training = PRESETS[name], TRAINING_PRESETS[name]
-    assert (preset.d_model, preset.n_layers, preset.num_eigenstates, training.batch_size) == (d, layers, k, batch)
+    preset = PRESETS[name]
+    assert (preset.d_model, preset.n_layers, preset.num_eigenstates, preset.batch_size) == (d, layers, k, batch)
     assert (preset.max_seq_len, preset.use_hten, preset.energy_reg_weight) == (seq, hten, weight)
     if scales:
         assert preset.hten_scales == scales

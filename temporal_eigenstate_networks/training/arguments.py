@@ -1,21 +1,10 @@
-"""Every setting of a training run, with its default: the one place the CLI and the trainer read them from.
-
-Each field declares its flag too (help, bound, choices, spelling: see flags.py): `ten train` and `ten
-compare` build their flags from these fields, and validate() checks the same declared bounds.
-"""
+"""Every setting of a training run, with its default: the one place the CLI and the trainer read them from."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from ..config import PRESETS
-from ..flags import FRACTION, MAX_SEED, NON_NEGATIVE, POSITIVE, SEED, check_fields, setting
-from ..lm import ARCHITECTURES
-from ..ops import SCAN_BACKENDS
-
-__all__ = ["MAX_SEED", "MODEL_FIELDS", "MODE_FIELDS", "RESUMABLE_OVERRIDES", "TrainArguments"]
+from typing import Any
 
 # Settings a resumed run may change; the rest define the run and must match its checkpoint.
 RESUMABLE_OVERRIDES = frozenset(
@@ -23,93 +12,71 @@ RESUMABLE_OVERRIDES = frozenset(
      "hourly_rate", "device", "keep_checkpoints", "sample_tokens", "compile", "resume", "dry_run", "dry_samples",
      "benchmark"}
 )  # fmt: skip
-DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+MAX_SEED = 2**64 - 1  # torch's generators take seeds up to this; numpy's none below 0
+# The settings that override a preset's model: each applies to the architectures whose config has it.
+MODEL_FIELDS = ("use_hten", "hten_scales", "energy_reg_weight", "max_seq_len", "d_model", "n_layers",
+                "num_eigenstates", "num_heads", "selective", "selective_range", "dropout", "scan_backend",
+                "output_gate", "coupling", "real_eigenvalues", "fixed_basis")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class TrainArguments:
-    # The model: a preset, then any of these overrides (None keeps the preset's value). A field that an
-    # architecture's config also has is such an override (MODEL_FIELDS).
-    config: str = setting("nano", "preset (default %(default)s)", choices=PRESETS)
-    model: str = setting("ten", "architecture: TEN, or the attention baseline of the same size (default %(default)s)",
-                         choices=ARCHITECTURES)  # fmt: skip
-    use_hten: bool | None = setting(None, "hierarchical multi-scale TEN")
-    hten_scales: list[int] | None = setting(None, "HTEN scales, e.g. 1,2,4")
-    energy_reg_weight: float | None = setting(None, "weight of the energy loss", bound=NON_NEGATIVE)
-    max_seq_len: int | None = setting(None, "training window T", bound=POSITIVE)
-    d_model: int | None = setting(None, bound=POSITIVE)
-    n_layers: int | None = setting(None, bound=POSITIVE)
-    num_eigenstates: int | None = setting(None, "K eigenstates per layer", bound=POSITIVE)
-    num_heads: int | None = setting(None, "eigenstate heads (blocks of the coupling)", bound=POSITIVE)
-    selective: bool | None = setting(
-        None, switches={"--no_selective": (False, "eigenvalues independent of the input (time-invariant)")}
-    )
-    selective_range: float | None = setting(
-        None, "bound on the selective change of decay logit and phase (default 0.1)", bound=NON_NEGATIVE
-    )
-    dropout: float | None = setting(None, bound=NON_NEGATIVE)
-    scan_backend: str | None = setting(None, choices=SCAN_BACKENDS)
-    output_gate: bool | None = setting(None, switches={"--no_output_gate": (False, "no output gate: g = 1")})
-    coupling: bool | None = setting(None, switches={"--no_coupling": (False, "no resonance coupling: R = I")})
-    real_eigenvalues: bool | None = setting(None, "frequencies fixed at 0 or pi (no rotation, no selective phase)")
-    fixed_basis: bool | None = setting(None, "eigenvalue magnitudes and frequencies frozen at their initial values")
+    # model: a preset, then any of these overrides (None keeps the preset's value)
+    config: str = "nano"
+    model: str = "ten"
+    use_hten: bool | None = None
+    hten_scales: list[int] | None = None
+    energy_reg_weight: float | None = None
+    max_seq_len: int | None = None
+    d_model: int | None = None
+    n_layers: int | None = None
+    num_eigenstates: int | None = None
+    num_heads: int | None = None
+    selective: bool | None = None
+    selective_range: float | None = None
+    dropout: float | None = None
+    scan_backend: str | None = None
+    output_gate: bool | None = None  # the paper's ablations (TemporalEigenstateConfig)
+    coupling: bool | None = None
+    real_eigenvalues: bool | None = None
+    fixed_basis: bool | None = None
     # optimisation
-    epochs: float | None = setting(None, "passes over the training split (default 1, or as many as --time_budget "
-                                   "allows)", bound=POSITIVE)  # fmt: skip
-    max_steps: int | None = setting(None, "optimiser steps (overrides --epochs)", bound=POSITIVE)
-    learning_rate: float | None = setting(None, "peak (default: the preset's)", bound=POSITIVE, aliases=("--lr",))
-    # Its parser refuses < 0 only; > 1 is validate()'s to refuse, with the message it always had.
-    min_lr_ratio: float = setting(0.1, "final lr / peak lr", bound=FRACTION, parse_bound=NON_NEGATIVE)
-    weight_decay: float = setting(0.1, bound=NON_NEGATIVE)
-    warmup_steps: int = setting(100, bound=NON_NEGATIVE, parse_bound=None)  # parsed as a plain int, as before
-    batch_size: int | None = setting(None, "sequences per micro-batch (default: the preset's)", bound=POSITIVE)
-    gradient_accumulation: int = setting(1, bound=POSITIVE)
-    grad_clip: float = setting(1.0, "0 turns clipping off", bound=NON_NEGATIVE)
-    mixed_precision: str = setting("no", "bf16 autocast where supported, else fp16 + scaler on GPUs (flag alone: "
-                                   "auto)", choices=("no", "auto", "bf16", "fp16"), bare="auto")  # fmt: skip
-    gradient_checkpointing: bool = setting(False, "recompute layers in backward")
-    # None: on CUDA only (on a CPU it costs minutes and gains nothing measured)
-    compile: bool | None = setting(None, switches={
-        "--compile": (True, "torch.compile the training step (default: on CUDA only, where it is faster)"),
-        "--no_compile": (False, "never torch.compile"),
-    })  # fmt: skip
-    use_8bit_optim: bool = setting(False, "bitsandbytes 8-bit AdamW (CUDA)")
-    seed: int = setting(42, bound=SEED)
-    device: str = setting("auto", DEVICE_HELP)
-    time_budget: float | None = setting(None, "minutes for the whole run, final evaluation and checkpoint included; "
-                                        "with no --epochs or --max_steps the schedule ends with it",
-                                        bound=POSITIVE)  # fmt: skip
+    epochs: float | None = None  # None: one epoch, or as many steps as --time_budget allows
+    max_steps: int | None = None
+    learning_rate: float | None = None  # None: the preset's
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    batch_size: int | None = None  # None: the preset's
+    gradient_accumulation: int = 1
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"  # no | auto | bf16 | fp16
+    gradient_checkpointing: bool = False
+    compile: bool | None = None  # None: on CUDA only (on a CPU it costs minutes and gains nothing measured)
+    use_8bit_optim: bool = False
+    seed: int = 42
+    device: str = "auto"
+    time_budget: float | None = None  # minutes of wall time for the whole run, final evaluation included
     # data
-    dataset: str = setting("shakespeare", "shakespeare (built in), a text file or folder, a token file (.bin/.u32), "
-                           "or a hub name (wikitext-103, tinystories, finewebedu, pg19, openwebtext, imdb, ag_news)")
-    tokenizer: str = setting("byte", "byte (default), bpe:N, or a hub tokenizer name")
-    subset_size: int | None = setting(None, "train on the first N windows of the corpus", bound=POSITIVE)
-    streaming: bool = setting(False, "stream a hub dataset instead of downloading it all")
-    tokenized_dir: str | None = setting(None, "a folder from `ten prepare`", aliases=("--pretokenized",))
+    dataset: str = "shakespeare"
+    tokenizer: str = "byte"
+    subset_size: int | None = None  # training windows of max_seq_len tokens
+    streaming: bool = False
+    tokenized_dir: str | None = None
     # output
-    output_dir: str | None = setting(None, "metrics.jsonl and checkpoints/ (default runs/<config>[-hten], numbered)")
-    save_steps: int = setting(500, bound=POSITIVE)
-    eval_steps: int = setting(250, bound=POSITIVE)
-    eval_batches: int = setting(20, bound=POSITIVE)
-    keep_checkpoints: int = setting(2, "step-N ones kept", bound=POSITIVE)
-    resume: str | None = setting(None, "continue a run: its latest checkpoint, or PATH", bare="")  # "": the latest
-    overwrite: bool = setting(False, "start over in an --output_dir that holds a run")
-    hourly_rate: float | None = setting(None, "$/hour of the machine: show the cost so far", bound=NON_NEGATIVE)
-    sample_tokens: int = setting(200, "tokens sampled at the end", bound=NON_NEGATIVE, parse_bound=None)
+    output_dir: str | None = None  # None: runs/<config>[-hten], numbered -2, -3... when taken
+    save_steps: int = 500
+    eval_steps: int = 250
+    eval_batches: int = 20
+    keep_checkpoints: int = 2
+    resume: str | None = None  # "" = the latest checkpoint in output_dir
+    overwrite: bool = False  # start over in an output_dir that holds an earlier run
+    hourly_rate: float | None = None
+    sample_tokens: int = 200
     # other modes
-    dry_run: bool = setting(False, "summary and the loss of real windows; no training")
-    dry_samples: int = setting(2, bound=POSITIVE)
-    benchmark: bool = setting(False, "time training steps and generation; no training")
-
-    # The flags' argument groups: the field each one opens -> its title.
-    flag_groups: ClassVar[dict[str, str]] = {
-        "config": "model (a preset, then overrides)",
-        "output_gate": "ablations of TEN (the paper's; docs/RESULTS.md measures each)",
-        "epochs": "optimisation",
-        "dataset": "data",
-        "output_dir": "output",
-        "dry_run": "other modes",
-    }
+    dry_run: bool = False
+    dry_samples: int = 2
+    benchmark: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,9 +87,25 @@ class TrainArguments:
         return cls(**{k: v for k, v in values.items() if k in names})
 
     def validate(self) -> None:
-        """Raise ValueError naming the first setting a run cannot start with: outside its declared bound or
-        choices (the parser checks the same), or contradicting another."""
-        check_fields(self)
+        """Raise ValueError naming the first setting a run cannot start with."""
+        always = ("gradient_accumulation", "save_steps", "eval_steps", "eval_batches", "dry_samples",
+                  "keep_checkpoints")  # fmt: skip
+        when_given = ("epochs", "learning_rate", "batch_size", "max_steps", "max_seq_len", "subset_size",
+                      "time_budget", "d_model", "n_layers", "num_eigenstates", "num_heads")  # fmt: skip
+        positive = {name: getattr(self, name) for name in always}
+        positive.update({name: getattr(self, name) for name in when_given if getattr(self, name) is not None})
+        for name, value in positive.items():
+            if not value > 0 or value != value or value == float("inf"):
+                raise ValueError(f"--{name} must be a positive number, got {value}")
+        for name in ("weight_decay", "warmup_steps", "sample_tokens", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {self.seed}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"--min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.mixed_precision not in ("no", "auto", "bf16", "fp16"):
+            raise ValueError(f"--mixed_precision must be no, auto, bf16 or fp16, got {self.mixed_precision!r}")
         contradictions = [
             (self.coupling is False and self.num_heads is not None,
              "--num_heads only partitions the coupling into heads: it means nothing with --no_coupling"),
@@ -132,14 +115,5 @@ class TrainArguments:
         for contradicts, message in contradictions:
             if contradicts:
                 raise ValueError(message)
-
-
-def model_fields() -> tuple[str, ...]:
-    """The settings some architecture's config also has, in field order: each overrides the preset's model."""
-    configs = {f.name for model in ARCHITECTURES.values() for f in dataclasses.fields(model.config_class)}
-    return tuple(f.name for f in dataclasses.fields(TrainArguments) if f.name in configs)
-
-
-# The settings that override a preset's model: each applies to the architectures whose config has it.
-MODEL_FIELDS = model_fields()
-MODE_FIELDS = ("dry_run", "dry_samples", "benchmark")  # `ten train`'s alone: `ten compare` trains
+        if self.hourly_rate is not None and not self.hourly_rate >= 0:
+            raise ValueError(f"--hourly_rate must be >= 0, got {self.hourly_rate}")

@@ -21,7 +21,6 @@ from ..runs.lookup import find_checkpoint, recover_interrupted_saves
 from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
 from .checkpoint import read_trainer_state
 from .distributed import DistributedContext
-from .presets import TRAINING_PRESETS
 
 # A new run's model config is built before the tokenizer is known; `ModelPlan.build` puts the
 # tokenizer's vocabulary in. The byte vocabulary is the default, so the plan's config is usually exact.
@@ -99,7 +98,7 @@ def model_plan(args: TrainArguments) -> ModelPlan:
 
 def batch_shape(args: TrainArguments, model: ModelPlan) -> tuple[int, int]:
     """(window T, batch size): the command line's, else the model's training window and the preset's batch."""
-    return model.config.max_seq_len, args.batch_size or TRAINING_PRESETS[args.config].batch_size
+    return model.config.max_seq_len, args.batch_size or PRESETS[args.config].batch_size
 
 
 def resolved_arguments(args: TrainArguments, model: ModelPlan, output_dir: Path | None) -> TrainArguments:
@@ -108,7 +107,7 @@ def resolved_arguments(args: TrainArguments, model: ModelPlan, output_dir: Path 
     model_values = {name: getattr(config, name) for name in MODEL_FIELDS if hasattr(config, name)}
     return dataclasses.replace(
         args, **model_values, batch_size=batch_shape(args, model)[1],
-        learning_rate=args.learning_rate or TRAINING_PRESETS[args.config].learning_rate,
+        learning_rate=args.learning_rate or PRESETS[args.config].learning_rate,
         output_dir=None if output_dir is None else str(output_dir),
     )  # fmt: skip
 
