@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import temporal_eigenstate_networks.modules.eigenstate as eigenstate_module
 from temporal_eigenstate_networks import LanguageModel
+from temporal_eigenstate_networks.architectures import build_model
 from temporal_eigenstate_networks.device import resolve_device
 from temporal_eigenstate_networks.ops import (
     MIN_DECAY,
@@ -36,7 +37,7 @@ from temporal_eigenstate_networks.ops import (
     scan_triton,
     triton_available,
 )
-from temporal_eigenstate_networks.timing import build_model, machine_description, median_seconds, sync
+from temporal_eigenstate_networks.timing import machine_description, median_seconds, sync
 
 Table = tuple[str, list[str], list[list[str]]]  # title, headers, rows
 # fmt: off

@@ -6,19 +6,14 @@ A user's mistake ends in one line on stderr and exit code 2; set TEN_DEBUG=1 to 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
-from .config import PRESETS
 from .experiments.compare import DEFAULT_VARIANTS, VARIANTS
-from .lm import ARCHITECTURES
-from .ops import SCAN_BACKENDS
-from .training.arguments import MAX_SEED, TrainArguments
-
-TRAIN_DEFAULTS = TrainArguments()
+from .flags import add_flags, float_list, integer_list, non_negative_float, positive, random_seed
+from .training.arguments import MODES, TrainArguments
 
 
 class UserError(Exception):
@@ -39,152 +34,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-# ---------------------------------------------------------------- flag types
-
-
-def integer_list(text: str) -> list[int]:
-    """'1,2,4' -> [1, 2, 4]; what the values must satisfy is the model config's to say."""
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers such as 1,2,4, got {text!r}") from None
-
-
-def positive(kind: type):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def random_seed(text: str) -> int:
-    """A random seed, refused here when out of range: found later, the run would already have claimed its folder."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**64 - 1], got {text!r}")
-    return value
-
-
 # ---------------------------------------------------------------- ten train
 
 
 def add_train_flags(parser: argparse.ArgumentParser, modes: bool = True) -> None:
-    """`modes`: offer --dry_run and --benchmark (`ten compare` trains, so it has neither)."""
-    d = TRAIN_DEFAULTS
-    model = parser.add_argument_group("model (a preset, then overrides)")
-    model.add_argument("--config", default=d.config, choices=list(PRESETS), help="preset (default %(default)s)")
-    model.add_argument(
-        "--model",
-        default=d.model,
-        choices=list(ARCHITECTURES),
-        help="architecture: TEN, or the attention baseline of the same size (default %(default)s)",
-    )
-    model.add_argument("--use_hten", action="store_const", const=True, help="hierarchical multi-scale TEN")
-    model.add_argument("--hten_scales", type=integer_list, help="HTEN scales, e.g. 1,2,4")
-    model.add_argument("--energy_reg_weight", type=non_negative_float, help="weight of the energy loss")
-    model.add_argument("--max_seq_len", type=positive(int), help="training window T")
-    model.add_argument("--d_model", type=positive(int))
-    model.add_argument("--n_layers", type=positive(int))
-    model.add_argument("--num_eigenstates", type=positive(int), help="K eigenstates per layer")
-    model.add_argument("--num_heads", type=positive(int), help="eigenstate heads (blocks of the coupling)")
-    model.add_argument("--no_selective", dest="selective", action="store_const", const=False,
-                       help="eigenvalues independent of the input (time-invariant)")  # fmt: skip
-    model.add_argument(
-        "--selective_range",
-        type=non_negative_float,
-        help="bound on the selective change of decay logit and phase (default 0.1)",
-    )
-    model.add_argument("--dropout", type=non_negative_float)
-    model.add_argument("--scan_backend", choices=list(SCAN_BACKENDS))
-    ablation = parser.add_argument_group("ablations of TEN (the paper's; docs/RESULTS.md measures each)")
-    ablation.add_argument("--no_output_gate", dest="output_gate", action="store_const", const=False,
-                          help="no output gate: g = 1")  # fmt: skip
-    ablation.add_argument("--no_coupling", dest="coupling", action="store_const", const=False,
-                          help="no resonance coupling: R = I")  # fmt: skip
-    ablation.add_argument("--real_eigenvalues", action="store_const", const=True,
-                          help="frequencies fixed at 0 or pi (no rotation, no selective phase)")  # fmt: skip
-    ablation.add_argument("--fixed_basis", action="store_const", const=True,
-                          help="eigenvalue magnitudes and frequencies frozen at their initial values")  # fmt: skip
-
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument(
-        "--epochs",
-        type=positive(float),
-        help="passes over the training split (default 1, or as many as --time_budget allows)",
-    )
-    opt.add_argument("--max_steps", type=positive(int), help="optimiser steps (overrides --epochs)")
-    opt.add_argument("--learning_rate", "--lr", type=positive(float), help="peak (default: the preset's)")
-    opt.add_argument("--min_lr_ratio", type=non_negative_float, default=d.min_lr_ratio, help="final lr / peak lr")
-    opt.add_argument("--weight_decay", type=non_negative_float, default=d.weight_decay)
-    opt.add_argument("--warmup_steps", type=int, default=d.warmup_steps)
-    opt.add_argument("--batch_size", type=positive(int), help="sequences per micro-batch (default: the preset's)")
-    opt.add_argument("--gradient_accumulation", type=positive(int), default=d.gradient_accumulation)
-    opt.add_argument("--grad_clip", type=non_negative_float, default=d.grad_clip, help="0 turns clipping off")
-    opt.add_argument("--mixed_precision", nargs="?", const="auto", default=d.mixed_precision,
-                     choices=["no", "auto", "bf16", "fp16"],
-                     help="bf16 autocast where supported, else fp16 + scaler on GPUs (flag alone: auto)")  # fmt: skip
-    opt.add_argument("--gradient_checkpointing", action="store_true", help="recompute layers in backward")
-    opt.add_argument(
-        "--compile",
-        dest="compile",
-        action="store_const",
-        const=True,
-        help="torch.compile the training step (default: on CUDA only, where it is faster)",
-    )
-    opt.add_argument("--no_compile", dest="compile", action="store_const", const=False, help="never torch.compile")
-    opt.add_argument("--use_8bit_optim", action="store_true", help="bitsandbytes 8-bit AdamW (CUDA)")
-    opt.add_argument("--seed", type=random_seed, default=d.seed)
-    opt.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    opt.add_argument("--time_budget", type=positive(float),
-                     help="minutes for the whole run, final evaluation and checkpoint included; with no --epochs "
-                          "or --max_steps the schedule ends with it")  # fmt: skip
-
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=d.dataset,
-                      help="shakespeare (built in), a text file or folder, a token file (.bin/.u32), or a hub name "
-                           "(wikitext-103, tinystories, finewebedu, pg19, openwebtext, imdb, ag_news)")  # fmt: skip
-    data.add_argument("--tokenizer", default=d.tokenizer, help="byte (default), bpe:N, or a hub tokenizer name")
-    data.add_argument("--subset_size", type=positive(int), help="train on the first N windows of the corpus")
-    data.add_argument("--streaming", action="store_true", help="stream a hub dataset instead of downloading it all")
-    data.add_argument("--tokenized_dir", "--pretokenized", dest="tokenized_dir", help="a folder from `ten prepare`")
-
-    out = parser.add_argument_group("output")
-    out.add_argument("--output_dir", help="metrics.jsonl and checkpoints/ (default runs/<config>[-hten], numbered)")
-    out.add_argument("--save_steps", type=positive(int), default=d.save_steps)
-    out.add_argument("--eval_steps", type=positive(int), default=d.eval_steps)
-    out.add_argument("--eval_batches", type=positive(int), default=d.eval_batches)
-    out.add_argument("--keep_checkpoints", type=positive(int), default=d.keep_checkpoints, help="step-N ones kept")
-    out.add_argument("--resume", nargs="?", const="", help="continue a run: its latest checkpoint, or PATH")
-    out.add_argument("--overwrite", action="store_true", help="start over in an --output_dir that holds a run")
-    out.add_argument("--hourly_rate", type=non_negative_float, help="$/hour of the machine: show the cost so far")
-    out.add_argument("--sample_tokens", type=int, default=d.sample_tokens, help="tokens sampled at the end")
-
-    if not modes:
-        return
-    mode = parser.add_argument_group("other modes")
-    mode.add_argument("--dry_run", action="store_true", help="summary and the loss of real windows; no training")
-    mode.add_argument("--dry_samples", type=positive(int), default=d.dry_samples)
-    mode.add_argument("--benchmark", action="store_true", help="time training steps and generation; no training")
+    """The flags of TrainArguments' fields. `modes`: offer --dry_run and --benchmark (`ten compare` trains, so it
+    has neither)."""
+    add_flags(parser, TrainArguments, leave_out=() if modes else (MODES,))
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
@@ -195,14 +51,15 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
 
 def cmd_train(args: argparse.Namespace, explicit: set[str]) -> None:
     from .training import Trainer
+    from .training.modes import benchmark, dry_run
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
     trainer = Trainer(TrainArguments.from_dict(values), explicit)  # cleans up after itself if it fails
     try:
         if args.dry_run:
-            trainer.dry_run()
+            dry_run(trainer)
         elif args.benchmark:
-            trainer.benchmark()
+            benchmark(trainer)
         else:
             trainer.train()
     except BaseException:
@@ -309,133 +166,41 @@ def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
     print(f"written: {output}/bench.md, bench.json, bench_scaling.png")
 
 
-def float_list(text: str) -> list[float]:
-    """'1e-3,3e-3' -> [0.001, 0.003]."""
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers such as 1e-3,3e-3, got {text!r}") from None
-    if not all(v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return values
-
-
 def cmd_synthetic(args: argparse.Namespace, explicit: set[str]) -> None:
-    from .device import resolve_device
-    from .synthetic import TASKS
-    from .synthetic.experiment import VARIANTS, Cell, check_cell, describe, run_grid
-    from .synthetic.report import write_report
+    import dataclasses
 
-    task = TASKS[args.task]
-    settings = task.paper if args.paper else task.cpu
-    variants = [v.strip() for v in args.variants.split(",")]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise UserError(f"unknown variant {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    options = dict(settings.options)
-    for name in ("vocab_size", "num_kv_pairs", "num_tokens"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    sizes = {name: getattr(args, name) for name in ("num_eigenstates", "num_heads", "selective_range", "n_layers")
-             if getattr(args, name) is not None}  # fmt: skip
-    if args.mlp:
-        sizes["mlp_hidden"] = None  # the library's default width instead of none
-    train_lengths = args.lengths or [settings.train_seq_len]
-    if args.task == "mqar" and args.lengths and args.num_kv_pairs is None:
-        options["num_kv_pairs"] = None  # Zoology's number of pairs for each length
-    cells = [
-        Cell(task=args.task, variant=variant, d_model=d_model, train_seq_len=length,
-             test_seq_lens=tuple(args.test_lengths or ([length] if args.lengths else settings.test_seq_lens)),
-             learning_rate=rate, options=options, sizes=sizes, steps=args.steps, batch_size=args.batch_size,
-             test_examples=args.test_examples,
-             seed=args.seed)
-        for length in train_lengths for d_model in args.d_models for variant in variants
-        for rate in args.learning_rates
-    ]  # fmt: skip
-    for cell in cells:
-        check_cell(cell)  # every setting before any training: a bad one fails at once
+    from .device import resolve_device
+    from .experiments.synthetic import GridSettings, plan_grid, run_synthetic
+
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(GridSettings)}
+    grid = plan_grid(GridSettings(**{**values, "variants": [v.strip() for v in args.variants.split(",")]}))
     device = resolve_device(args.device)
     output = Path(args.output_dir or f"runs/synthetic-{args.task}")
-    output.mkdir(parents=True, exist_ok=True)
-    print(describe(task, args.paper))
-    print(f"{len(cells)} models, {args.steps} steps of {args.batch_size} sequences each -> {output}")
-    results = run_grid(cells, device, output, log=lambda line: print(line, flush=True))
-    table = write_report(results, output, describe(task, args.paper))
+    table = run_synthetic(grid, device, output, log=lambda line: print(line, flush=True))
     print("\n" + table + f"\nwritten: {output}/results.md, results.json, accuracy.png")
 
 
 def cmd_positions(args: argparse.Namespace, explicit: set[str]) -> None:
-    import json
-
-    from .atomic import atomic_write
-    from .data import load_token_data
     from .device import resolve_device
-    from .experiments.positions import PositionLoss, loss_by_position, markdown, plot, validation_windows
-    from .runs.checkpoint import load_model
-    from .runs.lookup import find_checkpoint
+    from .experiments.positions import run_positions
 
     device = resolve_device(args.device)
-    data = load_token_data(args.dataset, args.tokenizer)
-    windows = validation_windows(data.val, args.length, args.sequences)
-    results = []
-    for target in args.checkpoint:
-        checkpoint = find_checkpoint(Path(target))
-        model = load_model(checkpoint, device)
-        if model.config.vocab_size != data.tokenizer.vocab_size:
-            raise UserError(f"{checkpoint} has {model.config.vocab_size} tokens, --tokenizer {args.tokenizer} "
-                            f"{data.tokenizer.vocab_size}")  # fmt: skip
-        name = f"{model.architecture}{'/hten' if getattr(model.config, 'use_hten', False) else ''}"
-        name += f" ({Path(target).name})"
-        loss = loss_by_position(model, windows, args.batch_size)
-        results.append(PositionLoss(name, model.config.max_seq_len, loss))
-        print(f"{name}: mean loss {sum(loss) / len(loss):.4f} over {len(windows)} windows of {args.length:,}")
     output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    shortest = min(r.train_length for r in results)
-    marks = sorted({min(shortest * 2**i, args.length) for i in range(20)})
-    table = markdown(results, marks)
-    title = f"{data.description.split(':')[0]}: validation loss by position ({len(windows)} windows of {args.length:,})"
-    text = json.dumps([vars(r) for r in results]) + "\n"
-    atomic_write(output / "positions.json", lambda p: p.write_text(text))
-    atomic_write(output / "positions.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
-    plot(results, output / "positions.png", title)
+    table = run_positions(args.checkpoint, args.dataset, args.tokenizer, args.length, args.sequences, args.batch_size,
+                          device, output, log=print)  # fmt: skip
     print("\n" + table + f"\nwritten: {output}/positions.md, positions.json, positions.png")
 
 
 def cmd_analyze(args: argparse.Namespace, explicit: set[str]) -> None:
-    import json
-    from dataclasses import asdict
-
-    from .atomic import atomic_write
-    from .data import load_token_data
     from .device import resolve_device
-    from .experiments.analyze import analyze, markdown, plot
-    from .experiments.positions import validation_windows
-    from .runs.checkpoint import load_model
-    from .runs.lookup import find_checkpoint
+    from .experiments.analyze import run_analysis
 
     output = Path(args.output_dir)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output_dir {output} is a file")
     device = resolve_device(args.device)
-    checkpoint = find_checkpoint(Path(args.checkpoint))
-    model = load_model(checkpoint, device)
-    if model.architecture != "ten":
-        raise UserError(f"{checkpoint} is a {model.architecture} model: only TEN has eigenstates to analyze")
-    data = load_token_data(args.dataset, args.tokenizer)
-    if model.config.vocab_size != data.tokenizer.vocab_size:
-        raise UserError(f"{checkpoint} has {model.config.vocab_size} tokens, --tokenizer {args.tokenizer} "
-                        f"{data.tokenizer.vocab_size}")  # fmt: skip
-    length = args.length or 4 * model.config.max_seq_len
-    windows = validation_windows(data.val, length, args.sequences)[:, :-1].to(device)
-    reports = analyze(model, windows)
-    output.mkdir(parents=True, exist_ok=True)
-    table = markdown(reports)
-    title = f"{checkpoint}: eigenstates over {len(windows)} validation windows of {length:,} tokens"
-    text = json.dumps({"checkpoint": str(checkpoint), "length": length, "cores": [asdict(r) for r in reports]})
-    atomic_write(output / "analysis.json", lambda p: p.write_text(text + "\n"))
-    atomic_write(output / "analysis.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
-    pictures = plot(reports, output)
+    title, table, pictures = run_analysis(Path(args.checkpoint), args.dataset, args.tokenizer, args.length,
+                                          args.sequences, device, output)  # fmt: skip
     print(f"{title}\n\n{table}\n\nwritten: {output}/analysis.md, analysis.json, {', '.join(pictures)}")
 
 
@@ -547,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument(
         "--variants",
         default="ten,hten,transformer",
-        help="comma-separated, from: ten, ten-noselective, hten, transformer",
+        help="comma-separated, from: ten, ten-noselective, hten, transformer, ten-hybrid (ea), ten-swa (ew)",
     )
     synthetic.add_argument("--d_models", type=integer_list, default=[64], help="widths, e.g. 64,128,256")
     synthetic.add_argument("--lengths", type=integer_list, help="training lengths (default: the task's)")
@@ -566,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--num_heads", type=positive(int))
     synthetic.add_argument("--selective_range", type=non_negative_float, help="TEN's |da|, |dw| bound (default 0.1)")
     synthetic.add_argument("--n_layers", type=positive(int), help="default 2")
+    synthetic.add_argument("--layer_pattern", help="TEN variants' layers: e, h, a (attention), w (window), e.g. ea")
+    synthetic.add_argument("--attention_window", type=positive(int), help="w layers' window (default 256)")
+    synthetic.add_argument("--attention_heads", type=positive(int), help="a/w layers' heads (default d_model / 64)")
     synthetic.add_argument("--mlp", action="store_true", help="keep an MLP in each block (default: mixers only)")
     synthetic.add_argument("--paper", action="store_true", help="the papers' settings (for a GPU)")
     synthetic.add_argument("--seed", type=random_seed, default=0)

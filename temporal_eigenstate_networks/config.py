@@ -14,36 +14,34 @@ from .ops import MAX_CHUNK_SIZE, SCAN_BACKENDS
 
 @dataclass(frozen=True)
 class Preset:
+    """A model size of the design's section 6; its batch size and learning rate are training.presets'."""
+
     d_model: int
     n_layers: int
     num_eigenstates: int
-    batch_size: int
     max_seq_len: int
     use_hten: bool
     hten_scales: tuple[int, ...]
     energy_reg_weight: float
-    learning_rate: float  # peak AdamW rate: ours, not the design's (see docs/RESULTS.md)
 
     def model_fields(self) -> dict[str, Any]:
-        """The preset's values that belong to the model config (all but batch_size and learning_rate)."""
-        fields = dataclasses.asdict(self)
-        fields.pop("batch_size")
-        fields.pop("learning_rate")
-        return fields
+        """The preset's values, the model config's fields they set."""
+        return dataclasses.asdict(self)
 
 
 # The design's section 6. It gives no scales to the presets without HTEN; for `use_hten=True` on
-# them we take 1,2,4,8, which divides their K into equal parts (64 / 3 would not). The learning
-# rates are ours: nano's measured on Shakespeare (docs/RESULTS.md), the larger ones from GPT-3's
-# table for models of their parameter counts (125M: 6e-4, 350M: 3e-4, 760M: 2.5e-4).
+# them we take 1,2,4,8, which divides their K into equal parts (64 / 3 would not).
 DEFAULT_HTEN_SCALES = (1, 2, 4, 8)
+LAYER_KINDS = "ehaw"  # the mixers a layer_pattern names (design section 10)
+DEFAULT_ATTENTION_WINDOW = 256  # tokens a w layer sees: local context, as Griffin's and Samba's local attention
+HEAD_SIZE = 64  # numbers per attention head where the head count is not given (the transformer baseline's)
 PRESETS: dict[str, Preset] = {
-    "nano": Preset(512, 4, 64, 8, 512, False, DEFAULT_HTEN_SCALES, 0.01, 6e-4),
-    "micro": Preset(768, 6, 96, 16, 1024, False, DEFAULT_HTEN_SCALES, 0.01, 6e-4),
-    "small": Preset(1024, 8, 128, 16, 1024, False, DEFAULT_HTEN_SCALES, 0.01, 6e-4),
-    "medium": Preset(1280, 12, 160, 16, 1024, False, DEFAULT_HTEN_SCALES, 0.01, 4e-4),
-    "large": Preset(1536, 16, 192, 8, 1024, True, (1, 2, 4), 0.02, 3e-4),
-    "xlarge": Preset(2048, 20, 256, 8, 2048, True, (1, 2, 4, 8), 0.02, 2.5e-4),
+    "nano": Preset(512, 4, 64, 512, False, DEFAULT_HTEN_SCALES, 0.01),
+    "micro": Preset(768, 6, 96, 1024, False, DEFAULT_HTEN_SCALES, 0.01),
+    "small": Preset(1024, 8, 128, 1024, False, DEFAULT_HTEN_SCALES, 0.01),
+    "medium": Preset(1280, 12, 160, 1024, False, DEFAULT_HTEN_SCALES, 0.01),
+    "large": Preset(1536, 16, 192, 1024, True, (1, 2, 4), 0.02),
+    "xlarge": Preset(2048, 20, 256, 2048, True, (1, 2, 4, 8), 0.02),
 }
 
 
@@ -76,6 +74,11 @@ def check_shared_fields(config: Any, sizes: tuple[str, ...]) -> None:
         raise ValueError(f"norm_eps must be a finite number > 0, got {config.norm_eps!r}")
     if config.mlp_hidden is not None and not (is_integer(config.mlp_hidden) and config.mlp_hidden >= 0):
         raise ValueError(f"mlp_hidden must be an integer >= 0 (0: no MLP) or None, got {config.mlp_hidden!r}")
+
+
+def default_attention_heads(d_model: int) -> int:
+    """Attention heads where none are given: one per 64 numbers of d_model, at least one."""
+    return max(1, d_model // HEAD_SIZE)
 
 
 def check_parameter_count(count: int, fields: str) -> None:
@@ -132,12 +135,18 @@ class TemporalEigenstateConfig(ConfigDict):
     real_eigenvalues: bool = False  # w fixed at 0 or pi, no dw: decaying (and sign-flipping) states, no rotation
     fixed_basis: bool = False  # a and w frozen at their initial values (the Fourier basis), not learned
     norm_eps: float = 1e-5
+    # Hybrids (design section 10): each layer's mixer by letter, the pattern repeated to n_layers. e: eigenstate
+    # layer, h: HTEN layer, a: causal attention, w: sliding-window attention. None: every layer e (h with HTEN).
+    layer_pattern: str | None = None
+    attention_window: int = DEFAULT_ATTENTION_WINDOW  # w: each position sees itself and the W - 1 before it
+    attention_heads: int | None = None  # a and w layers; None: d_model / 64, as the transformer baseline
 
-    # selective_range was a constant 0.1 before it became a field, and the ablation switches' defaults are the
-    # model as it was before them: configs written before lack these fields.
+    # selective_range was a constant 0.1 before it became a field, and the ablation switches' and the hybrids'
+    # defaults are the model as it was before them: configs written before lack these fields.
     added_later: ClassVar[frozenset[str]] = frozenset(
-        {"selective_range", "output_gate", "coupling", "real_eigenvalues", "fixed_basis"}
-    )
+        {"selective_range", "output_gate", "coupling", "real_eigenvalues", "fixed_basis", "layer_pattern",
+         "attention_window", "attention_heads"}
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not isinstance(self.hten_scales, (list, tuple)):
@@ -159,6 +168,17 @@ class TemporalEigenstateConfig(ConfigDict):
     @property
     def eigenstates_per_scale(self) -> int:
         return self.num_eigenstates // len(self.scales)
+
+    @property
+    def layer_kinds(self) -> str:
+        """The mixer letter of every layer: the pattern repeated to n_layers."""
+        pattern = self.layer_pattern or ("h" if self.use_hten else "e")
+        return (pattern * -(-self.n_layers // len(pattern)))[: self.n_layers]
+
+    @property
+    def heads_of_attention(self) -> int:
+        """The a and w layers' heads: attention_heads, else one per 64 numbers of d_model (at least one)."""
+        return self.attention_heads if self.attention_heads is not None else default_attention_heads(self.d_model)
 
     def validate(self) -> None:
         check_shared_fields(self, ("vocab_size", "d_model", "n_layers", "num_eigenstates", "num_heads", "max_seq_len"))
@@ -197,19 +217,48 @@ class TemporalEigenstateConfig(ConfigDict):
                 f"num_eigenstates per scale ({self.eigenstates_per_scale}) must be divisible by "
                 f"num_heads ({self.num_heads})"
             )
+        self.validate_layers()
         check_parameter_count(self.parameter_count(), "d_model, n_layers, vocab_size, num_eigenstates, mlp_hidden")
+
+    def validate_layers(self) -> None:
+        """The hybrid's settings: the pattern's letters, HTEN scales for h, the attention layers' sizes."""
+        pattern = self.layer_pattern
+        if pattern is not None and (not isinstance(pattern, str) or not pattern or set(pattern) - set(LAYER_KINDS)):
+            raise ValueError(f"layer_pattern must be letters from {LAYER_KINDS} (e: TEN, h: HTEN, a: attention, "
+                             f"w: sliding-window attention), one per layer, got {pattern!r}")  # fmt: skip
+        kinds = self.layer_kinds
+        if "h" in kinds and not self.use_hten:
+            raise ValueError("an h layer (HTEN) needs HTEN scales: set use_hten (--use_hten, --hten_scales)")
+        if not (is_integer(self.attention_window) and self.attention_window >= 1):
+            raise ValueError(f"attention_window must be an integer >= 1 (tokens), got {self.attention_window!r}")
+        heads = self.heads_of_attention
+        if not (is_integer(heads) and heads >= 1):
+            raise ValueError(f"attention_heads must be a positive integer, got {heads!r}")
+        if set(kinds) & set("aw") and (self.d_model % heads or self.d_model // heads % 2):
+            raise ValueError(f"attention_heads ({heads}) must divide d_model ({self.d_model}) into heads of an even "
+                             "size (rotary positions turn pairs of numbers)")  # fmt: skip
 
     def parameter_count(self) -> int:
         """The built model's parameters, from the config alone (tested equal to the model's count)."""
-        d, k, scales = self.d_model, self.eigenstates_per_scale, len(self.scales)
+        d, n_scales = self.d_model, len(self.hten_scales)
+        gate = d * d + d if self.output_gate else 0
+        mixers = {
+            "e": self._core_parameters(self.num_eigenstates) + gate,
+            "h": n_scales * self._core_parameters(self.num_eigenstates // n_scales) + gate + n_scales,  # + weights
+            "a": 4 * d * d,  # qkv, out
+            "w": 4 * d * d,
+        }
+        mlp = 2 * d + 3 * d * self.mlp_width if self.mlp_width else 0  # norm, SwiGLU
+        layers = sum(2 * d + mixers[kind] + mlp for kind in self.layer_kinds)
+        return self.vocab_size * d + 2 * d + layers
+
+    def _core_parameters(self, k: int) -> int:
+        """One eigenstate core of k eigenstates: W_in, W_out, W_sel, the eigenvalues, the coupling's blocks."""
+        d = self.d_model
         selection = (d * k if self.real_eigenvalues else d * 2 * k) if self.selective else 0  # (da) or (da, dw)
         eigenvalues = 0 if self.fixed_basis else k if self.real_eigenvalues else 2 * k  # learned a_k, w_k
-        coupling = k * (k // self.num_heads) if self.coupling else 0  # the heads' blocks
-        core = 2 * d * 2 * k + selection + eigenvalues + coupling  # W_in, W_out, W_sel, lam, R
-        gate = d * d + d if self.output_gate else 0
-        mixer = scales * core + gate + (scales if self.use_hten else 0)  # + scale weights
-        mlp = 2 * d + 3 * d * self.mlp_width if self.mlp_width else 0  # norm, SwiGLU
-        return self.vocab_size * d + 2 * d + self.n_layers * (2 * d + mixer + mlp)
+        coupling = k * (k // self.num_heads) if self.coupling else 0
+        return 2 * d * 2 * k + selection + eigenvalues + coupling
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TemporalEigenstateConfig:

@@ -153,16 +153,16 @@ class LanguageModel(nn.Module):
         # GPT-2's scaling of the layers that write into the residual stream: 1 / sqrt(2 n_layers).
         gain = 1 / math.sqrt(2 * config.n_layers)
         self.blocks = nn.ModuleList(
-            Block(config, self.make_mixer(config, residual_gain=gain), residual_gain=gain)
-            for _ in range(config.n_layers)
+            Block(config, self.make_mixer(config, layer, residual_gain=gain), residual_gain=gain)
+            for layer in range(config.n_layers)
         )
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.gradient_checkpointing = False
         self._compiled_step: Callable | None = None  # decode_step's, made on first use
         nn.init.normal_(self.embedding.weight, std=0.02)
 
-    def make_mixer(self, config: Any, residual_gain: float) -> SequenceMixer:
-        """The sequence mixer of one block."""
+    def make_mixer(self, config: Any, layer: int, residual_gain: float) -> SequenceMixer:
+        """The sequence mixer of block ``layer``."""
         raise NotImplementedError
 
     def aux_loss_from(self, layer_losses: list[Tensor]) -> Tensor:

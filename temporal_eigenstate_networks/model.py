@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .config import TemporalEigenstateConfig
 from .lm import LanguageModel, RecurrentState
+from .modules.attention import CausalSelfAttention, SlidingWindowAttention
 from .modules.block import SequenceMixer
 from .modules.eigenstate import EigenstateLayer
 from .modules.hierarchical import HierarchicalEigenstateLayer
@@ -24,12 +25,21 @@ class TemporalEigenstateNetwork(LanguageModel):
     config: TemporalEigenstateConfig
     aux_loss_name = "energy_loss"
 
-    def make_mixer(self, config: TemporalEigenstateConfig, residual_gain: float) -> SequenceMixer:
-        layer = HierarchicalEigenstateLayer if config.use_hten else EigenstateLayer
-        return layer(config, residual_gain=residual_gain)
+    def make_mixer(self, config: TemporalEigenstateConfig, layer: int, residual_gain: float) -> SequenceMixer:
+        """The layer's letter in layer_pattern: e, h (the eigenstate layers), a or w (attention, for hybrids)."""
+        kind = config.layer_kinds[layer]
+        if kind == "e":
+            return EigenstateLayer(config, residual_gain=residual_gain)
+        if kind == "h":
+            return HierarchicalEigenstateLayer(config, residual_gain=residual_gain)
+        heads = config.heads_of_attention
+        if kind == "a":
+            return CausalSelfAttention(config.d_model, heads, config.dropout, residual_gain)
+        return SlidingWindowAttention(config.d_model, heads, config.attention_window, config.dropout, residual_gain)
 
     def aux_loss_from(self, layer_losses: list[Tensor]) -> Tensor:
-        """Mean over layers of sum_k |c_k|^2 / K: the raw energy, comparable across model sizes."""
+        """Mean over the eigenstate layers (the only ones with an energy) of sum_k |c_k|^2 / K: the raw energy,
+        comparable across model sizes."""
         return torch.stack(layer_losses).mean() / self.config.num_eigenstates
 
     @property
@@ -71,6 +81,10 @@ class TemporalEigenstateNetwork(LanguageModel):
             f"  HTEN: {'scales ' + ','.join(map(str, cfg.hten_scales)) if cfg.use_hten else 'off'}",
             f"  energy_reg_weight={cfg.energy_reg_weight:g}",
         ]
+        if set(cfg.layer_kinds) & set("aw"):
+            window = f", window {cfg.attention_window:,} tokens" if "w" in cfg.layer_kinds else ""
+            lines.append(f"  layers: {cfg.layer_kinds} (e/h: eigenstates, a: attention, w: sliding-window "
+                         f"attention; {cfg.heads_of_attention} attention heads{window}; energy over e/h only)")
         ablations = [name for name, on in (("no output gate (g = 1)", not cfg.output_gate),
                                            ("no coupling (R = I)", not cfg.coupling),
                                            ("real eigenvalues (w = 0 or pi)", cfg.real_eigenvalues),
@@ -84,10 +98,18 @@ class TemporalEigenstateNetwork(LanguageModel):
         lines += [
             f"  memory: weights {weight_bytes / 2**20:,.1f} MiB; training with AdamW "
             f"(weights, gradients, 2 moments) {4 * weight_bytes / 2**20:,.1f} MiB before activations",
-            f"  recurrent state per sequence: {self.state_bytes(cfg.max_seq_len) / 1024:,.1f} KiB, "
-            "the same at any context length",
+            self.state_line(),
         ]
         return "\n".join(lines)
+
+    def state_line(self) -> str:
+        """What one sequence's state costs: fixed, unless full attention layers keep every key and value."""
+        at_window = self.state_bytes(self.config.max_seq_len)
+        growth = self.state_bytes(self.config.max_seq_len + 1) - at_window
+        if not growth:
+            return f"  recurrent state per sequence: {at_window / 1024:,.1f} KiB, the same at any context length"
+        return (f"  state per sequence after {self.config.max_seq_len:,} tokens: {at_window / 1024:,.1f} KiB; the "
+                f"attention layers' KV cache grows it by {growth / 1024:,.1f} KiB per token of context")
 
     @torch.no_grad()
     def eigenstate_analysis(self) -> list[dict[str, Any]]:

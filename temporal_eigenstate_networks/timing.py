@@ -1,6 +1,6 @@
-"""What every speed measurement here shares: waiting for the GPU, a median timer, a description of the
-machine, and a model of given sizes. Used by `ten bench`, `benchmarks/bench_core.py` and `ten train
---benchmark`, so their figures are taken the same way.
+"""What every speed measurement here shares: waiting for the GPU, a median timer and a description of the
+machine. Used by `ten bench`, `benchmarks/bench_core.py` and `ten train --benchmark`, so their figures are
+taken the same way.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from time import perf_counter
 from typing import Any
 
 import torch
-
-from .lm import ARCHITECTURES, LanguageModel, config_fields  # importing `ten` has registered "ten" and "transformer"
 
 
 def sync(device: torch.device) -> None:
@@ -69,21 +67,3 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
     info["python"] = platform.python_version()
     return info
-
-
-def build_model(architecture: str, device: torch.device | str, **sizes: Any) -> LanguageModel:
-    """A new model of a registered architecture ("ten", "transformer") on `device`.
-
-    Each architecture takes the sizes its config has (num_eigenstates goes to TEN, not to the
-    transformer), so one set of sizes builds both at the same width and depth. A size that no
-    architecture has is a typo, not something to drop: ValueError.
-    """
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-    unknown = set(sizes).difference(*(config_fields(name) for name in ARCHITECTURES))
-    if unknown:
-        raise ValueError(f"no architecture has the size(s) {', '.join(sorted(unknown))}")
-    fields = config_fields(architecture)
-    model_class = ARCHITECTURES[architecture]
-    config = model_class.config_class(**{name: value for name, value in sizes.items() if name in fields})
-    return model_class(config).to(device)

@@ -13,6 +13,7 @@ from temporal_eigenstate_networks.config import MAX_PARAMETERS
 from temporal_eigenstate_networks.modules.block import is_no_weight_decay
 from temporal_eigenstate_networks.modules.eigenstate import MIN_DECAY, EigenstateCore, energy
 from temporal_eigenstate_networks.training.optimizer import parameter_groups
+from temporal_eigenstate_networks.training.presets import TRAINING_PRESETS
 
 from .conftest import relative_error
 
@@ -34,9 +35,19 @@ ABLATIONS = {
 }
 VARIANTS += [(h, [1, 2, 4] if h else [1], True, "chunked", ablation) for ablation in ABLATIONS.values()
              for h in (False, True)]  # fmt: skip
+# Hybrids (design section 10): attention layers among the eigenstate layers; windows shorter than the tests'
+# sequences, so the ring buffer wraps many times.
+HYBRIDS = {
+    "ea": {"layer_pattern": "ea"},
+    "ew": {"layer_pattern": "ew", "attention_window": 5},
+    "wea": {"layer_pattern": "wea", "n_layers": 3, "attention_window": 7},
+}
+VARIANTS += [(False, [1], True, "chunked", hybrid) for hybrid in HYBRIDS.values()]
+VARIANTS += [(True, [1, 2, 4], True, "chunked", {"layer_pattern": "hw", "attention_window": 6})]
+OVERRIDES = {**ABLATIONS, **HYBRIDS, "hw": VARIANTS[-1][4]}
 IDS = [
     f"{'hten' + ''.join(map(str, v[1])) if v[0] else 'ten'}-{'sel' if v[2] else 'lti'}-{v[3]}"
-    + "".join(f"-{name}" for name, ablation in ABLATIONS.items() if v[4:] and v[4] == ablation)
+    + "".join(f"-{name}" for name, overrides in OVERRIDES.items() if v[4:] and v[4] == overrides)
     for v in VARIANTS
 ]
 
@@ -570,7 +581,8 @@ DESIGN_TABLE = {  # the design's section 6, verbatim
 def test_presets_build_on_meta_and_match_the_summary(name):
     d, layers, k, batch, seq, hten, scales, weight = DESIGN_TABLE[name]
     preset = PRESETS[name]
-    assert (preset.d_model, preset.n_layers, preset.num_eigenstates, preset.batch_size) == (d, layers, k, batch)
+    batch_size = TRAINING_PRESETS[name].batch_size  # the training side of the preset
+    assert (preset.d_model, preset.n_layers, preset.num_eigenstates, batch_size) == (d, layers, k, batch)
     assert (preset.max_seq_len, preset.use_hten, preset.energy_reg_weight) == (seq, hten, weight)
     if scales:
         assert preset.hten_scales == scales

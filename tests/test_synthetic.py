@@ -5,8 +5,16 @@ import json
 import torch
 
 from temporal_eigenstate_networks.cli import main
-from temporal_eigenstate_networks.synthetic import TASKS, accuracy
-from temporal_eigenstate_networks.synthetic.experiment import Cell, Result, best_of_sweep, build, score
+from temporal_eigenstate_networks.data.synthetic_tasks import TASKS, accuracy
+from temporal_eigenstate_networks.experiments.synthetic import (
+    Cell,
+    GridSettings,
+    Result,
+    best_of_sweep,
+    build,
+    plan_grid,
+    score,
+)
 
 
 def one_line_error(capsys, argv) -> str:
@@ -40,6 +48,17 @@ def test_a_small_grid_writes_its_table_plot_and_every_row(tmp_path, capsys):
     assert (out / "accuracy.png").stat().st_size > 0
     ten_rows = [r for r in rows if r["variant"] == "ten"]
     assert {r["state_bytes_per_layer"] for r in ten_rows} == {16 * 8}  # K = d_model complex64, at any length
+
+
+def test_the_grid_is_planned_from_the_settings_with_the_tasks_rules():
+    settings = GridSettings(task="mqar", variants=["ten", "transformer"], d_models=[16, 32], learning_rates=[1e-3],
+                            steps=2, batch_size=4, test_examples=8, lengths=[64], mlp=True, num_heads=2)  # fmt: skip
+    grid = plan_grid(settings)
+    assert [(c.variant, c.d_model) for c in grid.cells] == [(v, d) for d in (16, 32) for v in ("ten", "transformer")]
+    cell = grid.cells[0]
+    assert cell.options["num_kv_pairs"] is None  # a length given: Zoology's pairs for it
+    assert cell.sizes == {"num_heads": 2, "mlp_hidden": None} and cell.test_seq_lens == (64,)
+    assert grid.title.startswith("mqar (CPU settings; ")
 
 
 def test_the_best_rate_is_chosen_by_accuracy_at_the_training_length():

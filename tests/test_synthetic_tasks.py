@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from temporal_eigenstate_networks.synthetic import (
+from temporal_eigenstate_networks.data.synthetic_tasks import (
     IGNORE_INDEX,
     SELECTIVE_COPYING_FIRST_DATA,
     SELECTIVE_COPYING_MARKER,

@@ -1,5 +1,5 @@
-"""timing.py and device.py: the timer, machine description and model builder the benchmarks share, and
-the one reading of --device."""
+"""timing.py and device.py: the timer and machine description the benchmarks share, and the one reading
+of --device."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import torch
 import temporal_eigenstate_networks.timing
 from temporal_eigenstate_networks.cli import main
 from temporal_eigenstate_networks.device import resolve_device
-from temporal_eigenstate_networks.lm import ARCHITECTURES
-from temporal_eigenstate_networks.timing import build_model, machine_description, median_seconds
+from temporal_eigenstate_networks.timing import machine_description, median_seconds
 
 CPU = torch.device("cpu")
 NO_GPU = "--device {}: no CUDA GPU is available here (use --device cpu)"
@@ -70,35 +69,6 @@ def test_bench_command_reports_a_bad_device_in_one_line(gpu, capsys):
     assert capsys.readouterr().err == f"ten bench: error: {NO_GPU.format('cuda')}\n"
     assert main(["bench", "--device", "gpu"]) == 2
     assert capsys.readouterr().err == "ten bench: error: --device gpu: expected auto, cpu, cuda or cuda:N\n"
-
-
-# ---------------------------------------------------------------- build_model
-
-
-@pytest.mark.parametrize("architecture", ["ten", "transformer"])
-def test_build_model_gives_each_architecture_the_sizes_asked(architecture):
-    model = build_model(architecture, CPU, vocab_size=97, d_model=48, n_layers=3, num_eigenstates=12,
-                        max_seq_len=40)  # fmt: skip
-    assert type(model) is ARCHITECTURES[architecture] and model.architecture == architecture
-    config = model.config
-    assert (config.vocab_size, config.d_model, config.n_layers, config.max_seq_len) == (97, 48, 3, 40)
-    assert len(model.blocks) == 3 and model.embedding.weight.shape == (97, 48)
-    assert next(model.parameters()).device == CPU
-    if architecture == "ten":
-        assert config.num_eigenstates == 12
-    else:
-        assert not hasattr(config, "num_eigenstates")  # TEN's size, not passed on
-
-
-def test_build_model_passes_architecture_specific_options():
-    assert build_model("ten", CPU, d_model=32, n_layers=1, num_eigenstates=8, selective=False).config.selective is False
-
-
-def test_build_model_rejects_unknown_architectures_and_sizes():
-    with pytest.raises(ValueError, match="unknown architecture 'mamba'"):
-        build_model("mamba", CPU, d_model=32)
-    with pytest.raises(ValueError, match="no architecture has the size"):
-        build_model("transformer", CPU, d_model=32, n_layer=1)  # a typo is not silently dropped
 
 
 # ---------------------------------------------------------------- median_seconds

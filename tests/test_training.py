@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from temporal_eigenstate_networks import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
+from temporal_eigenstate_networks import TemporalEigenstateConfig, TemporalEigenstateNetwork
 from temporal_eigenstate_networks.atomic import WriteError
 from temporal_eigenstate_networks.cli import main
 from temporal_eigenstate_networks.runs.checkpoint import load_model
@@ -24,6 +24,7 @@ from temporal_eigenstate_networks.training import checkpoint as checkpoint_modul
 from temporal_eigenstate_networks.training import trainer as trainer_module
 from temporal_eigenstate_networks.training.optimizer import parameter_groups
 from temporal_eigenstate_networks.training.precision import cpu_supports_bf16, resolve_precision
+from temporal_eigenstate_networks.training.presets import TRAINING_PRESETS
 from temporal_eigenstate_networks.training.schedule import learning_rate_at
 
 TINY = ["--d_model", "32", "--n_layers", "1", "--num_eigenstates", "8", "--max_seq_len", "32", "--batch_size", "2",
@@ -114,7 +115,7 @@ def test_the_peak_learning_rate_is_the_presets_unless_given(corpus, tmp_path, pr
     args = tiny_arguments(corpus, tmp_path / "run", config=preset, learning_rate=given, max_steps=2, warmup_steps=0)
     Trainer(args).train()
     first = next(r for r in records(tmp_path / "run") if r["event"] == "train")
-    assert first["lr"] == pytest.approx(given or PRESETS[preset].learning_rate)
+    assert first["lr"] == pytest.approx(given or TRAINING_PRESETS[preset].learning_rate)
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
@@ -475,10 +476,31 @@ def test_resume_accepts_the_settings_in_use_and_a_runs_checkpoints_folder(corpus
     for name in ("learning_rate", "selective_range"):  # as a run saved before these were recorded
         del state["args"][name]
     state_file.write_text(json.dumps(state))
-    given = ["--learning_rate", str(PRESETS["nano"].learning_rate), "--selective_range", "0.1", "--batch_size", "2"]
+    nano = TRAINING_PRESETS["nano"]
+    given = ["--learning_rate", str(nano.learning_rate), "--selective_range", "0.1", "--batch_size", "2"]
     argv = ["train", "--dataset", str(corpus), *TINY, *given, "--max_steps", "2", "--resume"]
     code, _, err = run_cli([*argv, str(output / "checkpoints")], capsys)  # the run's checkpoints/: the run
     assert code == 0, err
     assert records(output)[-1]["step"] == 2 and (output / "checkpoints" / "final").is_dir()
     code, _, err = run_cli([*argv, str(output), "--learning_rate", "1e-3"], capsys)
     assert code == 2 and "--learning_rate 0.001 differs from the resumed run's 0.0006" in err
+
+
+def test_mlp_hidden_0_builds_blocks_without_an_mlp(corpus, tmp_path, capsys):
+    code, out, err = run_cli(["train", "--dry_run", "--mlp_hidden", "0", "--dataset", str(corpus), *TINY], capsys)
+    assert code == 0, err
+    trainer = Trainer(tiny_arguments(corpus, tmp_path / "run", mlp_hidden=0, dry_run=True))
+    assert trainer.plan.model.config.mlp_hidden == 0
+    assert all(block.mlp is None for block in trainer.model.blocks)
+    assert f"{trainer.model.config.parameter_count():,} parameters" in out  # the printed summary is this model
+    trainer.close()
+
+
+def test_a_resumed_run_keeps_its_mlp_hidden(corpus, tmp_path, capsys):
+    output = tmp_path / "run"
+    Trainer(tiny_arguments(corpus, output, max_steps=1, mlp_hidden=64)).train()
+    argv = ["train", "--dataset", str(corpus), *TINY, "--max_steps", "2", "--resume", str(output)]
+    code, _, err = run_cli([*argv, "--mlp_hidden", "0"], capsys)
+    assert code == 2 and "--mlp_hidden 0 differs from the resumed run's 64; a resumed run keeps it" in err
+    code, _, err = run_cli([*argv, "--mlp_hidden", "64"], capsys)  # the value in use may be given
+    assert code == 0, err

@@ -1,1 +1,2 @@
-"""Measurements `ten` makes of itself: speed against attention (bench) and training results (compare)."""
+"""Measurements `ten` makes of itself: speed against attention (bench), training results (compare), recall
+tasks (synthetic), loss by position (positions) and what a TEN learned (analyze)."""

@@ -17,15 +17,22 @@ text, so the upstream layers are the trained ones and the response isolates the 
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write
+from ..data import load_token_data
 from ..modules.eigenstate import EigenstateCore, energy
+from ..runs.checkpoint import load_model
+from ..runs.lookup import find_checkpoint
+from .positions import check_vocabulary, validation_windows
 
 NEAR_LAGS = (1, 2, 3, 4)
 
@@ -174,6 +181,8 @@ def analyze(model: torch.nn.Module, ids: Tensor) -> list[CoreReport]:
     """A report per eigenstate core of a TEN/HTEN model reading ids (B, T)."""
     if not hasattr(model, "eigenstate_analysis"):
         raise ValueError(f"only TEN models have eigenstates to analyze, not a {model.architecture!r} model")
+    if not any(block.mixer.cores() for block in model.blocks):
+        raise ValueError(f"layer_pattern {model.config.layer_kinds!r} has no eigenstate layer (e or h) to analyze")
     model.eval()
     initial_model = type(model)(model.config)  # the deterministic initial eigenvalues of the same config
     initial_cores = [core for block in initial_model.blocks for _, core in block.mixer.cores()]
@@ -272,3 +281,26 @@ def plot(reports: list[CoreReport], folder: Any) -> list[str]:
     figure("energy.png", energies)
     figure("lag_response.png", responses)
     return written
+
+
+def run_analysis(
+    target: Path, dataset: str, tokenizer: str, length: int | None, sequences: int, device: torch.device, output: Path
+) -> tuple[str, str, list[str]]:
+    """A TEN checkpoint's analysis over validation windows (`length` None: 4 x its training window), written to
+    `output` (analysis.json, analysis.md and the pictures); the title, the table and the pictures' names."""
+    checkpoint = find_checkpoint(target)
+    model = load_model(checkpoint, device)
+    if model.architecture != "ten":
+        raise ValueError(f"{checkpoint} is a {model.architecture} model: only TEN has eigenstates to analyze")
+    data = load_token_data(dataset, tokenizer)
+    check_vocabulary(checkpoint, model, data, tokenizer)
+    length = length or 4 * model.config.max_seq_len
+    windows = validation_windows(data.val, length, sequences)[:, :-1].to(device)
+    reports = analyze(model, windows)
+    output.mkdir(parents=True, exist_ok=True)
+    table = markdown(reports)
+    title = f"{checkpoint}: eigenstates over {len(windows)} validation windows of {length:,} tokens"
+    text = json.dumps({"checkpoint": str(checkpoint), "length": length, "cores": [asdict(r) for r in reports]})
+    atomic_write(output / "analysis.json", lambda p: p.write_text(text + "\n"))
+    atomic_write(output / "analysis.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
+    return title, table, plot(reports, output)

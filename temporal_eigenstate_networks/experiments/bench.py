@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..architectures import build_model
 from ..atomic import atomic_write
+from ..flags import comma_list
 from ..lm import LanguageModel
-from ..timing import build_model, machine_description, median_seconds
+from ..timing import machine_description, median_seconds
 
 MODELS = ("ten", "transformer")
 SLOW_S = 5.0  # a call slower than this is timed once (its warm-up): a 16k-token attention step would take minutes
@@ -425,7 +427,7 @@ def write_outputs(results: dict[str, Any], output_dir: Path) -> None:
 def parse_lengths(text: str, flag: str = "--lengths") -> tuple[int, ...]:
     """'256,512' -> (256, 512): positive and distinct (a repeated length would be a zero-width step in growth)."""
     try:
-        values = tuple(int(v) for v in text.split(","))
+        values = tuple(comma_list(text, int))
     except ValueError:
         raise ValueError(f"{flag}: expected comma-separated positive integers, got {text!r}") from None
     if not values or min(values) < 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write
+from ..flags import comma_list
 from ..lm import config_fields
 from ..runs.folders import (
     CHECKPOINTS,
@@ -84,7 +85,7 @@ BUDGET = ("max_steps", "epochs", "time_budget")
 
 
 def parse_variants(text: str) -> list[str]:
-    names = [name for part in text.split(",") if part.strip() for name in GROUPS.get(part.strip(), [part.strip()])]
+    names = [name for part in comma_list(text) if part for name in GROUPS.get(part, [part])]
     unknown = [name for name in names if name not in VARIANTS]
     if unknown or not names:
         given = ", ".join(unknown) or "(none given)"

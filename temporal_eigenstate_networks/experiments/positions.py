@@ -7,8 +7,9 @@ trained on); the cross-entropy of every position is averaged over the windows.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..architectures import hten_label
+from ..atomic import atomic_write
+from ..data import TokenData, load_token_data
 from ..lm import LanguageModel
+from ..runs.checkpoint import load_model
+from ..runs.lookup import find_checkpoint
 
 
 @dataclass
@@ -34,6 +40,13 @@ def validation_windows(tokens: np.ndarray, length: int, count: int) -> torch.Ten
     count = min(count, available // (length + 1) + 1)
     starts = np.linspace(0, available, count).astype(np.int64)
     return torch.from_numpy(np.stack([tokens[s : s + length + 1].astype(np.int64) for s in starts]))
+
+
+def check_vocabulary(checkpoint: Path, model: LanguageModel, data: TokenData, tokenizer: str) -> None:
+    """The text must be tokenized as the model was trained: its vocabulary at least."""
+    if model.config.vocab_size != data.tokenizer.vocab_size:
+        raise ValueError(f"{checkpoint} has {model.config.vocab_size} tokens, --tokenizer {tokenizer} "
+                         f"{data.tokenizer.vocab_size}")  # fmt: skip
 
 
 @torch.no_grad()
@@ -90,3 +103,38 @@ def plot(results: Sequence[PositionLoss], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_positions(
+    checkpoints: Sequence[str], dataset: str, tokenizer: str, length: int, sequences: int, batch_size: int,
+    device: torch.device, output: Path, log: Callable[[str], None],
+) -> str:  # fmt: skip
+    """Each checkpoint's loss by position over the same validation windows, written to `output`
+    (positions.json, positions.md, positions.png); the table."""
+    data = load_token_data(dataset, tokenizer)
+    windows = validation_windows(data.val, length, sequences)
+    results = []
+    for target in checkpoints:
+        checkpoint = find_checkpoint(Path(target))
+        model = load_model(checkpoint, device)
+        check_vocabulary(checkpoint, model, data, tokenizer)
+        name = f"{model.architecture}{hten_label(model.config, '/')} ({Path(target).name})"
+        loss = loss_by_position(model, windows, batch_size)
+        results.append(PositionLoss(name, model.config.max_seq_len, loss))
+        log(f"{name}: mean loss {sum(loss) / len(loss):.4f} over {len(windows)} windows of {length:,}")
+    title = f"{data.description.split(':')[0]}: validation loss by position ({len(windows)} windows of {length:,})"
+    return write_outputs(results, length, output, title)
+
+
+def write_outputs(results: Sequence[PositionLoss], length: int, output: Path, title: str) -> str:
+    """positions.json, positions.md (mean loss up to the shortest training length, 2x, 4x ... the window) and
+    positions.png; the table."""
+    output.mkdir(parents=True, exist_ok=True)
+    shortest = min(r.train_length for r in results)
+    marks = sorted({min(shortest * 2**i, length) for i in range(20)})
+    table = markdown(results, marks)
+    text = json.dumps([vars(r) for r in results]) + "\n"
+    atomic_write(output / "positions.json", lambda p: p.write_text(text))
+    atomic_write(output / "positions.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
+    plot(results, output / "positions.png", title)
+    return table

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..distribution import install_hint
+from ..flags import comma_list
 from . import register_when_imported
 
 LM_EVAL_HINT = install_hint("hf")
@@ -52,7 +53,7 @@ def task_names() -> list[str]:
 
 def parse_tasks(text: str | Sequence[str]) -> list[str]:
     """'a,b' or ['a', 'b'] -> the task names, refusing empty and unknown ones in one line."""
-    names = [part.strip() for part in (text.split(",") if isinstance(text, str) else text)]
+    names = comma_list(text) if isinstance(text, str) else [part.strip() for part in text]
     if not names or not all(names):
         raise EvaluationError(f"tasks must be comma-separated names from: {', '.join(task_names())}")
     unknown = [name for name in names if name not in task_names()]

@@ -1,12 +1,16 @@
-"""Causal multi-head self-attention with rotary positions and a KV cache: the transformer baseline's mixer.
+"""Causal multi-head self-attention with rotary positions: the transformer baseline's mixer (every earlier
+position, a growing KV cache) and sliding-window attention (the last W positions, a fixed ring buffer).
 
 Attention itself is torch's scaled_dot_product_attention (flash / memory-efficient kernels where
-the device has them), and positions are rotary (RoPE, as in Llama), so the baseline is a modern
+the device has them), or FlexAttention's block-sparse kernel for a window where that was measured faster
+(benchmarks/attention_window.py), and positions are rotary (RoPE, as in Llama), so the baseline is a modern
 transformer layer, as fast as PyTorch makes attention, not a strawman.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,16 +20,30 @@ from torch import Tensor, nn
 
 from .block import MixerOutput, SequenceMixer, describe
 
+try:
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except ImportError:  # torch < 2.5: scaled_dot_product_attention with a band mask serves every device
+    flex_attention = None
+
 ROPE_BASE = 10_000.0
+# Device types where a window's prefill runs on FlexAttention: on CUDA it is the usual winner (it skips the blocks
+# outside the band). Not the CPU: there it has no backward (training takes SDPA), and although its forward measured
+# 1.1-2.9x faster than SDPA's band mask at T 256-2048 (benchmarks/attention_window.py), its first call at each new
+# shape or window compiles for 3-7 s, more than a generate's prefill saves; kernel="flex" asks for it there.
+FLEX_DEVICE_TYPES = frozenset({"cuda"})
+KERNELS = ("auto", "sdpa", "flex")
 
 
-def rotate(x: Tensor, start: int) -> Tensor:
-    """RoPE: rotate each pair (x_i, x_{i+D/2}) of (B, H, T, D) by angle (start + t) * base^(-2i/D)."""
+def rotate(x: Tensor, start: int | Tensor) -> Tensor:
+    """RoPE: rotate each pair (x_i, x_{i+D/2}) of (B, H, T, D) by angle (start + t) * base^(-2i/D).
+
+    ``start`` may be a 0-d integer tensor: a compiled decoding step then takes the position as an input,
+    not as a constant of its graph (one graph for every step)."""
     if x.shape[-1] % 2:
         raise ValueError(f"rotary positions need an even head size, got {x.shape[-1]}")
     half = x.shape[-1] // 2
     inv_freq = ROPE_BASE ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = torch.arange(start, start + x.shape[-2], device=x.device, dtype=torch.float32)[:, None] * inv_freq
+    angles = (start + torch.arange(x.shape[-2], device=x.device, dtype=torch.float32))[:, None] * inv_freq
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     first, second = x[..., :half], x[..., half:]
     return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
@@ -66,7 +84,9 @@ class KVCache:
         return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
 
-class CausalSelfAttention(SequenceMixer):
+class AttentionMixer(SequenceMixer):
+    """What every attention mixer shares: one projection to rotary queries, keys and values, one out of the heads."""
+
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, residual_gain: float = 1.0) -> None:
         super().__init__()
         if d_model % num_heads:
@@ -79,25 +99,41 @@ class CausalSelfAttention(SequenceMixer):
         nn.init.normal_(self.qkv.weight, std=0.02)
         nn.init.normal_(self.out.weight, std=0.02 * residual_gain)
 
+    def project(self, u: Tensor, start: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values (B, heads, T, head size) of u (B, T, d), the first at position ``start``."""
+        batch, length, _ = u.shape
+        q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in self.qkv(u).chunk(3, dim=-1))
+        return rotate(q, start), rotate(k, start), v
+
+    def merge(self, y: Tensor) -> Tensor:
+        """The heads' outputs (B, heads, T, head size) back to the residual stream's (B, T, d)."""
+        batch, _, length, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(batch, length, self.d_model))
+
+    def attention_dropout(self) -> float:
+        return self.dropout if self.training else 0.0
+
+
+class CausalSelfAttention(AttentionMixer):
+    """Every earlier position visible; its state is a growing KVCache."""
+
     def forward(self, u: Tensor, state: KVCache | None = None) -> MixerOutput:
         """The output and, as state, the cache including these positions; attention has no aux loss."""
-        batch, length, width = u.shape
-        q, k, v = (t.view(batch, length, self.num_heads, -1).transpose(1, 2) for t in self.qkv(u).chunk(3, dim=-1))
+        length = u.shape[1]
         past = 0 if state is None else state.length
-        q, k = rotate(q, past), rotate(k, past)
+        q, k, v = self.project(u, past)
         cache = KVCache.start(k, v) if state is None else state.append(k, v)
         if past:
             k, v = cache.contents()
         # After a cache, the new queries are the last `length` positions: mask only among themselves.
         if not past or length == 1:
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=not past and length > 1, dropout_p=self.dropout if self.training else 0.0
+                q, k, v, is_causal=not past and length > 1, dropout_p=self.attention_dropout()
             )
         else:
             allowed = torch.ones(length, k.shape[2], dtype=torch.bool, device=u.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        y = self.out(y.transpose(1, 2).reshape(batch, length, width))
-        return MixerOutput(y, cache, None)
+        return MixerOutput(self.merge(y), cache, None)
 
     def state_mismatch(self, state: Any, batch: int) -> str | None:
         shape = (batch, self.num_heads, self.d_model // self.num_heads)
@@ -109,3 +145,148 @@ class CausalSelfAttention(SequenceMixer):
     def state_bytes(self, context_length: int) -> int:
         """The KV cache: a float32 key and value of d_model numbers per position of the context."""
         return 2 * self.d_model * torch.float32.itemsize * context_length
+
+
+def in_window(query_positions: Tensor, key_positions: Tensor, window: int) -> Tensor:
+    """(queries, keys) bool: which keys each query sees, those at t-window+1..t of its position t (none negative)."""
+    offset = query_positions[:, None] - key_positions[None, :]
+    return (offset >= 0) & (offset < window) & (key_positions[None, :] >= 0)
+
+
+@functools.lru_cache(maxsize=16)
+def window_block_mask(length: int, window: int, device: torch.device) -> BlockMask:
+    """FlexAttention's block mask of a causal window over ``length`` positions (cached: building it scans every
+    block pair, and a training run asks for the same one every step)."""
+
+    def visible(batch: Tensor, head: Tensor, query: Tensor, key: Tensor) -> Tensor:
+        return (key <= query) & (query - key < window)
+
+    return create_block_mask(visible, None, None, length, length, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_flex_attention() -> Any:
+    """flex_attention through torch.compile: uncompiled it computes every score, the dense reference. Shapes
+    become dynamic after a second length (prompts of many lengths would otherwise compile each)."""
+    return torch.compile(flex_attention)
+
+
+@dataclass
+class WindowCache:
+    """The keys and values of the last ``window`` positions, in a ring of (B, heads, window, head size).
+
+    Position p sits in slot p % window, so which position a slot holds follows from ``length`` alone; keys are
+    stored rotated, so attention needs no order of the slots. The shapes never change and ``length`` is a 0-d
+    tensor: one compiled decoding step serves every step. Writing makes new buffers rather than overwriting
+    (a compiled step then mutates none of its inputs, and one state can be continued twice).
+    """
+
+    keys: Tensor
+    values: Tensor
+    length: Tensor  # 0-d int64: tokens read so far
+
+    @classmethod
+    def empty(cls, like: Tensor, window: int) -> WindowCache:
+        """No position yet, buffers of ``like``'s (B, heads, ., head size), dtype and device."""
+        buffer = like.new_zeros(*like.shape[:2], window, like.shape[3])
+        return cls(buffer, buffer.clone(), torch.zeros((), dtype=torch.long, device=like.device))
+
+    @property
+    def window(self) -> int:
+        return self.keys.shape[2]
+
+    def positions(self) -> Tensor:
+        """(window,) the position each slot holds: the last one below ``length`` in its residue class (negative:
+        none yet)."""
+        last = self.length - 1
+        return last - torch.remainder(last - torch.arange(self.window, device=self.keys.device), self.window)
+
+    def write(self, keys: Tensor, values: Tensor) -> WindowCache:
+        """The cache after reading these positions (B, heads, L, head size): their last ``window`` written."""
+        count = keys.shape[2]
+        kept = min(count, self.window)  # slots of the kept ones are distinct, so index_copy has no collision
+        slots = torch.remainder(self.length + count - kept + torch.arange(kept, device=keys.device), self.window)
+        buffers = (old.index_copy(2, slots, new[:, :, count - kept :].to(old.dtype))
+                   for old, new in ((self.keys, keys), (self.values, values)))  # fmt: skip
+        return WindowCache(*buffers, self.length + count)
+
+
+class SlidingWindowAttention(AttentionMixer):
+    """Causal attention over a window: position t sees t-window+1..t, ``window`` positions counting t itself.
+
+    Rotary positions are absolute (tokens read before), as in CausalSelfAttention; with a window at least the
+    sequence's length the two compute the same thing. The state is a WindowCache of fixed size. ``kernel``
+    chooses a prefill's kernel: "auto" (FlexAttention on FLEX_DEVICE_TYPES, else SDPA with a band mask), or
+    either one.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, window: int, dropout: float = 0.0, residual_gain: float = 1.0,
+                 kernel: str = "auto") -> None:  # fmt: skip
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"the attention window must be a whole number of positions, at least 1, got {window!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        super().__init__(d_model, num_heads, dropout, residual_gain)
+        self.window = window
+        self.kernel = kernel
+
+    def extra_repr(self) -> str:
+        return f"window={self.window}, kernel={self.kernel}"
+
+    def forward(self, u: Tensor, state: WindowCache | None = None) -> MixerOutput:
+        """The output and, as state, the ring after these positions; attention has no aux loss."""
+        if state is None:
+            q, k, v = self.project(u, 0)
+            y, state = self._attend_alone(q, k, v), WindowCache.empty(k, self.window)
+        else:
+            q, k, v = self.project(u, state.length)
+            y = self._attend_after(q, k, v, state)
+        return MixerOutput(self.merge(y), state.write(k, v), None)
+
+    def _attend_alone(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """A prefill or training: the window among these positions only, on the kernel chosen for the device."""
+        length = q.shape[2]
+        if length <= self.window:  # the window holds every earlier position: plain causal attention
+            return F.scaled_dot_product_attention(q, k, v, is_causal=length > 1, dropout_p=self.attention_dropout())
+        if self._uses_flex(q):
+            try:
+                return compiled_flex_attention()(q, k, v, block_mask=window_block_mask(length, self.window, q.device))
+            except Exception as err:  # noqa: BLE001  (SDPA computes the same thing)
+                warnings.warn(f"sliding-window attention falls back to SDPA: FlexAttention failed "
+                              f"({type(err).__name__}: {err})", stacklevel=2)  # fmt: skip
+                self.kernel = "sdpa"
+        positions = torch.arange(length, device=q.device)
+        mask = in_window(positions, positions, self.window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attention_dropout())
+
+    def _uses_flex(self, q: Tensor) -> bool:
+        if flex_attention is None or self.attention_dropout() or self.kernel == "sdpa":  # flex has no dropout
+            return False
+        if q.requires_grad and q.device.type == "cpu":  # flex has no backward on the CPU (torch 2.13)
+            return False
+        return self.kernel == "flex" or q.device.type in FLEX_DEVICE_TYPES
+
+    def _attend_after(self, q: Tensor, k: Tensor, v: Tensor, state: WindowCache) -> Tensor:
+        """After a state, any number of new positions: the ring's and the new keys, masked by position. Tensor
+        operations only (no sync, no int from the state), so a one-token step compiles to one graph."""
+        new_positions = state.length + torch.arange(q.shape[2], device=q.device)
+        mask = in_window(new_positions, torch.cat([state.positions(), new_positions]), self.window)
+        keys, values = (torch.cat([old.to(new.dtype), new], dim=2) for old, new in ((state.keys, k), (state.values, v)))
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=self.attention_dropout())
+
+    def state_mismatch(self, state: Any, batch: int) -> str | None:
+        shape = (batch, self.num_heads, self.window, self.d_model // self.num_heads)
+        if isinstance(state, WindowCache):
+            got = (tuple(state.keys.shape), tuple(state.values.shape), describe(state.length))
+            if got[:2] == (shape, shape) and torch.is_tensor(state.length) and state.length.shape == ():
+                return None
+            got = f"keys {got[0]}, values {got[1]}, length {got[2]}"
+        else:
+            got = describe(state)
+        return (f"a sliding-window attention layer's state must be a WindowCache of (batch, heads, window, head size) "
+                f"{shape} and a 0-d length, got {got}")  # fmt: skip
+
+    def state_bytes(self, context_length: int) -> int:
+        """The ring: a float32 key and value of d_model numbers per slot, ``window`` slots whatever the context
+        (allocated whole from the first token, so a short context too; the shared token count not counted)."""
+        return 2 * self.d_model * torch.float32.itemsize * self.window

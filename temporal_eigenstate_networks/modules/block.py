@@ -44,6 +44,10 @@ class SequenceMixer(nn.Module, ABC):
         """Why ``state`` is not one this layer carries for ``batch`` rows, or None if it is. Shapes and types
         only: no wait for the device."""
 
+    def cores(self) -> list[tuple[int, Any]]:
+        """(scale, eigenstate core) of each recurrence this mixer runs, for the analyses: none for attention."""
+        return []
+
     def decoding_state(self, state: Any) -> Any:
         """``state`` in the form a compiled one-token step takes: the same types at every step, so that one
         graph serves them all (the default: the state as it is)."""

@@ -1,4 +1,7 @@
-"""Every setting of a training run, with its default: the one place the CLI and the trainer read them from."""
+"""Every setting of a training run, declared once: its default, flag, help, bounds and choices (see flags.py).
+
+The CLI's `ten train` and `ten compare` flags are generated from these fields, and the trainer reads them.
+"""
 
 from __future__ import annotations
 
@@ -6,77 +9,107 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-# Settings a resumed run may change; the rest define the run and must match its checkpoint.
-RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "epochs", "time_budget", "save_steps", "eval_steps", "eval_batches", "output_dir", "overwrite",
-     "hourly_rate", "device", "keep_checkpoints", "sample_tokens", "compile", "resume", "dry_run", "dry_samples",
-     "benchmark"}
-)  # fmt: skip
-MAX_SEED = 2**64 - 1  # torch's generators take seeds up to this; numpy's none below 0
-# The settings that override a preset's model: each applies to the architectures whose config has it.
-MODEL_FIELDS = ("use_hten", "hten_scales", "energy_reg_weight", "max_seq_len", "d_model", "n_layers",
-                "num_eigenstates", "num_heads", "selective", "selective_range", "dropout", "scan_backend",
-                "output_gate", "coupling", "real_eigenvalues", "fixed_basis")  # fmt: skip
+from ..config import PRESETS
+from ..flags import NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings, flags_of, setting
+from ..lm import ARCHITECTURES, config_fields
+from ..ops import SCAN_BACKENDS
+
+# The flags' sections of --help, in order.
+MODEL = "model (a preset, then overrides)"
+ABLATIONS = "ablations of TEN (the paper's; docs/RESULTS.md measures each)"
+OPTIMISATION = "optimisation"
+DATA = "data"
+OUTPUT = "output"
+MODES = "other modes"  # not offered by `ten compare`, which trains
 
 
 @dataclass(frozen=True)
 class TrainArguments:
     # model: a preset, then any of these overrides (None keeps the preset's value)
-    config: str = "nano"
-    model: str = "ten"
-    use_hten: bool | None = None
-    hten_scales: list[int] | None = None
-    energy_reg_weight: float | None = None
-    max_seq_len: int | None = None
-    d_model: int | None = None
-    n_layers: int | None = None
-    num_eigenstates: int | None = None
-    num_heads: int | None = None
-    selective: bool | None = None
-    selective_range: float | None = None
-    dropout: float | None = None
-    scan_backend: str | None = None
-    output_gate: bool | None = None  # the paper's ablations (TemporalEigenstateConfig)
-    coupling: bool | None = None
-    real_eigenvalues: bool | None = None
-    fixed_basis: bool | None = None
+    config: str = setting("nano", "preset (default %(default)s)", group=MODEL, choices=tuple(PRESETS))
+    model: str = setting("ten", "architecture: TEN, or the attention baseline of the same size (default %(default)s)",
+                         group=MODEL, choices=tuple(ARCHITECTURES))  # fmt: skip
+    use_hten: bool | None = setting(None, group=MODEL, on="hierarchical multi-scale TEN")
+    hten_scales: list[int] | None = setting(None, "HTEN scales, e.g. 1,2,4", group=MODEL)
+    energy_reg_weight: float | None = setting(None, "weight of the energy loss", group=MODEL, bound=NON_NEGATIVE)
+    max_seq_len: int | None = setting(None, "training window T", group=MODEL, bound=POSITIVE)
+    d_model: int | None = setting(None, group=MODEL, bound=POSITIVE)
+    n_layers: int | None = setting(None, group=MODEL, bound=POSITIVE)
+    num_eigenstates: int | None = setting(None, "K eigenstates per layer", group=MODEL, bound=POSITIVE)
+    num_heads: int | None = setting(None, "eigenstate heads (blocks of the coupling)", group=MODEL, bound=POSITIVE)
+    selective: bool | None = setting(None, group=MODEL, off="eigenvalues independent of the input (time-invariant)")
+    selective_range: float | None = setting(
+        None, "bound on the selective change of decay logit and phase (default 0.1)", group=MODEL, bound=NON_NEGATIVE
+    )
+    dropout: float | None = setting(None, group=MODEL, bound=NON_NEGATIVE)
+    scan_backend: str | None = setting(None, group=MODEL, choices=tuple(SCAN_BACKENDS))
+    mlp_hidden: int | None = setting(None, "SwiGLU width (default 8/3 d_model rounded up to 64; 0: no MLP)",
+                                     group=MODEL, bound=NON_NEGATIVE)  # fmt: skip
+    # the paper's ablations (TemporalEigenstateConfig)
+    output_gate: bool | None = setting(None, group=ABLATIONS, off="no output gate: g = 1")
+    coupling: bool | None = setting(None, group=ABLATIONS, off="no resonance coupling: R = I")
+    real_eigenvalues: bool | None = setting(
+        None, group=ABLATIONS, on="frequencies fixed at 0 or pi (no rotation, no selective phase)"
+    )
+    fixed_basis: bool | None = setting(
+        None, group=ABLATIONS, on="eigenvalue magnitudes and frequencies frozen at their initial values"
+    )
     # optimisation
-    epochs: float | None = None  # None: one epoch, or as many steps as --time_budget allows
-    max_steps: int | None = None
-    learning_rate: float | None = None  # None: the preset's
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    batch_size: int | None = None  # None: the preset's
-    gradient_accumulation: int = 1
-    grad_clip: float = 1.0
-    mixed_precision: str = "no"  # no | auto | bf16 | fp16
-    gradient_checkpointing: bool = False
-    compile: bool | None = None  # None: on CUDA only (on a CPU it costs minutes and gains nothing measured)
-    use_8bit_optim: bool = False
-    seed: int = 42
-    device: str = "auto"
-    time_budget: float | None = None  # minutes of wall time for the whole run, final evaluation included
+    epochs: float | None = setting(None, "passes over the training split (default 1, or as many as --time_budget "
+                                   "allows)", group=OPTIMISATION, bound=POSITIVE, resumable=True)  # fmt: skip
+    max_steps: int | None = setting(None, "optimiser steps (overrides --epochs)", group=OPTIMISATION, bound=POSITIVE,
+                                    resumable=True)  # fmt: skip
+    learning_rate: float | None = setting(None, "peak (default: the preset's)", group=OPTIMISATION, bound=POSITIVE,
+                                          aliases=("--lr",))  # fmt: skip
+    min_lr_ratio: float = setting(0.1, "final lr / peak lr", group=OPTIMISATION, bound=UNIT_INTERVAL)
+    weight_decay: float = setting(0.1, group=OPTIMISATION, bound=NON_NEGATIVE)
+    warmup_steps: int = setting(100, group=OPTIMISATION, bound=NON_NEGATIVE)
+    batch_size: int | None = setting(None, "sequences per micro-batch (default: the preset's)", group=OPTIMISATION,
+                                     bound=POSITIVE)  # fmt: skip
+    gradient_accumulation: int = setting(1, group=OPTIMISATION, bound=POSITIVE)
+    grad_clip: float = setting(1.0, "0 turns clipping off", group=OPTIMISATION, bound=NON_NEGATIVE)
+    mixed_precision: str = setting(
+        "no", "bf16 autocast where supported, else fp16 + scaler on GPUs (flag alone: auto)", group=OPTIMISATION,
+        choices=("no", "auto", "bf16", "fp16"), bare="auto",
+    )  # fmt: skip
+    gradient_checkpointing: bool = setting(False, "recompute layers in backward", group=OPTIMISATION)
+    # None: on CUDA only (on a CPU it costs minutes and gains nothing measured)
+    compile: bool | None = setting(
+        None, group=OPTIMISATION, resumable=True, off="never torch.compile",
+        on="torch.compile the training step (default: on CUDA only, where it is faster)",
+    )  # fmt: skip
+    use_8bit_optim: bool = setting(False, "bitsandbytes 8-bit AdamW (CUDA)", group=OPTIMISATION)
+    seed: int = setting(42, group=OPTIMISATION, bound=SEED)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", group=OPTIMISATION, resumable=True)
+    time_budget: float | None = setting(None, "minutes for the whole run, final evaluation and checkpoint included; "
+                                        "with no --epochs or --max_steps the schedule ends with it",
+                                        group=OPTIMISATION, bound=POSITIVE, resumable=True)  # fmt: skip
     # data
-    dataset: str = "shakespeare"
-    tokenizer: str = "byte"
-    subset_size: int | None = None  # training windows of max_seq_len tokens
-    streaming: bool = False
-    tokenized_dir: str | None = None
+    dataset: str = setting("shakespeare", "shakespeare (built in), a text file or folder, a token file (.bin/.u32), "
+                           "or a hub name (wikitext-103, tinystories, finewebedu, pg19, openwebtext, imdb, ag_news)",
+                           group=DATA)  # fmt: skip
+    tokenizer: str = setting("byte", "byte (default), bpe:N, or a hub tokenizer name", group=DATA)
+    subset_size: int | None = setting(None, "train on the first N windows of the corpus", group=DATA, bound=POSITIVE)
+    streaming: bool = setting(False, "stream a hub dataset instead of downloading it all", group=DATA)
+    tokenized_dir: str | None = setting(None, "a folder from `ten prepare`", group=DATA, aliases=("--pretokenized",))
     # output
-    output_dir: str | None = None  # None: runs/<config>[-hten], numbered -2, -3... when taken
-    save_steps: int = 500
-    eval_steps: int = 250
-    eval_batches: int = 20
-    keep_checkpoints: int = 2
-    resume: str | None = None  # "" = the latest checkpoint in output_dir
-    overwrite: bool = False  # start over in an output_dir that holds an earlier run
-    hourly_rate: float | None = None
-    sample_tokens: int = 200
+    output_dir: str | None = setting(None, "metrics.jsonl and checkpoints/ (default runs/<config>[-hten], numbered)",
+                                     group=OUTPUT, resumable=True)  # fmt: skip
+    save_steps: int = setting(500, group=OUTPUT, bound=POSITIVE, resumable=True)
+    eval_steps: int = setting(250, group=OUTPUT, bound=POSITIVE, resumable=True)
+    eval_batches: int = setting(20, group=OUTPUT, bound=POSITIVE, resumable=True)
+    keep_checkpoints: int = setting(2, "step-N ones kept", group=OUTPUT, bound=POSITIVE, resumable=True)
+    # "" (the flag alone) = the latest checkpoint in output_dir
+    resume: str | None = setting(None, "continue a run: its latest checkpoint, or PATH", group=OUTPUT, bare="",
+                                 resumable=True)  # fmt: skip
+    overwrite: bool = setting(False, "start over in an --output_dir that holds a run", group=OUTPUT, resumable=True)
+    hourly_rate: float | None = setting(None, "$/hour of the machine: show the cost so far", group=OUTPUT,
+                                        bound=NON_NEGATIVE, resumable=True)  # fmt: skip
+    sample_tokens: int = setting(200, "tokens sampled at the end", group=OUTPUT, bound=NON_NEGATIVE, resumable=True)
     # other modes
-    dry_run: bool = False
-    dry_samples: int = 2
-    benchmark: bool = False
+    dry_run: bool = setting(False, "summary and the loss of real windows; no training", group=MODES, resumable=True)
+    dry_samples: int = setting(2, group=MODES, bound=POSITIVE, resumable=True)
+    benchmark: bool = setting(False, "time training steps and generation; no training", group=MODES, resumable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,25 +120,9 @@ class TrainArguments:
         return cls(**{k: v for k, v in values.items() if k in names})
 
     def validate(self) -> None:
-        """Raise ValueError naming the first setting a run cannot start with."""
-        always = ("gradient_accumulation", "save_steps", "eval_steps", "eval_batches", "dry_samples",
-                  "keep_checkpoints")  # fmt: skip
-        when_given = ("epochs", "learning_rate", "batch_size", "max_steps", "max_seq_len", "subset_size",
-                      "time_budget", "d_model", "n_layers", "num_eigenstates", "num_heads")  # fmt: skip
-        positive = {name: getattr(self, name) for name in always}
-        positive.update({name: getattr(self, name) for name in when_given if getattr(self, name) is not None})
-        for name, value in positive.items():
-            if not value > 0 or value != value or value == float("inf"):
-                raise ValueError(f"--{name} must be a positive number, got {value}")
-        for name in ("weight_decay", "warmup_steps", "sample_tokens", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {self.seed}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"--min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.mixed_precision not in ("no", "auto", "bf16", "fp16"):
-            raise ValueError(f"--mixed_precision must be no, auto, bf16 or fp16, got {self.mixed_precision!r}")
+        """Raise ValueError naming the first setting a run cannot start with: a bound or choice its field declares
+        (the parser checks the same), then the rules between settings."""
+        check_settings(self)
         contradictions = [
             (self.coupling is False and self.num_heads is not None,
              "--num_heads only partitions the coupling into heads: it means nothing with --no_coupling"),
@@ -115,5 +132,9 @@ class TrainArguments:
         for contradicts, message in contradictions:
             if contradicts:
                 raise ValueError(message)
-        if self.hourly_rate is not None and not self.hourly_rate >= 0:
-            raise ValueError(f"--hourly_rate must be >= 0, got {self.hourly_rate}")
+
+
+# Settings a resumed run may change; the rest define the run and must match its checkpoint.
+RESUMABLE_OVERRIDES = frozenset(name for name, flag in flags_of(TrainArguments).items() if flag.resumable)
+# The settings that override a preset's model: those some architecture's config has.
+MODEL_FIELDS = tuple(name for name in flags_of(TrainArguments) if any(name in config_fields(a) for a in ARCHITECTURES))

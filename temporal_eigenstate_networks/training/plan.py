@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..architectures import build_model, hten_label
 from ..config import PRESETS
 from ..lm import ARCHITECTURES, CONFIG_FILE, LanguageModel, config_fields, load_config
 from ..runs.folders import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
@@ -21,10 +22,12 @@ from ..runs.lookup import find_checkpoint, recover_interrupted_saves
 from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
 from .checkpoint import read_trainer_state
 from .distributed import DistributedContext
+from .presets import TRAINING_PRESETS
 
 # A new run's model config is built before the tokenizer is known; `ModelPlan.build` puts the
 # tokenizer's vocabulary in. The byte vocabulary is the default, so the plan's config is usually exact.
 PROVISIONAL_VOCAB = 256
+MAX_WARMUP_FRACTION = 0.2  # a warm-up never takes more than a fifth of the run: a short run still decays
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,11 @@ class ModelPlan:
             config = dataclasses.replace(config, vocab_size=tokenizer_vocab)
         if config.vocab_size < tokenizer_vocab:
             raise ValueError(f"the model's vocabulary ({config.vocab_size}) is smaller than the tokenizer's")
-        return ARCHITECTURES[self.architecture](config)
+        return build_model(self.architecture, config=config)
 
     def run_name(self, preset: str) -> str:
         """runs/<this>: the preset, -hten when the model is hierarchical, and the architecture if not TEN."""
-        hten = "-hten" if getattr(self.config, "use_hten", False) else ""
-        return preset + hten + ("" if self.architecture == "ten" else f"-{self.architecture}")
+        return preset + hten_label(self.config, "-") + ("" if self.architecture == "ten" else f"-{self.architecture}")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,6 @@ class RunPlan:
     model: ModelPlan
     seq_len: int  # training window T
     batch_size: int  # sequences per micro-batch
-    learning_rate: float  # peak
     max_steps: int | None  # a length in optimiser steps ...
     epochs: float | None  # ... or in passes over the training split; both None: the time budget decides
     time_budget_s: float | None  # the run's whole wall time, evaluations and checkpoints included
@@ -63,6 +64,11 @@ class RunPlan:
     resume_from: Path | None = None  # the checkpoint folder this run continues
     resumed_state: dict[str, Any] | None = None  # its trainer_state.json, read once
     notes: tuple[str, ...] = ()  # what working out the plan did to the run folder, for the log
+
+    @property
+    def learning_rate(self) -> float:
+        """The peak rate: held in the resolved arguments, read here."""
+        return self.args.learning_rate
 
     @property
     def length_follows_budget(self) -> bool:
@@ -75,6 +81,13 @@ class RunPlan:
         if self.epochs is not None:
             return max(1, math.ceil(self.epochs * steps_per_epoch))
         return None
+
+    def warmup_steps(self, total_steps: int | None) -> int:
+        """--warmup_steps, at most a fifth of a run of `total_steps` steps (so it ends before the last step). A run
+        whose time budget sets its length ends its warm-up at MAX_WARMUP_FRACTION of the budget instead."""
+        if total_steps is None:
+            return self.args.warmup_steps
+        return min(self.args.warmup_steps, int(total_steps * MAX_WARMUP_FRACTION))
 
 
 # ---------------------------------------------------------------- pieces of the plan
@@ -98,7 +111,7 @@ def model_plan(args: TrainArguments) -> ModelPlan:
 
 def batch_shape(args: TrainArguments, model: ModelPlan) -> tuple[int, int]:
     """(window T, batch size): the command line's, else the model's training window and the preset's batch."""
-    return model.config.max_seq_len, args.batch_size or PRESETS[args.config].batch_size
+    return model.config.max_seq_len, args.batch_size or TRAINING_PRESETS[args.config].batch_size
 
 
 def resolved_arguments(args: TrainArguments, model: ModelPlan, output_dir: Path | None) -> TrainArguments:
@@ -107,7 +120,7 @@ def resolved_arguments(args: TrainArguments, model: ModelPlan, output_dir: Path 
     model_values = {name: getattr(config, name) for name in MODEL_FIELDS if hasattr(config, name)}
     return dataclasses.replace(
         args, **model_values, batch_size=batch_shape(args, model)[1],
-        learning_rate=args.learning_rate or PRESETS[args.config].learning_rate,
+        learning_rate=args.learning_rate or TRAINING_PRESETS[args.config].learning_rate,
         output_dir=None if output_dir is None else str(output_dir),
     )  # fmt: skip
 
@@ -223,7 +236,7 @@ def _plan(
     if epochs is None and args.max_steps is None and budget_s is None:
         epochs = 1.0  # nothing says how long: one pass over the training split
     return RunPlan(
-        args=args, model=model, seq_len=seq_len, batch_size=batch_size, learning_rate=args.learning_rate,
+        args=args, model=model, seq_len=seq_len, batch_size=batch_size,
         max_steps=args.max_steps, epochs=None if args.max_steps is not None else epochs, time_budget_s=budget_s,
         output_dir=output_dir, resume_from=resume_from, resumed_state=resumed_state,
     )  # fmt: skip

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-MAX_WARMUP_FRACTION = 0.2  # a warm-up never takes more than a fifth of the run: a short run still decays
-
 
 def cosine_decay(progress: float, min_ratio: float) -> float:
     """1 at progress 0, min_ratio at progress 1 (and after)."""
@@ -18,19 +16,21 @@ def cosine_decay(progress: float, min_ratio: float) -> float:
 
 
 def learning_rate_at(step: int, peak: float, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """The rate for optimiser step `step` (0-based) of a run of `total_steps` steps."""
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    """The rate for optimiser step `step` (0-based) of a run of `total_steps` steps; the caller keeps the warm-up
+    shorter than the run (the run plan caps it)."""
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     return peak * cosine_decay((step - warmup_steps) / max(1, total_steps - warmup_steps), min_ratio)
 
 
-def learning_rate_at_fraction(step: int, fraction: float, peak: float, warmup_steps: int, min_ratio: float) -> float:
+def learning_rate_at_fraction(
+    step: int, fraction: float, peak: float, warmup_steps: int, min_ratio: float, warmup_fraction: float
+) -> float:
     """The rate for step `step` of a run whose length is its time budget, `fraction` of it used.
 
     The decay follows the fraction of the budget, not a step count fitted in advance, so the rate
     reaches its floor when the budget ends however the speed of the steps changes on the way. The
-    warm-up ends after `warmup_steps` steps or a fifth of the budget, whichever comes first.
+    warm-up ends after `warmup_steps` steps or `warmup_fraction` of the budget, whichever comes first.
     """
-    warm = 1.0 if warmup_steps == 0 else min(1.0, max((step + 1) / warmup_steps, fraction / MAX_WARMUP_FRACTION))
+    warm = 1.0 if warmup_steps == 0 else min(1.0, max((step + 1) / warmup_steps, fraction / warmup_fraction))
     return peak * warm * cosine_decay(fraction, min_ratio)

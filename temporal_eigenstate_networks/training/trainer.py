@@ -22,20 +22,20 @@ from tqdm.auto import tqdm
 from ..atomic import WriteError
 from ..data import DataError, TokenData, WindowSampler, load_token_data
 from ..device import resolve_device
+from ..flags import command_line
 from ..lm import LanguageModel
 from ..runs.checkpoint import CheckpointError, TrainerState, non_finite_parameters
 from ..runs.folders import CHECKPOINTS, release_run_dir
 from ..runs.lookup import FINAL, checkpoint_name, latest_checkpoint, prune_step_checkpoints, set_aside_abandoned_work
 from ..runs.metrics_log import append_record
-from ..timing import median_seconds, sync
 from .arguments import TrainArguments
 from .budget import TimeBudget
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, weights_fingerprint
 from .optimizer import build_optimizer
-from .plan import RunPlan, resolve_run
+from .plan import MAX_WARMUP_FRACTION, RunPlan, resolve_run
 from .precision import Precision, resolve_precision
-from .schedule import MAX_WARMUP_FRACTION, learning_rate_at, learning_rate_at_fraction
+from .schedule import learning_rate_at, learning_rate_at_fraction
 
 EVAL_SEED = 1234  # the same validation windows at every evaluation, so the figures compare
 LOG_EVERY = 10
@@ -194,9 +194,7 @@ class Trainer:
         self.tokens_per_step = plan.batch_size * plan.seq_len * args.gradient_accumulation * self.context.world_size
         self.steps_per_epoch = max(1, len(self.data.train) // self.tokens_per_step)
         self.total_steps = plan.total_steps(self.steps_per_epoch)  # None: the time budget sets the length
-        self.warmup_steps = args.warmup_steps  # at most a fifth of the run: of its steps here, else of its budget
-        if self.total_steps is not None:
-            self.warmup_steps = min(self.warmup_steps, int(self.total_steps * MAX_WARMUP_FRACTION))
+        self.warmup_steps = plan.warmup_steps(self.total_steps)
         checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())  # + 2 moments
         self.budget = TimeBudget(plan.time_budget_s, self.state.elapsed_s, clock,
                                  args.eval_batches / args.gradient_accumulation, checkpoint_bytes, started)  # fmt: skip
@@ -275,40 +273,6 @@ class Trainer:
         if self.context.is_main and self.output_dir is not None:
             append_record(self.output_dir, values)
 
-    # ------------------------------------------------------------------ modes
-
-    def dry_run(self) -> dict[str, float]:
-        """Summary, then the loss of a few real windows, without training."""
-        self.describe()
-        sampler = WindowSampler(self.data.train, self.plan.seq_len, self.args.dry_samples, seed=self.args.seed)
-        inputs, targets = (t.to(self.device) for t in sampler.batch(0))
-        with torch.no_grad(), self.precision.autocast():
-            out = self.model.compute_loss(inputs, targets, return_dict=True)
-        values = {k: float(v) for k, v in out.items()}
-        parts = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
-        aux = self.model.aux_loss_name
-        weighted = f" (loss = ce_loss + {self.model.aux_loss_weight:g} x {aux}, raw)" if aux else ""
-        self.log(f"dry run on {self.args.dry_samples} windows of {self.plan.seq_len} tokens: {parts}{weighted}")
-        return values
-
-    def benchmark(self, steps: int = 10, new_tokens: int = 64) -> dict[str, float]:
-        """Speed of this configuration on this device: training steps and per-token generation, nothing saved."""
-        self.describe()
-        self.train_step()  # compilation, allocator; median_seconds warms up once more
-        sync(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        step_s = median_seconds(self.train_step, self.device, steps)
-        prompt = torch.as_tensor(self.data.val[:64].astype("int64"), device=self.device).unsqueeze(0)
-        generate_s = median_seconds(lambda: self.model.generate(prompt, new_tokens, temperature=0), self.device, 3)
-        prefill_s = median_seconds(lambda: self.model.generate(prompt, 0, temperature=0), self.device, 3)
-        results = {"step_ms": 1e3 * step_s, "tokens_per_s": self.tokens_per_step / step_s,
-                   "generate_ms_per_token": 1e3 * (generate_s - prefill_s) / new_tokens}  # fmt: skip
-        if self.device.type == "cuda":
-            results["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        self.log("benchmark: " + "  ".join(f"{k} {v:,.2f}" for k, v in results.items()))
-        return results
-
     def train(self) -> RunResult:
         with self.stop:  # from here to the exit, a signal ends the run with a checkpoint
             self.describe()
@@ -329,7 +293,8 @@ class Trainer:
         """The schedule's rate for the next step: by steps, or by the fraction of the time budget used."""
         step, peak, floor = self.state.step, self.plan.learning_rate, self.args.min_lr_ratio
         if self.total_steps is None:
-            return learning_rate_at_fraction(step, self.budget.fraction(), peak, self.warmup_steps, floor)
+            fraction = self.budget.fraction()
+            return learning_rate_at_fraction(step, fraction, peak, self.warmup_steps, floor, MAX_WARMUP_FRACTION)
         return learning_rate_at(step, peak, self.total_steps, self.warmup_steps, floor)
 
     def train_step(self) -> dict[str, float]:
@@ -507,8 +472,9 @@ class Trainer:
 
     def divergence_advice(self) -> str:
         """What to do after a divergence: continue from the last checkpoint (all are finite) at a lower rate."""
-        lower = f"--learning_rate {self.plan.learning_rate / 10:g}"
-        precision = " (or --mixed_precision no)" if self.precision.dtype is not None else ""
+        lower = command_line(TrainArguments, learning_rate=self.plan.learning_rate / 10)
+        plain = command_line(TrainArguments, mixed_precision="no")
+        precision = f" (or {plain})" if self.precision.dtype is not None else ""
         try:
             last = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir)
         except CheckpointError:
@@ -516,7 +482,7 @@ class Trainer:
         if last is None:
             return f"no checkpoint of this run was saved: start again with a lower rate, e.g. {lower}{precision}"
         return (f"the last good checkpoint is {last}: continue from it at a lower rate with "
-                f"ten train --resume {last} {lower}{precision}")  # fmt: skip
+                f"ten train {command_line(TrainArguments, resume=str(last))} {lower}{precision}")  # fmt: skip
 
     def resume_hint(self) -> str:
         """Where a run that cannot write stands: its last good checkpoint and how to continue."""
@@ -527,7 +493,7 @@ class Trainer:
         if last is None:
             return "no checkpoint of this run was saved"
         return (f"the last good checkpoint is {last}; when there is room again, continue with: "
-                f"ten train --resume {self.output_dir}")
+                f"ten train {command_line(TrainArguments, resume=str(self.output_dir))}")
 
     def finish(self, status: str) -> RunResult:
         """Evaluate and save the end of the run; after a signal (in the loop or in this evaluation), only save."""

@@ -1,4 +1,4 @@
-"""Train and test models on a synthetic task: the grid behind `ten synthetic`.
+"""Train and test models on a synthetic task: the grid behind `ten synthetic`, its table and its plot.
 
 Every cell (variant x width x training length) trains a fresh 2-layer model on fresh seeded batches for a
 fixed number of steps at each learning rate of a small sweep, then counts exact answers on held-out
@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..architectures import build_model
 from ..atomic import atomic_write
+from ..data.synthetic_tasks import TASKS, SyntheticError, SyntheticTask, TaskSettings, accuracy
 from ..lm import LanguageModel
-from ..timing import build_model
 from ..training.optimizer import build_optimizer
 from ..training.schedule import learning_rate_at
-from .tasks import TASKS, SyntheticError, SyntheticTask, accuracy
 
 # name -> (architecture, config overrides): what each row of a table is.
 VARIANTS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
@@ -33,6 +33,9 @@ VARIANTS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
     "ten-noselective": ("ten", {"selective": False}),
     "hten": ("ten", {"use_hten": True, "hten_scales": [1, 2, 4, 8]}),
     "transformer": ("transformer", {}),
+    # The 2-layer hybrids of the recall papers' size: a TEN layer, then attention (full, or over a window).
+    "ten-hybrid": ("ten", {"layer_pattern": "ea"}),
+    "ten-swa": ("ten", {"layer_pattern": "ew"}),
 }
 WARMUP_FRACTION = 0.1
 MIN_LR_RATIO = 0.1
@@ -86,6 +89,94 @@ def check_cell(cell: Cell) -> None:
     task = TASKS[cell.task]
     for seq_len in (cell.train_seq_len, *cell.test_seq_lens):
         task.generate(1, seq_len, seed=0, **cell.options)
+
+
+# ---------------------------------------------------------------- the grid `ten synthetic` asks for
+
+TASK_OPTIONS = ("vocab_size", "num_kv_pairs", "num_tokens")  # the generator's, over the task's settings
+# Over each variant's defaults; each applies to the architectures whose config has it (layer_pattern: TEN's).
+MODEL_SIZES = ("num_eigenstates", "num_heads", "selective_range", "n_layers", "layer_pattern", "attention_window",
+               "attention_heads")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """What `ten synthetic` was asked for, one field per flag; None: the task's (or the model's) default."""
+
+    task: str
+    variants: Sequence[str]
+    d_models: Sequence[int]
+    learning_rates: Sequence[float]
+    steps: int
+    batch_size: int
+    test_examples: int
+    seed: int = 0
+    paper: bool = False  # the papers' settings of the task, else the CPU ones
+    mlp: bool = False  # an MLP of the library's default width in each block (default: mixers only)
+    lengths: Sequence[int] | None = None
+    test_lengths: Sequence[int] | None = None
+    vocab_size: int | None = None
+    num_kv_pairs: int | None = None
+    num_tokens: int | None = None
+    num_eigenstates: int | None = None
+    num_heads: int | None = None
+    selective_range: float | None = None
+    n_layers: int | None = None
+    layer_pattern: str | None = None
+    attention_window: int | None = None
+    attention_heads: int | None = None
+
+
+@dataclass(frozen=True)
+class Grid:
+    cells: list[Cell]  # every one checked: a bad setting has failed before any training
+    title: str  # the task, which settings, and their source
+
+
+def plan_grid(settings: GridSettings) -> Grid:
+    """The cells (train length x width x variant x learning rate) of the settings, each checked."""
+    unknown = [v for v in settings.variants if v not in VARIANTS]
+    if unknown:
+        raise SyntheticError(f"unknown variant {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    task = TASKS[settings.task]
+    defaults = task.paper if settings.paper else task.cpu
+    options, sizes = grid_options(settings, defaults), grid_sizes(settings)
+    cells = [
+        Cell(task=settings.task, variant=variant, d_model=d_model, train_seq_len=length,
+             test_seq_lens=cell_test_lengths(settings, defaults, length), learning_rate=rate, options=options,
+             sizes=sizes, steps=settings.steps, batch_size=settings.batch_size, test_examples=settings.test_examples,
+             seed=settings.seed)
+        for length in settings.lengths or [defaults.train_seq_len] for d_model in settings.d_models
+        for variant in settings.variants for rate in settings.learning_rates
+    ]  # fmt: skip
+    for cell in cells:
+        check_cell(cell)
+    return Grid(cells, describe(task, settings.paper))
+
+
+def grid_options(settings: GridSettings, defaults: TaskSettings) -> dict[str, Any]:
+    """The generator's options: the task's settings, with those given on top."""
+    options = dict(defaults.options)
+    options.update({name: getattr(settings, name) for name in TASK_OPTIONS if getattr(settings, name) is not None})
+    if settings.task == "mqar" and settings.lengths and settings.num_kv_pairs is None:
+        options["num_kv_pairs"] = None  # Zoology's number of pairs for each length
+    return options
+
+
+def grid_sizes(settings: GridSettings) -> dict[str, Any]:
+    """The model sizes given, over each variant's defaults (`build`)."""
+    sizes = {name: getattr(settings, name) for name in MODEL_SIZES if getattr(settings, name) is not None}
+    if settings.mlp:
+        sizes["mlp_hidden"] = None  # the library's default width instead of none
+    return sizes
+
+
+def cell_test_lengths(settings: GridSettings, defaults: TaskSettings, train_length: int) -> tuple[int, ...]:
+    """The lengths given; else the training length when it was given, else the task's test lengths."""
+    return tuple(settings.test_lengths or ([train_length] if settings.lengths else defaults.test_seq_lens))
+
+
+# ---------------------------------------------------------------- one cell: build, train, score
 
 
 def build(cell: Cell, device: torch.device) -> LanguageModel:
@@ -186,6 +277,15 @@ def run_grid(cells: Sequence[Cell], device: torch.device, output: Path, log: Cal
     return results
 
 
+def run_synthetic(grid: Grid, device: torch.device, output: Path, log: Callable[[str], None]) -> str:
+    """The grid, trained and tested into `output` (results.json, results.md, accuracy.png); the table."""
+    output.mkdir(parents=True, exist_ok=True)
+    first = grid.cells[0]
+    log(grid.title)
+    log(f"{len(grid.cells)} models, {first.steps} steps of {first.batch_size} sequences each -> {output}")
+    return write_report(run_grid(grid.cells, device, output, log), output, grid.title)
+
+
 def best_of_sweep(results: Sequence[Result]) -> list[Result]:
     """Per cell (all but the learning rate), the rows of the rate with the best accuracy at the training length."""
 
@@ -212,3 +312,55 @@ def describe(task: SyntheticTask, paper: bool) -> str:
 
 def as_json(results: Sequence[Result]) -> list[dict[str, Any]]:
     return [asdict(r) for r in results]
+
+
+def markdown_table(results: Sequence[Result]) -> str:
+    header = ("variant", "d_model", "sizes", "train T", "test T", "lr", "accuracy", "answers", "state bytes/layer",
+              "params", "final loss", "train s")  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
+    for r in sorted(results, key=lambda r: (r.variant, r.d_model, repr(r.sizes), r.train_seq_len, r.test_seq_len)):
+        sizes = ", ".join(f"{k}={v}" for k, v in sorted(r.sizes.items())) or "-"
+        lines.append(
+            f"| {r.variant} | {r.d_model} | {sizes} | {r.train_seq_len:,} | {r.test_seq_len:,} | {r.learning_rate:g} "
+            f"| {r.accuracy:.3f} | {r.scored:,} | {r.state_bytes_per_layer:,} | {r.parameters:,} | {r.final_loss:.3f} "
+            f"| {r.train_seconds:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: Sequence[Result], path: Path, title: str) -> None:
+    """Accuracy against test length (one line per model) and against state bytes per layer (log scales)."""
+    import matplotlib  # noqa: PLC0415  (only when a grid has run)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, (by_length, by_state) = plt.subplots(1, 2, figsize=(11, 4.2))
+    models: dict[tuple, list[Result]] = {}
+    for r in results:
+        models.setdefault((r.variant, r.d_model, repr(sorted(r.sizes.items())), r.train_seq_len), []).append(r)
+    for (variant, d_model, sizes, train_len), rows in sorted(models.items()):
+        rows = sorted(rows, key=lambda r: r.test_seq_len)
+        label = f"{variant} d={d_model} T={train_len}" + ("" if sizes == "[]" else f" {sizes}")
+        line = by_length.plot([r.test_seq_len for r in rows], [r.accuracy for r in rows], marker="o", label=label)[0]
+        by_state.scatter([r.state_bytes_per_layer for r in rows], [r.accuracy for r in rows], color=line.get_color())
+    for axis, xlabel in ((by_length, "test sequence length (tokens)"), (by_state, "state per layer (bytes)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("accuracy")
+        axis.set_ylim(-0.02, 1.02)
+        axis.grid(alpha=0.3)
+    by_length.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results: Sequence[Result], output: Path, title: str) -> str:
+    """results.md and accuracy.png of the best learning rate of each cell; the table."""
+    best = best_of_sweep(results)
+    table = markdown_table(best)
+    atomic_write(output / "results.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))
+    plot(best, output / "accuracy.png", title)
+    return table

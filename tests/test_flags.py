@@ -1,0 +1,113 @@
+"""Settings declared once: the flags, their checks and the command line written back all come from the fields."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from temporal_eigenstate_networks import PRESETS
+from temporal_eigenstate_networks.cli import add_train_flags, build_parser
+from temporal_eigenstate_networks.flags import comma_list, command_line, flags_of
+from temporal_eigenstate_networks.lm import ARCHITECTURES, config_fields
+from temporal_eigenstate_networks.training import TrainArguments, resolve_run
+from temporal_eigenstate_networks.training.arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES
+from temporal_eigenstate_networks.training.plan import MAX_WARMUP_FRACTION
+from temporal_eigenstate_networks.training.presets import TRAINING_PRESETS
+
+
+def train_parser(modes: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_train_flags(parser, modes)
+    return parser
+
+
+def parsed(argv: list[str]) -> TrainArguments:
+    return TrainArguments.from_dict(vars(train_parser().parse_args(argv)))
+
+
+def test_every_field_is_a_flag_with_the_fields_default():
+    assert parsed([]) == TrainArguments()
+    dests = {action.dest for action in train_parser()._actions} - {"help"}
+    assert dests == {f.name for f in dataclasses.fields(TrainArguments)}
+    assert not {"dry_run", "dry_samples", "benchmark"} & {a.dest for a in train_parser(modes=False)._actions}
+
+
+def test_aliases_switches_and_bare_flags():
+    args = parsed(["--lr", "1e-3", "--pretokenized", "tok", "--no_selective", "--no_compile", "--use_hten",
+                   "--mixed_precision", "--resume"])  # fmt: skip
+    assert (args.learning_rate, args.tokenized_dir, args.selective, args.compile, args.use_hten) == (
+        1e-3,
+        "tok",
+        False,
+        False,
+        True,
+    )
+    assert (args.mixed_precision, args.resume) == ("auto", "")
+    assert parsed(["--compile"]).compile is True and parsed(["--hten_scales", "1,2"]).hten_scales == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "name, value, words",
+    [("learning_rate", 0.0, "a positive number"), ("batch_size", -2, "a positive number"),
+     ("weight_decay", -1.0, ">= 0"), ("warmup_steps", -1, ">= 0"), ("min_lr_ratio", 2.0, r"in \[0, 1\]"),
+     ("seed", -1, r"an integer in \[0, 2\*\*64 - 1\]"), ("hourly_rate", -1.0, ">= 0")],
+)  # fmt: skip
+def test_a_bound_is_declared_once_and_checked_by_the_parser_and_validate(name, value, words):
+    with pytest.raises(argparse.ArgumentError, match=f"argument --{name}.*: must be"):
+        train_parser().parse_args([f"--{name}", str(value)])
+    with pytest.raises(ValueError, match=f"--{name} must be {words}, got {value}"):
+        TrainArguments(**{name: value}).validate()
+
+
+def test_choices_are_checked_for_library_callers_too():
+    with pytest.raises(ValueError, match="--config must be nano, micro, small, medium, large or xlarge, got 'huge'"):
+        TrainArguments(config="huge").validate()
+    with pytest.raises(ValueError, match="--mixed_precision must be no, auto, bf16 or fp16, got 'x'"):
+        TrainArguments(mixed_precision="x").validate()
+
+
+def test_model_fields_are_the_settings_a_model_config_has():
+    known = set().union(*(config_fields(name) for name in ARCHITECTURES))
+    assert set(MODEL_FIELDS) == known & {f.name for f in dataclasses.fields(TrainArguments)}
+    assert {"d_model", "selective", "fixed_basis", "hten_scales"} <= set(MODEL_FIELDS)
+    assert not {"config", "model", "batch_size", "learning_rate"} & set(MODEL_FIELDS)
+    assert {"max_steps", "resume", "device"} <= RESUMABLE_OVERRIDES and "learning_rate" not in RESUMABLE_OVERRIDES
+
+
+def test_command_line_writes_values_back_as_the_flags_that_set_them():
+    values = dict(learning_rate=6e-05, mixed_precision="no", resume="runs/nano/checkpoints/final", compile=False,
+                  use_hten=True, hten_scales=[1, 2], gradient_checkpointing=True, seed=7)  # fmt: skip
+    line = command_line(TrainArguments, **values)
+    assert line.startswith("--learning_rate 6e-05 --mixed_precision no --resume runs/nano/checkpoints/final")
+    assert dataclasses.replace(TrainArguments(), **values) == parsed(line.split())
+    assert set(flags_of(TrainArguments)) == {f.name for f in dataclasses.fields(TrainArguments)}
+
+
+def test_comma_list_strips_and_converts():
+    assert comma_list(" a, b,c") == ["a", "b", "c"] and comma_list("1, 2", int) == [1, 2]
+    assert comma_list("") == [""]
+    with pytest.raises(ValueError):
+        comma_list("1,x", int)
+
+
+def test_the_warm_up_cap_is_worked_out_in_the_plan():
+    plan = resolve_run(TrainArguments(warmup_steps=100, dry_run=True))
+    assert plan.warmup_steps(None) == 100  # a budget-long run: capped at a fifth of its budget by the schedule
+    assert plan.warmup_steps(1000) == 100 and plan.warmup_steps(50) == int(50 * MAX_WARMUP_FRACTION) == 10
+    assert all(plan.warmup_steps(total) < total for total in range(1, 30))
+    assert plan.learning_rate == plan.args.learning_rate == TRAINING_PRESETS["nano"].learning_rate
+
+
+def test_the_training_presets_cover_the_model_presets():
+    assert list(TRAINING_PRESETS) == list(PRESETS)
+    assert "batch_size" not in PRESETS["nano"].model_fields()
+
+
+def test_train_and_compare_offer_the_same_training_flags():
+    commands = build_parser()._subparsers._group_actions[0].choices
+    train = {a.dest for a in commands["train"]._actions}
+    compare = {a.dest for a in commands["compare"]._actions}
+    assert train - compare == {"dry_run", "dry_samples", "benchmark"}
+    assert compare - train == {"variants", "tokens", "seeds"}
