@@ -99,6 +99,10 @@ class Flag:
     group: str  # the --help section
     help: str | None = None
     bound: Bound | None = None
+    # What the parser's type checks, where that is not `bound` (True): a looser bound, or None for the type
+    # alone. These flags were checked by validate() alone before their bounds were declared here, and their
+    # users' one-line errors stay its words ("--warmup_steps must be >= 0, got -1").
+    parse_bound: Bound | None | bool = True
     choices: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()  # more names of the flag (--lr)
     bare: str | None = None  # the value of the flag given alone (nargs="?")
@@ -152,7 +156,8 @@ def _parser_type(kind: Any, flag: Flag) -> Callable[[str], Any] | None:
     if typing.get_origin(kind) is list:
         return integer_list
     if kind in (int, float):
-        return bounded(kind, flag.bound) if flag.bound is not None else kind
+        bound = flag.bound if flag.parse_bound is True else flag.parse_bound
+        return bounded(kind, bound) if bound is not None else kind
     return None  # a string
 
 
