@@ -194,13 +194,27 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, leave_out: Sequence[st
 
 
 def _flag_text(name: str, value: Any, flag: Flag) -> str:
+    """'' for a value that is no flag's (None: not given; False: a store_true flag left off)."""
+    if value is None:
+        return ""
     if flag.on is not None or flag.off is not None:
+        if (flag.on if value else flag.off) is None:
+            raise ValueError(f"no flag sets {name} to {value!r}")  # --selective: only --no_selective exists
         return f"--{name}" if value else f"--no_{name}"
     if isinstance(value, bool):
         return f"--{name}" if value else ""
+    if flag.bare is not None and value == flag.bare:
+        return f"--{name}"  # --resume alone, not "--resume " with an empty path
+    return f"--{name} {_flag_value(value)}"
+
+
+def _flag_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return f"--{name} {','.join(map(str, value))}"
-    return f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}"
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        short = f"{value:g}"  # the hints' words (6e-05); every digit where :g would round the value
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 def command_line(cls: type, **values: Any) -> str:

@@ -107,6 +107,17 @@ def test_command_line_writes_values_back_as_the_flags_that_set_them():
     assert set(flags_of(TrainArguments)) == {f.name for f in dataclasses.fields(TrainArguments)}
 
 
+def test_command_line_round_trips_switches_bare_flags_and_every_digit():
+    values = dict(selective=False, output_gate=False, real_eigenvalues=True, resume="", learning_rate=1 / 3000,
+                  min_lr_ratio=0.05, output_dir=None, streaming=False)  # fmt: skip
+    line = command_line(TrainArguments, **values)
+    switches = "--no_selective --no_output_gate --real_eigenvalues --resume"
+    assert line == f"{switches} --learning_rate 0.0003333333333333333 --min_lr_ratio 0.05"
+    assert dataclasses.replace(TrainArguments(), **values) == parsed(line.split())
+    with pytest.raises(ValueError, match="no flag sets selective to True"):
+        command_line(TrainArguments, selective=True)  # the preset's value is the flag left off, not a flag
+
+
 def test_comma_list_strips_and_converts():
     assert comma_list(" a, b,c") == ["a", "b", "c"] and comma_list("1, 2", int) == [1, 2]
     assert comma_list("") == [""]
