@@ -99,6 +99,10 @@ class Flag:
     group: str  # the --help section
     help: str | None = None
     bound: Bound | None = None
+    # What the parser's type checks, where that is not `bound` (True): a looser bound, or None for the type
+    # alone. These flags were checked by validate() alone before their bounds were declared here, and their
+    # users' one-line errors stay its words ("--warmup_steps must be >= 0, got -1").
+    parse_bound: Bound | None | bool = True
     choices: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()  # more names of the flag (--lr)
     bare: str | None = None  # the value of the flag given alone (nargs="?")
@@ -152,7 +156,8 @@ def _parser_type(kind: Any, flag: Flag) -> Callable[[str], Any] | None:
     if typing.get_origin(kind) is list:
         return integer_list
     if kind in (int, float):
-        return bounded(kind, flag.bound) if flag.bound is not None else kind
+        bound = flag.bound if flag.parse_bound is True else flag.parse_bound
+        return bounded(kind, bound) if bound is not None else kind
     return None  # a string
 
 
@@ -189,13 +194,27 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, leave_out: Sequence[st
 
 
 def _flag_text(name: str, value: Any, flag: Flag) -> str:
+    """'' for a value that is no flag's (None: not given; False: a store_true flag left off)."""
+    if value is None:
+        return ""
     if flag.on is not None or flag.off is not None:
+        if (flag.on if value else flag.off) is None:
+            raise ValueError(f"no flag sets {name} to {value!r}")  # --selective: only --no_selective exists
         return f"--{name}" if value else f"--no_{name}"
     if isinstance(value, bool):
         return f"--{name}" if value else ""
+    if flag.bare is not None and value == flag.bare:
+        return f"--{name}"  # --resume alone, not "--resume " with an empty path
+    return f"--{name} {_flag_value(value)}"
+
+
+def _flag_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return f"--{name} {','.join(map(str, value))}"
-    return f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}"
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        short = f"{value:g}"  # the hints' words (6e-05); every digit where :g would round the value
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 def command_line(cls: type, **values: Any) -> str:

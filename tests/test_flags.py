@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from temporal_eigenstate_networks import PRESETS
-from temporal_eigenstate_networks.cli import add_train_flags, build_parser
+from temporal_eigenstate_networks.cli import add_train_flags, build_parser, main
 from temporal_eigenstate_networks.flags import comma_list, command_line, flags_of
 from temporal_eigenstate_networks.lm import ARCHITECTURES, config_fields
 from temporal_eigenstate_networks.training import TrainArguments, resolve_run
@@ -49,16 +49,38 @@ def test_aliases_switches_and_bare_flags():
 
 
 @pytest.mark.parametrize(
-    "name, value, words",
-    [("learning_rate", 0.0, "a positive number"), ("batch_size", -2, "a positive number"),
-     ("weight_decay", -1.0, ">= 0"), ("warmup_steps", -1, ">= 0"), ("min_lr_ratio", 2.0, r"in \[0, 1\]"),
-     ("seed", -1, r"an integer in \[0, 2\*\*64 - 1\]"), ("hourly_rate", -1.0, ">= 0")],
+    "name, value, words, at_parse",
+    [("learning_rate", 0.0, "a positive number", True), ("batch_size", -2, "a positive number", True),
+     ("weight_decay", -1.0, ">= 0", True), ("warmup_steps", -1, ">= 0", False),
+     ("min_lr_ratio", 2.0, r"in \[0, 1\]", False), ("seed", -1, r"an integer in \[0, 2\*\*64 - 1\]", True),
+     ("hourly_rate", -1.0, ">= 0", True)],
 )  # fmt: skip
-def test_a_bound_is_declared_once_and_checked_by_the_parser_and_validate(name, value, words):
-    with pytest.raises(argparse.ArgumentError, match=f"argument --{name}.*: must be"):
-        train_parser().parse_args([f"--{name}", str(value)])
+def test_a_bound_is_declared_once_and_checked_by_the_parser_and_validate(name, value, words, at_parse):
+    if at_parse:
+        with pytest.raises(argparse.ArgumentError, match=f"argument --{name}.*: must be"):
+            train_parser().parse_args([f"--{name}", str(value)])
+    else:  # validate() alone refuses it, in the words its users always saw
+        assert getattr(train_parser().parse_args([f"--{name}", str(value)]), name) == value
     with pytest.raises(ValueError, match=f"--{name} must be {words}, got {value}"):
         TrainArguments(**{name: value}).validate()
+
+
+@pytest.mark.parametrize(
+    "flags, line",
+    [(["--warmup_steps", "-1"], "ten train: error: --warmup_steps must be >= 0, got -1"),
+     (["--warmup_steps", "x"],
+      "ten train: error: argument --warmup_steps: invalid int value: 'x' (see ten train --help)"),
+     (["--sample_tokens", "-3"], "ten train: error: --sample_tokens must be >= 0, got -3"),
+     (["--min_lr_ratio", "2"], "ten train: error: --min_lr_ratio must be in [0, 1], got 2.0"),
+     (["--min_lr_ratio", "-1"],
+      "ten train: error: argument --min_lr_ratio: must be a finite number >= 0, got '-1' (see ten train --help)")],
+)  # fmt: skip
+def test_the_one_line_errors_of_bounds_that_validate_checks_stay_as_they_were(flags, line, capsys):
+    try:
+        code = main(["train", "--dry_run", *flags])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert (code, capsys.readouterr().err) == (2, line + "\n")
 
 
 def test_choices_are_checked_for_library_callers_too():
@@ -83,6 +105,17 @@ def test_command_line_writes_values_back_as_the_flags_that_set_them():
     assert line.startswith("--learning_rate 6e-05 --mixed_precision no --resume runs/nano/checkpoints/final")
     assert dataclasses.replace(TrainArguments(), **values) == parsed(line.split())
     assert set(flags_of(TrainArguments)) == {f.name for f in dataclasses.fields(TrainArguments)}
+
+
+def test_command_line_round_trips_switches_bare_flags_and_every_digit():
+    values = dict(selective=False, output_gate=False, real_eigenvalues=True, resume="", learning_rate=1 / 3000,
+                  min_lr_ratio=0.05, output_dir=None, streaming=False)  # fmt: skip
+    line = command_line(TrainArguments, **values)
+    switches = "--no_selective --no_output_gate --real_eigenvalues --resume"
+    assert line == f"{switches} --learning_rate 0.0003333333333333333 --min_lr_ratio 0.05"
+    assert dataclasses.replace(TrainArguments(), **values) == parsed(line.split())
+    with pytest.raises(ValueError, match="no flag sets selective to True"):
+        command_line(TrainArguments, selective=True)  # the preset's value is the flag left off, not a flag
 
 
 def test_comma_list_strips_and_converts():

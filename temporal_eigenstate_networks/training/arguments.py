@@ -71,9 +71,10 @@ class TrainArguments:
                                     resumable=True)  # fmt: skip
     learning_rate: float | None = setting(None, "peak (default: the preset's)", group=OPTIMISATION, bound=POSITIVE,
                                           aliases=("--lr",))  # fmt: skip
-    min_lr_ratio: float = setting(0.1, "final lr / peak lr", group=OPTIMISATION, bound=UNIT_INTERVAL)
+    min_lr_ratio: float = setting(0.1, "final lr / peak lr", group=OPTIMISATION, bound=UNIT_INTERVAL,
+                                  parse_bound=NON_NEGATIVE)  # fmt: skip
     weight_decay: float = setting(0.1, group=OPTIMISATION, bound=NON_NEGATIVE)
-    warmup_steps: int = setting(100, group=OPTIMISATION, bound=NON_NEGATIVE)
+    warmup_steps: int = setting(100, group=OPTIMISATION, bound=NON_NEGATIVE, parse_bound=None)
     batch_size: int | None = setting(None, "sequences per micro-batch (default: the preset's)", group=OPTIMISATION,
                                      bound=POSITIVE)  # fmt: skip
     gradient_accumulation: int = setting(1, group=OPTIMISATION, bound=POSITIVE)
@@ -115,7 +116,8 @@ class TrainArguments:
     overwrite: bool = setting(False, "start over in an --output_dir that holds a run", group=OUTPUT, resumable=True)
     hourly_rate: float | None = setting(None, "$/hour of the machine: show the cost so far", group=OUTPUT,
                                         bound=NON_NEGATIVE, resumable=True)  # fmt: skip
-    sample_tokens: int = setting(200, "tokens sampled at the end", group=OUTPUT, bound=NON_NEGATIVE, resumable=True)
+    sample_tokens: int = setting(200, "tokens sampled at the end", group=OUTPUT, bound=NON_NEGATIVE, parse_bound=None,
+                                 resumable=True)  # fmt: skip
     # other modes
     dry_run: bool = setting(False, "summary and the loss of real windows; no training", group=MODES, resumable=True)
     dry_samples: int = setting(2, group=MODES, bound=POSITIVE, resumable=True)

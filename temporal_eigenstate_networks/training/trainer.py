@@ -511,7 +511,8 @@ class Trainer:
         sample = self.sample() if wanted else ""  # a signal during the save: the checkpoint is there, exit now
         self.log(self.throughput_line())
         if path is not None:
-            resume = "" if status == "finished" else f"; continue with: ten train --resume {self.output_dir}"
+            again = command_line(TrainArguments, resume=str(self.output_dir))
+            resume = "" if status == "finished" else f"; continue with: ten train {again}"
             self.log(f"checkpoint: {path}{resume}")
         return RunResult(status, self.state.step, path, metrics, sample)
 
