@@ -32,6 +32,7 @@ from ..data import load_token_data
 from ..modules.eigenstate import EigenstateCore, energy
 from ..runs.checkpoint import load_model
 from ..runs.lookup import find_checkpoint
+from .figures import png
 from .positions import check_vocabulary, validation_windows
 
 NEAR_LAGS = (1, 2, 3, 4)
@@ -220,25 +221,17 @@ def markdown(reports: list[CoreReport]) -> str:
 
 def plot(reports: list[CoreReport], folder: Any) -> list[str]:
     """Four PNGs, one panel per core: eigenvalues, timescale vs frequency, energy, lag response."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = min(len(reports), 4)
     rows = math.ceil(len(reports) / columns)
     written = []
 
     def figure(name: str, draw: Any) -> None:
-        fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.6 * rows), squeeze=False)
-        for ax, report in zip(axes.flat, reports, strict=False):
-            draw(ax, report)
-            ax.set_title(f"layer {report.layer}" + (f", scale {report.scale}" if report.scale != 1 else ""))
-        for ax in list(axes.flat)[len(reports) :]:
-            ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(folder / name, dpi=110)
-        plt.close(fig)
+        with png(folder / name, rows, columns, dpi=110, figsize=(4 * columns, 3.6 * rows), squeeze=False) as (_, axes):
+            for ax, report in zip(axes.flat, reports, strict=False):
+                draw(ax, report)
+                ax.set_title(f"layer {report.layer}" + (f", scale {report.scale}" if report.scale != 1 else ""))
+            for ax in list(axes.flat)[len(reports) :]:
+                ax.axis("off")
         written.append(name)
 
     def eigenvalues(ax: Any, r: CoreReport) -> None:
@@ -249,7 +242,7 @@ def plot(reports: list[CoreReport], folder: Any) -> list[str]:
             ax.scatter(cloud[:, 0], cloud[:, 1], s=3, alpha=0.25, color="tab:orange", label="with input")
         base = np.asarray(r.magnitude) * np.exp(1j * np.asarray(r.angle))
         points = ax.scatter(base.real, base.imag, c=np.log10(r.timescale), s=14, cmap="viridis", label="base")
-        plt.colorbar(points, ax=ax, label="log10 timescale")
+        ax.figure.colorbar(points, ax=ax, label="log10 timescale")
         ax.set_aspect("equal")
         ax.legend(fontsize=7, loc="lower left")
 

@@ -25,6 +25,7 @@ from ..config import DEFAULT_ATTENTION_WINDOW, TemporalEigenstateConfig
 from ..flags import comma_list
 from ..lm import LanguageModel
 from ..timing import machine_description, median_seconds
+from .figures import png
 
 MODELS = ("ten", "transformer")
 SLOW_S = 5.0  # a call slower than this is timed once (its warm-up): a 16k-token attention step would take minutes
@@ -401,31 +402,24 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], output_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     # Time per token, not per call: the batch shrinks as T grows, down to 1 past tokens_per_batch.
     panels = [("forward_ms", "forward, us per token", True), ("train_step_ms", "training step, us per token", True),
               ("forward_peak_mib_b1", "forward peak memory, batch 1 (MiB)", False)]  # fmt: skip
-    figure, axes = plt.subplots(1, len(panels), figsize=(15, 4.5))
-    for axis, (key, label, per_token) in zip(axes, panels, strict=True):
-        for name in MODELS:
-            measured = [(r["T"], r[name]) for r in results["lengths"] if name in r and r[name][key]]
-            points = [(t, 1e3 * m[key] / (m["batch"] * t) if per_token else m[key]) for t, m in measured]
-            if points:
-                axis.loglog(*zip(*points, strict=True), marker="o", label=name, base=2)
-        axis.set_xlabel("sequence length T")
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3, which="both")
-        if axis.get_lines():
-            axis.legend()
-    figure.suptitle(f"TEN vs transformer, d={results['settings']['d_model']}, {results['settings']['n_layers']} layers")
-    figure.tight_layout()
     path = output_dir / "bench_scaling.png"
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))  # tmp's suffix names no format
-    plt.close(figure)
+    with png(path, 1, len(panels), figsize=(15, 4.5)) as (figure, axes):
+        for axis, (key, label, per_token) in zip(axes, panels, strict=True):
+            for name in MODELS:
+                measured = [(r["T"], r[name]) for r in results["lengths"] if name in r and r[name][key]]
+                points = [(t, 1e3 * m[key] / (m["batch"] * t) if per_token else m[key]) for t, m in measured]
+                if points:
+                    axis.loglog(*zip(*points, strict=True), marker="o", label=name, base=2)
+            axis.set_xlabel("sequence length T")
+            axis.set_ylabel(label)
+            axis.grid(alpha=0.3, which="both")
+            if axis.get_lines():
+                axis.legend()
+        settings = results["settings"]
+        figure.suptitle(f"TEN vs transformer, d={settings['d_model']}, {settings['n_layers']} layers")
     return [path]
 
 

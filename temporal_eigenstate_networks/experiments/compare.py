@@ -32,6 +32,7 @@ from ..training import TrainArguments, Trainer
 from ..training.arguments import MODEL_FIELDS
 from ..training.plan import batch_shape, merge_resumed_arguments, model_plan
 from . import spread
+from .figures import png
 
 # name -> overrides of the shared arguments. The "+energy" variants keep the run's --energy_reg_weight
 # (the preset's when not given); the others turn the energy loss off.
@@ -321,25 +322,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    figure, (by_time, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in rows:
-        curve = r.get("curve", [])
-        label = r["variant"] + (" (interrupted)" if r.get("status") == INTERRUPTED else "")
-        by_time.plot([c["elapsed_s"] / 60 for c in curve], [c["val_ce"] for c in curve], marker=".", label=label)
-        by_tokens.plot([c["tokens"] / 1e6 for c in curve], [c["val_ce"] for c in curve], marker=".", label=label)
-    for axis, label in ((by_time, "training time (minutes)"), (by_tokens, "tokens seen (millions)")):
-        axis.set_xlabel(label)
-        axis.set_ylabel("validation cross-entropy (nats/token)")
-        axis.grid(alpha=0.3)
-    by_time.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with png(path, 1, 2, figsize=(12, 4.5)) as (_, (by_time, by_tokens)):
+        for r in rows:
+            curve = r.get("curve", [])
+            label = r["variant"] + (" (interrupted)" if r.get("status") == INTERRUPTED else "")
+            by_time.plot([c["elapsed_s"] / 60 for c in curve], [c["val_ce"] for c in curve], marker=".", label=label)
+            by_tokens.plot([c["tokens"] / 1e6 for c in curve], [c["val_ce"] for c in curve], marker=".", label=label)
+        for axis, label in ((by_time, "training time (minutes)"), (by_tokens, "tokens seen (millions)")):
+            axis.set_xlabel(label)
+            axis.set_ylabel("validation cross-entropy (nats/token)")
+            axis.grid(alpha=0.3)
+        by_time.legend()
 
 
 def write_record(

@@ -23,6 +23,7 @@ from ..data import TokenData, load_token_data
 from ..lm import LanguageModel
 from ..runs.checkpoint import load_model
 from ..runs.lookup import find_checkpoint
+from .figures import png
 
 
 @dataclass
@@ -84,25 +85,17 @@ def markdown(results: Sequence[PositionLoss], marks: Sequence[int]) -> str:
 
 
 def plot(results: Sequence[PositionLoss], path: Path, title: str) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, axis = plt.subplots(figsize=(7, 4.2))
-    for r in results:
-        x, y = binned(r.loss)
-        line = axis.plot(x, y, marker=".", label=f"{r.name} (trained at {r.train_length})")[0]
-        axis.axvline(r.train_length, color=line.get_color(), linestyle=":", alpha=0.6)
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("position in the window (tokens)")
-    axis.set_ylabel("validation cross-entropy (nats/token)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    axis.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png(path, figsize=(7, 4.2)) as (_, axis):
+        for r in results:
+            x, y = binned(r.loss)
+            line = axis.plot(x, y, marker=".", label=f"{r.name} (trained at {r.train_length})")[0]
+            axis.axvline(r.train_length, color=line.get_color(), linestyle=":", alpha=0.6)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("position in the window (tokens)")
+        axis.set_ylabel("validation cross-entropy (nats/token)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        axis.set_title(title, fontsize=10)
 
 
 def run_positions(

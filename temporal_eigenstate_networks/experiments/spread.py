@@ -16,6 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .figures import png
+
 MIN_SEEDS = 3  # for a verdict: two alike variants' ranges of 3 seeds miss each other 1 time in 10
 
 # The paper's ablation table (WikiText-103, T = 2,048, matched parameters): validation perplexity.
@@ -128,37 +130,29 @@ def markdown(summary: dict[str, Any], reference: str | None) -> str:
 def plot(rows: list[dict[str, Any]], reference: str | None, path: Path) -> None:
     """Left: each variant's validation curve over tokens, the mean of its seeds inside their min..max band.
     Right: every seed's val CE at equal tokens, one line per variant, against the reference's range (shaded)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
     summary = summarize(rows)
     variants = summary["variants"]
-    figure, (curves, final) = plt.subplots(1, 2, figsize=(13, 0.5 + max(4.5, 0.45 * len(variants))))
-    for name in variants:
-        runs = [r["curve"] for r in rows if r["variant"] == name]
-        xs = sorted({c["tokens"] for c in runs[0] if c["tokens"] <= summary["tokens"]})
-        ys = [[value_at(curve, "tokens", x) for curve in runs] for x in xs]
-        millions = [x / 1e6 for x in xs]
-        (line,) = curves.plot(millions, [statistics.fmean(y) for y in ys], label=name)
-        curves.fill_between(millions, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
-    curves.set_xlabel("tokens seen (millions)")
-    curves.set_ylabel("validation cross-entropy (nats/token)")
-    curves.grid(alpha=0.3)
-    curves.legend(fontsize="small")
-    names = list(variants)[::-1]  # the reference on top
-    for i, name in enumerate(names):
-        s = variants[name]["equal_tokens"]
-        final.plot([s["min"], s["max"]], [i, i], color="gray")
-        final.plot(s["values"], [i] * len(s["values"]), "o", color="black", markersize=4)
-    if reference in variants:
-        s = variants[reference]["equal_tokens"]
-        final.axvspan(s["min"], s["max"], color="tab:blue", alpha=0.15, label=f"{reference}: min..max")
-        final.legend(fontsize="small")
-    final.set_yticks(range(len(names)), names)
-    final.set_xlabel(f"validation cross-entropy at {summary['tokens'] / 1e6:.2f} M tokens, each seed a dot")
-    final.grid(alpha=0.3, axis="x")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with png(path, 1, 2, figsize=(13, 0.5 + max(4.5, 0.45 * len(variants)))) as (_, (curves, final)):
+        for name in variants:
+            runs = [r["curve"] for r in rows if r["variant"] == name]
+            xs = sorted({c["tokens"] for c in runs[0] if c["tokens"] <= summary["tokens"]})
+            ys = [[value_at(curve, "tokens", x) for curve in runs] for x in xs]
+            millions = [x / 1e6 for x in xs]
+            (line,) = curves.plot(millions, [statistics.fmean(y) for y in ys], label=name)
+            curves.fill_between(millions, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
+        curves.set_xlabel("tokens seen (millions)")
+        curves.set_ylabel("validation cross-entropy (nats/token)")
+        curves.grid(alpha=0.3)
+        curves.legend(fontsize="small")
+        names = list(variants)[::-1]  # the reference on top
+        for i, name in enumerate(names):
+            s = variants[name]["equal_tokens"]
+            final.plot([s["min"], s["max"]], [i, i], color="gray")
+            final.plot(s["values"], [i] * len(s["values"]), "o", color="black", markersize=4)
+        if reference in variants:
+            s = variants[reference]["equal_tokens"]
+            final.axvspan(s["min"], s["max"], color="tab:blue", alpha=0.15, label=f"{reference}: min..max")
+            final.legend(fontsize="small")
+        final.set_yticks(range(len(names)), names)
+        final.set_xlabel(f"validation cross-entropy at {summary['tokens'] / 1e6:.2f} M tokens, each seed a dot")
+        final.grid(alpha=0.3, axis="x")

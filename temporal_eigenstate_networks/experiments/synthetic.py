@@ -26,6 +26,7 @@ from ..data.synthetic_tasks import TASKS, SyntheticError, SyntheticTask, TaskSet
 from ..lm import LanguageModel
 from ..training.optimizer import build_optimizer
 from ..training.schedule import learning_rate_at
+from .figures import png
 
 # name -> (architecture, config overrides): what each row of a table is.
 VARIANTS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
@@ -330,31 +331,24 @@ def markdown_table(results: Sequence[Result]) -> str:
 
 def plot(results: Sequence[Result], path: Path, title: str) -> None:
     """Accuracy against test length (one line per model) and against state bytes per layer (log scales)."""
-    import matplotlib  # noqa: PLC0415  (only when a grid has run)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, (by_length, by_state) = plt.subplots(1, 2, figsize=(11, 4.2))
-    models: dict[tuple, list[Result]] = {}
-    for r in results:
-        models.setdefault((r.variant, r.d_model, repr(sorted(r.sizes.items())), r.train_seq_len), []).append(r)
-    for (variant, d_model, sizes, train_len), rows in sorted(models.items()):
-        rows = sorted(rows, key=lambda r: r.test_seq_len)
-        label = f"{variant} d={d_model} T={train_len}" + ("" if sizes == "[]" else f" {sizes}")
-        line = by_length.plot([r.test_seq_len for r in rows], [r.accuracy for r in rows], marker="o", label=label)[0]
-        by_state.scatter([r.state_bytes_per_layer for r in rows], [r.accuracy for r in rows], color=line.get_color())
-    for axis, xlabel in ((by_length, "test sequence length (tokens)"), (by_state, "state per layer (bytes)")):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel(xlabel)
-        axis.set_ylabel("accuracy")
-        axis.set_ylim(-0.02, 1.02)
-        axis.grid(alpha=0.3)
-    by_length.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png(path, 1, 2, figsize=(11, 4.2)) as (fig, (by_length, by_state)):
+        models: dict[tuple, list[Result]] = {}
+        for r in results:
+            models.setdefault((r.variant, r.d_model, repr(sorted(r.sizes.items())), r.train_seq_len), []).append(r)
+        for (variant, d_model, sizes, train_len), rows in sorted(models.items()):
+            rows = sorted(rows, key=lambda r: r.test_seq_len)
+            label = f"{variant} d={d_model} T={train_len}" + ("" if sizes == "[]" else f" {sizes}")
+            accuracy = [r.accuracy for r in rows]
+            line = by_length.plot([r.test_seq_len for r in rows], accuracy, marker="o", label=label)[0]
+            by_state.scatter([r.state_bytes_per_layer for r in rows], accuracy, color=line.get_color())
+        for axis, xlabel in ((by_length, "test sequence length (tokens)"), (by_state, "state per layer (bytes)")):
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel(xlabel)
+            axis.set_ylabel("accuracy")
+            axis.set_ylim(-0.02, 1.02)
+            axis.grid(alpha=0.3)
+        by_length.legend(fontsize=7)
+        fig.suptitle(title, fontsize=10)
 
 
 def write_report(results: Sequence[Result], output: Path, title: str) -> str:
