@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..data.batching import VALIDATION_FRACTION
 
 TASK_DIR = Path(__file__).resolve().parent
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if stale else 0
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for name, content in outputs.items():
-        (args.output_dir / name).write_text(content, encoding="utf-8")
+        atomic_write(args.output_dir / name, lambda tmp, text=content: tmp.write_text(text, encoding="utf-8"))
         print(f"wrote {args.output_dir / name}: {content.count(chr(10))} rows, {len(content.encode()):,} bytes")
     return 0
 
