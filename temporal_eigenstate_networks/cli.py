@@ -1,4 +1,7 @@
-"""The `ten` command. Every subcommand's flags live here; the work lives in the library.
+"""The `ten` command: it parses and dispatches; the work lives in the library.
+
+The flags of train, compare, synthetic and bench are their settings dataclasses' fields (flags.py); the few flags
+of the other commands are declared here.
 
 A user's mistake ends in one line on stderr and exit code 2; set TEN_DEBUG=1 to see the traceback.
 """
@@ -11,8 +14,10 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from .experiments.bench import BenchSettings
 from .experiments.compare import DEFAULT_VARIANTS, VARIANTS
-from .flags import add_flags, float_list, integer_list, non_negative_float, positive, random_seed
+from .experiments.synthetic import GridSettings
+from .flags import add_device_flag, add_flags, non_negative_float, positive, random_seed, settings_from
 from .training.arguments import MODES, TrainArguments
 
 
@@ -53,8 +58,7 @@ def cmd_train(args: argparse.Namespace, explicit: set[str]) -> None:
     from .training import Trainer
     from .training.modes import benchmark, dry_run
 
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
-    trainer = Trainer(TrainArguments.from_dict(values), explicit)  # cleans up after itself if it fails
+    trainer = Trainer(settings_from(TrainArguments, args), explicit)  # cleans up after itself if it fails
     try:
         if args.dry_run:
             dry_run(trainer)
@@ -116,67 +120,26 @@ def cmd_prepare(args: argparse.Namespace, explicit: set[str]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace, explicit: set[str]) -> None:
-    from .experiments.compare import (
-        INTERRUPTED,
-        OUTPUTS,
-        new_comparison,
-        resume_hint,
-        resumed_comparison,
-        run_comparison,
-    )
+    from .experiments.compare import run_command
 
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "run", "variants", "tokens", "seeds")}
-    train_args = TrainArguments.from_dict(values)
-    if args.resume is not None:
-        variants = args.variants if "variants" in explicit else None
-        seeds = args.seeds if "seeds" in explicit else None  # more seeds: the comparison grows
-        comparison = resumed_comparison(train_args, variants, args.tokens, explicit & set(values), seeds)
-    else:
-        comparison = new_comparison(train_args, args.variants, args.tokens, args.seeds, explicit & set(values))
-    output = comparison.folder
-    rows = run_comparison(comparison.base, comparison.names, output, comparison.done, comparison.seeds)
-    written = ", ".join(name for name in OUTPUTS if (output / name).exists())
-    print(f"\n{(output / 'results.md').read_text()}\nwritten: {output}/{written}")
-    if rows[-1]["status"] == INTERRUPTED:
-        print(resume_hint(output), file=sys.stderr)
+    run_command(settings_from(TrainArguments, args), args.variants, args.tokens, args.seeds, explicit)
 
 
 def cmd_bench(args: argparse.Namespace, explicit: set[str]) -> None:
     from .device import resolve_device
-    from .experiments.bench import BenchSettings, growth, markdown, parse_lengths, run_bench, write_outputs
-    from .runs.folders import check_writable
+    from .experiments.bench import run_command
 
-    device = str(resolve_device(args.device))
-    output = Path(args.output_dir)
-    settings = BenchSettings(
-        d_model=args.d_model, n_layers=args.n_layers, num_eigenstates=args.num_eigenstates,
-        lengths=parse_lengths(args.lengths), contexts=parse_lengths(args.contexts, "--contexts"),
-        decode_batches=parse_lengths(args.decode_batches, "--decode_batches"),
-        tokens_per_batch=args.tokens_per_batch,
-        new_tokens=args.new_tokens, reps=args.reps, max_step_seconds=args.max_step_seconds, device=device,
-        dtype=args.dtype, layer_pattern=args.layer_pattern, attention_window=args.attention_window,
-    )  # fmt: skip
-    check_writable(output)  # before any measuring (and after the flags): a folder that cannot be written loses it all
-    results = run_bench(settings)
-    write_outputs(results, output)
-    exponents = {name: growth(results, name, "forward_peak_mib_b1") for name in ("ten", "transformer")}
-    print("\n" + markdown(results))
-    if measured := [f"{n} p = {e:.2f}" for n, e in exponents.items() if e is not None]:  # two lengths or more
-        print("forward peak memory ~ T^p: " + ", ".join(measured))
-    print(f"written: {output}/bench.md, bench.json, bench_scaling.png")
+    device = str(resolve_device(args.device))  # before the settings: a wrong --device is the first error, as always
+    run_command(settings_from(BenchSettings, args, device=device), Path(args.output_dir))
 
 
 def cmd_synthetic(args: argparse.Namespace, explicit: set[str]) -> None:
-    import dataclasses
-
     from .device import resolve_device
-    from .experiments.synthetic import GridSettings, plan_grid, run_synthetic
+    from .experiments.synthetic import plan_grid, run_synthetic
 
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(GridSettings)}
-    grid = plan_grid(GridSettings(**{**values, "variants": [v.strip() for v in args.variants.split(",")]}))
-    device = resolve_device(args.device)
+    grid = plan_grid(settings_from(GridSettings, args))
     output = Path(args.output_dir or f"runs/synthetic-{args.task}")
-    table = run_synthetic(grid, device, output, log=lambda line: print(line, flush=True))
+    table = run_synthetic(grid, resolve_device(args.device), output, log=lambda line: print(line, flush=True))
     print("\n" + table + f"\nwritten: {output}/results.md, results.json, accuracy.png")
 
 
@@ -205,30 +168,16 @@ def cmd_analyze(args: argparse.Namespace, explicit: set[str]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace, explicit: set[str]) -> None:
-    import json
-
-    from .atomic import WriteError, atomic_open, write_failure
-    from .device import resolve_device
     from .hf import evaluate as harness
     from .runs.lookup import find_checkpoint
 
     tasks = harness.parse_tasks(args.tasks)  # before anything slow: a misspelt task fails at once
     checkpoint = find_checkpoint(Path(args.checkpoint))
-    device = str(resolve_device(args.device))
-    results = harness.evaluate(checkpoint, tasks, limit=args.limit, batch_size=args.batch_size, device=device,
+    results = harness.evaluate(checkpoint, tasks, limit=args.limit, batch_size=args.batch_size, device=args.device,
                                max_length=args.max_length)  # fmt: skip
-    rows = harness.metric_rows(results)
-    print(f"\n{checkpoint}" + (f" (at most {args.limit} documents per task)" if args.limit else ""))
-    print(harness.format_table(rows))
-    validation = harness.ten_validation(checkpoint)
-    if validation is not None:
-        print("\n" + "\n".join(harness.comparison_lines(validation, rows)))
+    print(harness.report(checkpoint, results, args.limit))
     if args.output:
-        try:
-            with atomic_open(Path(args.output)) as handle:
-                handle.write((json.dumps(results, indent=2, default=str) + "\n").encode("utf-8"))
-        except OSError as err:
-            raise WriteError(f"cannot write --output {args.output}: {write_failure(err)}") from err
+        harness.write_results(results, Path(args.output))
         print(f"written: {args.output}")
 
 
@@ -251,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top_k", type=positive(int))
     generate.add_argument("--top_p", type=positive(float))
     generate.add_argument("--seed", type=random_seed)
-    generate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_flag(generate)
     generate.set_defaults(run=cmd_generate)
 
     compare = commands.add_parser("compare", help="train variants on the same data and budget; table and plot")
@@ -266,20 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(run=cmd_compare)
 
     bench = commands.add_parser("bench", help="TEN vs the transformer baseline: time, memory, generation")
-    bench.add_argument("--d_model", type=positive(int), default=512)
-    bench.add_argument("--n_layers", type=positive(int), default=4)
-    bench.add_argument("--num_eigenstates", type=positive(int), default=64)
-    bench.add_argument("--layer_pattern", help="measure TEN as this hybrid, e.g. eeew (see ten train --help)")
-    bench.add_argument("--attention_window", type=positive(int), help="the hybrid's w layers' window (default 256)")
-    bench.add_argument("--lengths", default="256,512,1024,2048,4096,8192,16384", help="sequence lengths T")
-    bench.add_argument("--tokens_per_batch", type=positive(int), default=8192, help="batch = this / T (at least 1)")
-    bench.add_argument("--contexts", default="128,1024,8192", help="contexts for per-token generation time")
-    bench.add_argument("--decode_batches", default="1", help="batch sizes for generation time, e.g. 1,16")
-    bench.add_argument("--new_tokens", type=positive(int), default=32)
-    bench.add_argument("--reps", type=positive(int), default=3)
-    bench.add_argument("--max_step_seconds", type=positive(float), default=60.0, help="stop growing T past this")
-    bench.add_argument("--dtype", choices=["float32", "bf16", "fp16"], default="float32", help="autocast dtype")
-    bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_flags(bench, BenchSettings)
+    add_device_flag(bench)
     bench.add_argument("--output_dir", default="runs/bench")
     bench.set_defaults(run=cmd_bench)
 
@@ -302,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--limit", type=positive(int), help="at most N documents per task")
     evaluate.add_argument("--batch_size", type=positive(int), default=1)
-    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_flag(evaluate)
     evaluate.add_argument(
         "--max_length", type=positive(int), help="the harness's context window (default: the model config's)"
     )
@@ -310,36 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_eval)
 
     synthetic = commands.add_parser("synthetic", help="recall tasks (MQAR, selective copying, induction heads)")
-    synthetic.add_argument("--task", required=True, choices=["mqar", "selective_copying", "induction_heads"])
-    synthetic.add_argument(
-        "--variants",
-        default="ten,hten,transformer",
-        help="comma-separated, from: ten, ten-noselective, hten, transformer, ten-hybrid (ea), ten-swa (ew)",
-    )
-    synthetic.add_argument("--d_models", type=integer_list, default=[64], help="widths, e.g. 64,128,256")
-    synthetic.add_argument("--lengths", type=integer_list, help="training lengths (default: the task's)")
-    synthetic.add_argument("--test_lengths", type=integer_list, help="test lengths (default: the training length; "
-                           "induction_heads: 64 ... 64x)")  # fmt: skip
-    synthetic.add_argument(
-        "--learning_rates", type=float_list, default=[1e-3, 3e-3], help="the sweep: each cell reports its best rate"
-    )
-    synthetic.add_argument("--steps", type=positive(int), default=400)
-    synthetic.add_argument("--batch_size", type=positive(int), default=32)
-    synthetic.add_argument("--test_examples", type=positive(int), default=256)
-    synthetic.add_argument("--vocab_size", type=positive(int), help="the task's data vocabulary")
-    synthetic.add_argument("--num_kv_pairs", type=positive(int), help="MQAR (default: Zoology's for the length)")
-    synthetic.add_argument("--num_tokens", type=positive(int), help="selective copying: tokens to copy")
-    synthetic.add_argument("--num_eigenstates", type=positive(int), help="TEN/HTEN (default: d_model)")
-    synthetic.add_argument("--num_heads", type=positive(int))
-    synthetic.add_argument("--selective_range", type=non_negative_float, help="TEN's |da|, |dw| bound (default 0.1)")
-    synthetic.add_argument("--n_layers", type=positive(int), help="default 2")
-    synthetic.add_argument("--layer_pattern", help="TEN variants' layers: e, h, a (attention), w (window), e.g. ea")
-    synthetic.add_argument("--attention_window", type=positive(int), help="w layers' window (default 256)")
-    synthetic.add_argument("--attention_heads", type=positive(int), help="a/w layers' heads (default d_model / 64)")
-    synthetic.add_argument("--mlp", action="store_true", help="keep an MLP in each block (default: mixers only)")
-    synthetic.add_argument("--paper", action="store_true", help="the papers' settings (for a GPU)")
-    synthetic.add_argument("--seed", type=random_seed, default=0)
-    synthetic.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_flags(synthetic, GridSettings)
+    add_device_flag(synthetic)
     synthetic.add_argument("--output_dir", help="default: runs/synthetic-TASK")
     synthetic.set_defaults(run=cmd_synthetic)
 
@@ -352,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     positions.add_argument("--length", type=positive(int), default=4096, help="window length (tokens)")
     positions.add_argument("--sequences", type=positive(int), default=16, help="windows to average over")
     positions.add_argument("--batch_size", type=positive(int), default=1)
-    positions.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_flag(positions)
     positions.add_argument("--output_dir", default="runs/positions")
     positions.set_defaults(run=cmd_positions)
 
@@ -362,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--tokenizer", default="byte")
     analyze.add_argument("--length", type=positive(int), help="tokens per window (default 4 x max_seq_len)")
     analyze.add_argument("--sequences", type=positive(int), default=8, help="windows (default %(default)s)")
-    analyze.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_flag(analyze)
     analyze.add_argument("--output_dir", default="runs/analyze")
     analyze.set_defaults(run=cmd_analyze)
 

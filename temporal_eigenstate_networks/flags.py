@@ -2,7 +2,8 @@
 
 A field made with `setting(...)` carries its flag: help, group, bound, choices, aliases and switches. From that
 one declaration `add_flags` builds the parser's flags, `check_settings` refuses a value out of bounds (the parser's
-types call the same check), and `command_line` writes values back out as the flags that set them.
+types call the same check), `settings_from` builds the dataclass back from the parsed flags, and `command_line`
+writes values back out as the flags that set them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import functools
 import math
 import types
 import typing
+from collections import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 MAX_SEED = 2**64 - 1  # torch's generators take seeds up to this; numpy's none below 0
 FLAG = "flag"  # the key of a field's metadata that holds its Flag
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"  # the help of every command's --device (see add_device_flag)
 
 
 def comma_list(text: str, item: Callable[[str], T] = str) -> list[T]:
@@ -96,7 +99,7 @@ def float_list(text: str) -> list[float]:
 
 @dataclass(frozen=True)
 class Flag:
-    group: str  # the --help section
+    group: str | None = None  # the --help section; None: the command's own options
     help: str | None = None
     bound: Bound | None = None
     # What the parser's type checks, where that is not `bound` (True): a looser bound, or None for the type
@@ -109,10 +112,15 @@ class Flag:
     on: str | None = None  # a switch of a `bool | None` field: help of --NAME, which sets True ...
     off: str | None = None  # ... and of --no_NAME, which sets False; None (not given) keeps the default
     resumable: bool = False  # a resumed run may change it; the others define the run
+    # The flag's text, read by `settings_from` after parsing as read(text, "--NAME"), not by the parser: for the
+    # flags whose errors were always the library's words ("--lengths: 16 given more than once", exit code 2),
+    # which argparse's "argument --lengths: ..." would change.
+    read: Callable[[str, str], Any] | None = None
 
 
-def setting(default: Any, help: str | None = None, **flag: Any) -> Any:
-    """A dataclass field with its flag: `name: int = setting(1, "what it is", group=..., bound=POSITIVE)`."""
+def setting(default: Any = dataclasses.MISSING, help: str | None = None, **flag: Any) -> Any:
+    """A dataclass field with its flag: `name: int = setting(1, "what it is", group=..., bound=POSITIVE)`; a field
+    without a default is a required flag."""
     return dataclasses.field(default=default, metadata={FLAG: Flag(help=help, **flag)})
 
 
@@ -152,9 +160,15 @@ def check_settings(values: Any) -> None:
 # ---------------------------------------------------------------- the parser, and the flags back out
 
 
+# A list's parser type, by the type of its items: '1,2,4' -> [1, 2, 4].
+COMMA_LISTS: dict[type, Callable[[str], list[Any]]] = {int: integer_list, float: float_list, str: comma_list}
+
+
 def _parser_type(kind: Any, flag: Flag) -> Callable[[str], Any] | None:
-    if typing.get_origin(kind) is list:
-        return integer_list
+    if flag.read is not None:
+        return None  # the text, for `settings_from` to read
+    if typing.get_origin(kind) in (list, tuple, abc.Sequence):
+        return COMMA_LISTS[typing.get_args(kind)[0]]
     if kind in (int, float):
         bound = flag.bound if flag.parse_bound is True else flag.parse_bound
         return bounded(kind, bound) if bound is not None else kind
@@ -170,7 +184,11 @@ def _arguments(name: str, kind: Any, default: Any, flag: Flag) -> list[tuple[lis
     options = [f"--{name}", *flag.aliases]
     if kind is bool:
         return [(options, dict(action="store_true", help=flag.help))]
-    keywords: dict[str, Any] = dict(default=default, help=flag.help)
+    keywords: dict[str, Any] = dict(help=flag.help)
+    if default is dataclasses.MISSING:
+        keywords["required"] = True
+    else:
+        keywords["default"] = default
     if flag.bare is not None:
         keywords.update(nargs="?", const=flag.bare)
     if flag.choices:
@@ -188,9 +206,26 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, leave_out: Sequence[st
         if flag.group in leave_out:
             continue
         if flag.group not in groups:
-            groups[flag.group] = parser.add_argument_group(flag.group)
+            groups[flag.group] = parser if flag.group is None else parser.add_argument_group(flag.group)
         for options, keywords in _arguments(name, _value_types(cls)[name], defaults[name], flag):
             groups[flag.group].add_argument(*options, **keywords)
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    """--device, for the commands whose settings hold no device (a field of its own declares it with DEVICE_HELP)."""
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def settings_from(cls: type[T], parsed: argparse.Namespace, **given: Any) -> T:
+    """`cls` made from the flags `add_flags` gave the parser (a `read` flag's text read now), `given` over them;
+    the fields it offered no flag keep their defaults."""
+    values = dict(given)
+    for name, flag in flags_of(cls).items():
+        if name in values or not hasattr(parsed, name):
+            continue
+        value = getattr(parsed, name)
+        values[name] = flag.read(value, f"--{name}") if flag.read is not None and isinstance(value, str) else value
+    return cls(**values)
 
 
 def _flag_text(name: str, value: Any, flag: Flag) -> str:

@@ -9,7 +9,9 @@ import pytest
 
 from temporal_eigenstate_networks import PRESETS
 from temporal_eigenstate_networks.cli import add_train_flags, build_parser, main
-from temporal_eigenstate_networks.flags import comma_list, command_line, flags_of
+from temporal_eigenstate_networks.experiments.bench import BenchSettings
+from temporal_eigenstate_networks.experiments.synthetic import GridSettings
+from temporal_eigenstate_networks.flags import DEVICE_HELP, comma_list, command_line, flags_of, settings_from
 from temporal_eigenstate_networks.lm import ARCHITECTURES, config_fields
 from temporal_eigenstate_networks.training import TrainArguments, resolve_run
 from temporal_eigenstate_networks.training.arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES
@@ -144,3 +146,36 @@ def test_train_and_compare_offer_the_same_training_flags():
     compare = {a.dest for a in commands["compare"]._actions}
     assert train - compare == {"dry_run", "dry_samples", "benchmark"}
     assert compare - train == {"variants", "tokens", "seeds"}
+
+
+def subparser(name: str) -> argparse.ArgumentParser:
+    return build_parser()._subparsers._group_actions[0].choices[name]
+
+
+@pytest.mark.parametrize("command, settings", [("synthetic", GridSettings), ("bench", BenchSettings)])
+def test_synthetic_and_bench_flags_are_their_settings_fields(command, settings):
+    offered = {a.dest for a in subparser(command)._actions} - {"help", "device", "output_dir"}
+    assert offered == set(flags_of(settings))  # every flag a field's, and the other way round
+    devices = {a.help for name in ("generate", "bench", "eval", "synthetic", "positions", "analyze", "train")
+               for a in subparser(name)._actions if a.dest == "device"}  # fmt: skip
+    assert devices == {DEVICE_HELP}  # declared once
+
+
+def test_settings_from_reads_lists_required_flags_and_the_library_s_own_words():
+    args = subparser("synthetic").parse_args(["--task", "mqar", "--variants", "ten, hten", "--learning_rates", "1e-3"])
+    grid = settings_from(GridSettings, args)
+    assert (grid.task, grid.variants, grid.learning_rates, grid.d_models) == ("mqar", ["ten", "hten"], [1e-3], (64,))
+    assert grid == GridSettings(task="mqar", variants=["ten", "hten"], learning_rates=[1e-3])
+    bench = settings_from(BenchSettings, subparser("bench").parse_args(["--contexts", "8,16"]), device="cpu")
+    assert bench == BenchSettings(contexts=(8, 16))  # the defaults as the dataclass has them
+    with pytest.raises(ValueError, match="^--decode_batches: 2 given more than once$"):
+        settings_from(BenchSettings, subparser("bench").parse_args(["--decode_batches", "2,2"]))
+
+
+def test_a_library_caller_s_settings_are_checked_against_the_same_bounds():
+    with pytest.raises(ValueError, match="--steps must be a positive number, got 0"):
+        GridSettings(task="mqar", steps=0)
+    with pytest.raises(ValueError, match="--task must be mqar, selective_copying or induction_heads"):
+        GridSettings(task="nope")
+    with pytest.raises(ValueError, match="--dtype must be float32, bf16 or fp16"):
+        BenchSettings(dtype="fp8")

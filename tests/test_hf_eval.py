@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from temporal_eigenstate_networks.atomic import WriteError
 from temporal_eigenstate_networks.cli import main
 from temporal_eigenstate_networks.data.corpus import (
     SHAKESPEARE_CACHE_NAME,
@@ -253,6 +254,17 @@ def test_ten_eval_on_a_run_folder_compares_with_training(tiny_model, tmp_path, c
     assert f"{1.5 / math.log(2):.4f} bits/byte" in out
     assert "harness ten_shakespeare_ppl: bits_per_byte" in out
     assert finite(json.loads(output.read_text())["results"]["ten_shakespeare_ppl"]["bits_per_byte,none"])
+
+
+def test_ten_eval_s_report_and_json_come_from_the_library(tmp_path):
+    results = {"results": {"task": {"acc,none": 0.5, "acc_stderr,none": 0.1}}, "when": Path("x")}
+    report = harness.report(tmp_path, results, limit=2)  # no run around it: no validation figures
+    assert report.startswith(f"\n{tmp_path} (at most 2 documents per task)\n") and "0.5000 ± 0.1000" in report
+    harness.write_results(results, tmp_path / "out" / "results.json")
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["when"] == "x"  # not JSON: its text
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(WriteError, match="^cannot write --output .*a-file/results.json: "):
+        harness.write_results(results, tmp_path / "a-file" / "results.json")
 
 
 # ---------------------------------------------------------------- ten's validation figures

@@ -22,8 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..architectures import build_model
 from ..atomic import atomic_write
 from ..config import DEFAULT_ATTENTION_WINDOW, TemporalEigenstateConfig
-from ..flags import comma_list
+from ..flags import POSITIVE, check_settings, comma_list, setting
 from ..lm import LanguageModel
+from ..runs.folders import check_writable
 from ..timing import machine_description, median_seconds
 from .figures import png
 
@@ -31,26 +32,48 @@ MODELS = ("ten", "transformer")
 SLOW_S = 5.0  # a call slower than this is timed once (its warm-up): a 16k-token attention step would take minutes
 
 
+def parse_lengths(text: str, flag: str = "--lengths") -> tuple[int, ...]:
+    """'256,512' -> (256, 512): positive and distinct (a repeated length would be a zero-width step in growth)."""
+    try:
+        values = tuple(comma_list(text, int))
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag}: expected comma-separated positive integers, got {text!r}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{flag}: {', '.join(map(str, repeated))} given more than once")
+    return values
+
+
 @dataclass
 class BenchSettings:
-    d_model: int = 512
-    n_layers: int = 4
-    num_eigenstates: int = 64
-    lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384)
-    tokens_per_batch: int = 8192  # batch = tokens_per_batch // T (at least 1): the same work per step
-    contexts: tuple[int, ...] = (128, 1024, 8192)
-    decode_batches: tuple[int, ...] = (1,)  # sequences decoded together
-    new_tokens: int = 32
-    reps: int = 3
-    max_step_seconds: float = 60.0  # a model whose step takes longer stops growing T
+    """What `ten bench` measures: each field with a flag declares it (see flags.py), in the order of --help."""
+
+    d_model: int = setting(512, bound=POSITIVE)
+    n_layers: int = setting(4, bound=POSITIVE)
+    num_eigenstates: int = setting(64, bound=POSITIVE)
+    # TEN's column as a hybrid; the transformer's is all attention
+    layer_pattern: str | None = setting(None, "measure TEN as this hybrid, e.g. eeew (see ten train --help)")
+    attention_window: int | None = setting(None, "the hybrid's w layers' window (default 256)", bound=POSITIVE)
+    lengths: tuple[int, ...] = setting((256, 512, 1024, 2048, 4096, 8192, 16384), "sequence lengths T",
+                                       read=parse_lengths)  # fmt: skip
+    # the same work per step at every length
+    tokens_per_batch: int = setting(8192, "batch = this / T (at least 1)", bound=POSITIVE)
+    contexts: tuple[int, ...] = setting((128, 1024, 8192), "contexts for per-token generation time", read=parse_lengths)
+    decode_batches: tuple[int, ...] = setting((1,), "batch sizes for generation time, e.g. 1,16", read=parse_lengths)
+    new_tokens: int = setting(32, bound=POSITIVE)
+    reps: int = setting(3, bound=POSITIVE)
+    # a model whose step takes longer stops growing T
+    max_step_seconds: float = setting(60.0, "stop growing T past this", bound=POSITIVE)
+    dtype: str = setting("float32", "autocast dtype", choices=("float32", "bf16", "fp16"))
+    device: str = "cpu"  # the command resolves its --device to one
     weight_read_mib: int = 128  # more than any CPU cache
-    device: str = "cpu"
-    dtype: str = "float32"
-    layer_pattern: str | None = None  # TEN's column as a hybrid (e.g. eeew); the transformer's is all attention
-    attention_window: int | None = None
 
     def __post_init__(self) -> None:
-        """TEN's settings checked by its config now, before any folder is made or anything measured."""
+        """Checked now, before any folder is made or anything measured: the bounds its fields declare (the parser
+        checked a command's), then TEN's settings by its config."""
+        check_settings(self)
         hybrid = {key: getattr(self, key) for key in ("layer_pattern", "attention_window") if getattr(self, key)}
         TemporalEigenstateConfig(d_model=self.d_model, n_layers=self.n_layers, num_eigenstates=self.num_eigenstates,
                                  **hybrid)  # fmt: skip
@@ -431,18 +454,16 @@ def write_outputs(results: dict[str, Any], output_dir: Path) -> None:
     plot(results, output_dir)
 
 
-def parse_lengths(text: str, flag: str = "--lengths") -> tuple[int, ...]:
-    """'256,512' -> (256, 512): positive and distinct (a repeated length would be a zero-width step in growth)."""
-    try:
-        values = tuple(comma_list(text, int))
-    except ValueError:
-        raise ValueError(f"{flag}: expected comma-separated positive integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ValueError(f"{flag}: expected comma-separated positive integers, got {text!r}")
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        raise ValueError(f"{flag}: {', '.join(map(str, repeated))} given more than once")
-    return values
+def run_command(settings: BenchSettings, output_dir: Path) -> None:
+    """`ten bench`: measure, write bench.md, bench.json and bench_scaling.png, print the table and memory growth."""
+    check_writable(output_dir)  # before any measuring: a folder that cannot be written would lose it all
+    results = run_bench(settings)
+    write_outputs(results, output_dir)
+    exponents = {name: growth(results, name, "forward_peak_mib_b1") for name in MODELS}
+    print("\n" + markdown(results))
+    if measured := [f"{n} p = {e:.2f}" for n, e in exponents.items() if e is not None]:  # two lengths or more
+        print("forward peak memory ~ T^p: " + ", ".join(measured))
+    print(f"written: {output_dir}/bench.md, bench.json, bench_scaling.png")
 
 
 def growth(results: dict[str, Any], name: str, key: str) -> float | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write
-from ..flags import comma_list
+from ..flags import comma_list, flags_of
 from ..lm import config_fields
 from ..runs.folders import (
     CHECKPOINTS,
@@ -205,6 +205,24 @@ def resumed_comparison(
     done = {run_key(r["variant"], r.get("seed", base.seed), had): r for r in record["rows"]
             if r.get("status", "finished") in DONE}  # fmt: skip
     return Comparison(base, names, folder, done, seeds)
+
+
+def run_command(args: TrainArguments, variants: str, tokens: int | None, seeds: int, typed: set[str]) -> None:
+    """`ten compare`: a new comparison, or the one --resume names (where only the flags in `typed`, those the user
+    gave, may change it); run it, then print its table and what was written."""
+    settings_typed = typed & set(flags_of(TrainArguments))
+    if args.resume is not None:
+        asked = variants if "variants" in typed else None
+        more = seeds if "seeds" in typed else None  # more seeds: the comparison grows
+        comparison = resumed_comparison(args, asked, tokens, settings_typed, more)
+    else:
+        comparison = new_comparison(args, variants, tokens, seeds, settings_typed)
+    output = comparison.folder
+    rows = run_comparison(comparison.base, comparison.names, output, comparison.done, comparison.seeds)
+    written = ", ".join(name for name in OUTPUTS if (output / name).exists())
+    print(f"\n{(output / 'results.md').read_text()}\nwritten: {output}/{written}")
+    if rows[-1]["status"] == INTERRUPTED:
+        print(resume_hint(output), file=sys.stderr)
 
 
 def read_record(folder: Path) -> dict[str, Any]:

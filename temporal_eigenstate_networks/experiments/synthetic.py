@@ -23,6 +23,7 @@ from torch import Tensor
 from ..architectures import build_model
 from ..atomic import atomic_write
 from ..data.synthetic_tasks import TASKS, SyntheticError, SyntheticTask, TaskSettings, accuracy
+from ..flags import NON_NEGATIVE, POSITIVE, SEED, check_settings, setting
 from ..lm import LanguageModel
 from ..training.optimizer import build_optimizer
 from ..training.schedule import learning_rate_at
@@ -102,30 +103,39 @@ MODEL_SIZES = ("num_eigenstates", "num_heads", "selective_range", "n_layers", "l
 
 @dataclass(frozen=True)
 class GridSettings:
-    """What `ten synthetic` was asked for, one field per flag; None: the task's (or the model's) default."""
+    """What `ten synthetic` was asked for: each field declares its flag (see flags.py), in the order of --help;
+    None: the task's (or the model's) default."""
 
-    task: str
-    variants: Sequence[str]
-    d_models: Sequence[int]
-    learning_rates: Sequence[float]
-    steps: int
-    batch_size: int
-    test_examples: int
-    seed: int = 0
-    paper: bool = False  # the papers' settings of the task, else the CPU ones
-    mlp: bool = False  # an MLP of the library's default width in each block (default: mixers only)
-    lengths: Sequence[int] | None = None
-    test_lengths: Sequence[int] | None = None
-    vocab_size: int | None = None
-    num_kv_pairs: int | None = None
-    num_tokens: int | None = None
-    num_eigenstates: int | None = None
-    num_heads: int | None = None
-    selective_range: float | None = None
-    n_layers: int | None = None
-    layer_pattern: str | None = None
-    attention_window: int | None = None
-    attention_heads: int | None = None
+    task: str = setting(choices=tuple(TASKS))
+    variants: Sequence[str] = setting(("ten", "hten", "transformer"), "comma-separated, from: ten, ten-noselective, "
+                                      "hten, transformer, ten-hybrid (ea), ten-swa (ew)")  # fmt: skip
+    d_models: Sequence[int] = setting((64,), "widths, e.g. 64,128,256")
+    lengths: Sequence[int] | None = setting(None, "training lengths (default: the task's)")
+    test_lengths: Sequence[int] | None = setting(
+        None, "test lengths (default: the training length; induction_heads: 64 ... 64x)"
+    )
+    learning_rates: Sequence[float] = setting((1e-3, 3e-3), "the sweep: each cell reports its best rate")
+    steps: int = setting(400, bound=POSITIVE)
+    batch_size: int = setting(32, bound=POSITIVE)
+    test_examples: int = setting(256, bound=POSITIVE)
+    # the generator's options (TASK_OPTIONS)
+    vocab_size: int | None = setting(None, "the task's data vocabulary", bound=POSITIVE)
+    num_kv_pairs: int | None = setting(None, "MQAR (default: Zoology's for the length)", bound=POSITIVE)
+    num_tokens: int | None = setting(None, "selective copying: tokens to copy", bound=POSITIVE)
+    # the models' sizes (MODEL_SIZES)
+    num_eigenstates: int | None = setting(None, "TEN/HTEN (default: d_model)", bound=POSITIVE)
+    num_heads: int | None = setting(None, bound=POSITIVE)
+    selective_range: float | None = setting(None, "TEN's |da|, |dw| bound (default 0.1)", bound=NON_NEGATIVE)
+    n_layers: int | None = setting(None, "default 2", bound=POSITIVE)
+    layer_pattern: str | None = setting(None, "TEN variants' layers: e, h, a (attention), w (window), e.g. ea")
+    attention_window: int | None = setting(None, "w layers' window (default 256)", bound=POSITIVE)
+    attention_heads: int | None = setting(None, "a/w layers' heads (default d_model / 64)", bound=POSITIVE)
+    mlp: bool = setting(False, "keep an MLP in each block (default: mixers only)")  # the library's default width
+    paper: bool = setting(False, "the papers' settings (for a GPU)")  # else the CPU ones
+    seed: int = setting(0, bound=SEED)
+
+    def __post_init__(self) -> None:
+        check_settings(self)  # the parser checked a command's; a library caller's are checked here
 
 
 @dataclass(frozen=True)

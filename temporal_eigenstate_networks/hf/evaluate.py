@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import WriteError, atomic_open, write_failure
 from ..distribution import install_hint
 from ..flags import comma_list
 from . import register_when_imported
@@ -278,3 +279,21 @@ def comparison_lines(validation: TenValidation, rows: list[MetricRow]) -> list[s
              f"bits/token{bpb}  [{validation.source}]"]  # fmt: skip
     lines += [f"harness {row.task}: bits_per_byte {row.value:.4f}" for row in rows if row.metric == "bits_per_byte"]
     return lines
+
+
+def report(checkpoint: Path, results: dict[str, Any], limit: int | float | None = None) -> str:
+    """What `ten eval` prints: the model, the harness's metrics, and ten's own validation figures beside them."""
+    rows = metric_rows(results)
+    lines = [f"\n{checkpoint}" + (f" (at most {limit} documents per task)" if limit else ""), format_table(rows)]
+    if (validation := ten_validation(checkpoint)) is not None:
+        lines += ["", *comparison_lines(validation, rows)]
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, Any], path: Path) -> None:
+    """lm-eval's results as JSON (through the atomic writer: an older file stays whole if this one fails)."""
+    try:
+        with atomic_open(path) as handle:
+            handle.write((json.dumps(results, indent=2, default=str) + "\n").encode("utf-8"))
+    except OSError as err:
+        raise WriteError(f"cannot write --output {path}: {write_failure(err)}") from err

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import PRESETS
-from ..flags import NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings, flags_of, setting
+from ..flags import DEVICE_HELP, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings, flags_of, setting
 from ..lm import ARCHITECTURES, config_fields
 from ..ops import SCAN_BACKENDS
 
@@ -91,7 +91,7 @@ class TrainArguments:
     )  # fmt: skip
     use_8bit_optim: bool = setting(False, "bitsandbytes 8-bit AdamW (CUDA)", group=OPTIMISATION)
     seed: int = setting(42, group=OPTIMISATION, bound=SEED)
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N", group=OPTIMISATION, resumable=True)
+    device: str = setting("auto", DEVICE_HELP, group=OPTIMISATION, resumable=True)
     time_budget: float | None = setting(None, "minutes for the whole run, final evaluation and checkpoint included; "
                                         "with no --epochs or --max_steps the schedule ends with it",
                                         group=OPTIMISATION, bound=POSITIVE, resumable=True)  # fmt: skip
