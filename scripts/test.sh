@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check ten tests benchmarks
+.venv/bin/ruff check temporal_eigenstate_networks tests benchmarks
 .venv/bin/python -m pytest -q "$@"
