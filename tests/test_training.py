@@ -118,9 +118,11 @@ def test_the_peak_learning_rate_is_the_presets_unless_given(corpus, tmp_path, pr
     assert first["lr"] == pytest.approx(given or TRAINING_PRESETS[preset].learning_rate)
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", [{}, {"n_layers": 2, "layer_pattern": "ew", "attention_window": 8}],
+                         ids=["ten", "hybrid-ew"])  # fmt: skip
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(corpus, tmp_path, monkeypatch, model):
     """4 steps, SIGTERM, resume for 4 more == 8 steps straight (with dropout, so random state matters too)."""
-    straight = Trainer(tiny_arguments(corpus, tmp_path / "a", max_steps=8, dropout=0.1)).train()
+    straight = Trainer(tiny_arguments(corpus, tmp_path / "a", max_steps=8, dropout=0.1, **model)).train()
 
     original_step = Trainer.train_step
 
@@ -131,11 +133,11 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(corpus, tmp_pat
         return values
 
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    first = Trainer(tiny_arguments(corpus, tmp_path / "b", max_steps=8, dropout=0.1)).train()
+    first = Trainer(tiny_arguments(corpus, tmp_path / "b", max_steps=8, dropout=0.1, **model)).train()
     assert first.status == "stopped" and first.step == 4 and first.checkpoint.name == "step-0000004"
     monkeypatch.setattr(Trainer, "train_step", original_step)
 
-    resumed = Trainer(tiny_arguments(corpus, tmp_path / "b", max_steps=8, dropout=0.1, resume="")).train()
+    resumed = Trainer(tiny_arguments(corpus, tmp_path / "b", max_steps=8, dropout=0.1, resume="", **model)).train()
     assert resumed.status == "finished" and resumed.step == 8
     a, b = weights(straight.checkpoint), weights(resumed.checkpoint)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
