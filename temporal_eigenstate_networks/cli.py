@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .experiments.bench import BenchSettings
 from .experiments.compare import DEFAULT_VARIANTS, VARIANTS
@@ -184,6 +184,16 @@ def cmd_eval(args: argparse.Namespace, explicit: set[str]) -> None:
 # ---------------------------------------------------------------- the parser and main
 
 
+def settings_command(commands: Any, name: str, words: str, settings: type, run: Any, output: str | None,
+                     output_help: str | None = None) -> None:
+    """A command whose flags are a settings dataclass's fields, then --device and --output_dir."""
+    command = commands.add_parser(name, help=words)
+    add_flags(command, settings)
+    add_device_flag(command)
+    command.add_argument("--output_dir", default=output, help=output_help)
+    command.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="ten", description="Temporal Eigenstate Networks: train, sample, measure")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -214,11 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "with --resume, more seeds for every variant")  # fmt: skip
     compare.set_defaults(run=cmd_compare)
 
-    bench = commands.add_parser("bench", help="TEN vs the transformer baseline: time, memory, generation")
-    add_flags(bench, BenchSettings)
-    add_device_flag(bench)
-    bench.add_argument("--output_dir", default="runs/bench")
-    bench.set_defaults(run=cmd_bench)
+    settings_command(commands, "bench", "TEN vs the transformer baseline: time, memory, generation", BenchSettings,
+                     cmd_bench, "runs/bench")  # fmt: skip
 
     export = commands.add_parser("export", help="a folder transformers loads on its own (trust_remote_code)")
     export.add_argument("--checkpoint", required=True, help="a checkpoint folder or a run's --output_dir")
@@ -246,11 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="write lm-eval's results as JSON to this file")
     evaluate.set_defaults(run=cmd_eval)
 
-    synthetic = commands.add_parser("synthetic", help="recall tasks (MQAR, selective copying, induction heads)")
-    add_flags(synthetic, GridSettings)
-    add_device_flag(synthetic)
-    synthetic.add_argument("--output_dir", help="default: runs/synthetic-TASK")
-    synthetic.set_defaults(run=cmd_synthetic)
+    settings_command(commands, "synthetic", "recall tasks (MQAR, selective copying, induction heads)", GridSettings,
+                     cmd_synthetic, None, "default: runs/synthetic-TASK")  # fmt: skip
 
     positions = commands.add_parser("positions", help="validation loss by position, past the training length")
     positions.add_argument(
