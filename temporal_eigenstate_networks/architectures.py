@@ -9,14 +9,15 @@ from typing import Any
 
 import torch
 
-from . import baselines, model  # noqa: F401  (defining the classes registers "ten" and "transformer")
+from . import baselines, model  # noqa: F401  (defining the classes registers "ten", "transformer", "mamba2")
+from .baselines.mamba2_config import matched_sizes, require_transformers_mamba2
 from .lm import ARCHITECTURES, LanguageModel, config_fields
 
 
 def build_model(
     architecture: str, device: torch.device | str = "cpu", config: Any | None = None, **sizes: Any
 ) -> LanguageModel:
-    """A new model of a registered architecture ("ten", "transformer") on `device`, from its `config` or `sizes`.
+    """A new model of a registered architecture (ten, transformer, mamba2) on `device`, from `config` or `sizes`.
 
     Each architecture takes the sizes its config has (num_eigenstates goes to TEN, not to the
     transformer), so one set of sizes builds both at the same width and depth. A size that no
@@ -24,12 +25,28 @@ def build_model(
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-    model_class = ARCHITECTURES[architecture]
     if config is None:
-        config = model_class.config_class(**architecture_sizes(architecture, sizes))
+        config = architecture_config(architecture, sizes)
     elif sizes:
         raise ValueError("build_model takes a config or sizes, not both")
-    return model_class(config).to(device)
+    return ARCHITECTURES[architecture](config).to(device)
+
+
+def architecture_config(architecture: str, sizes: dict[str, Any]) -> Any:
+    """The config of `architecture` from one set of sizes (see build_model). Mamba-2's expand and state size,
+    where not given, follow its sizing rule against the TEN these sizes make (baselines/mamba2_config.py)."""
+    config_class = ARCHITECTURES[architecture].config_class
+    own = architecture_sizes(architecture, sizes)
+    if architecture == "mamba2":
+        require_transformers_mamba2()
+        if not {"expand", "state_size"} & set(own):
+            own = {**mamba2_sizes_like(ARCHITECTURES["ten"].config_class(**architecture_sizes("ten", sizes))), **own}
+    return config_class(**own)
+
+
+def mamba2_sizes_like(ten_config: Any) -> dict[str, int]:
+    """Mamba-2's expand and state size for a model compared with this TEN (SIZING_RULE)."""
+    return matched_sizes(ten_config.parameter_count(), ten_config.vocab_size, ten_config.d_model, ten_config.n_layers)
 
 
 def architecture_sizes(architecture: str, sizes: dict[str, Any]) -> dict[str, Any]:

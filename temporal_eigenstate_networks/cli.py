@@ -184,8 +184,9 @@ def cmd_eval(args: argparse.Namespace, explicit: set[str]) -> None:
 # ---------------------------------------------------------------- the parser and main
 
 
-def settings_command(commands: Any, name: str, words: str, settings: type, run: Any, output: str | None,
-                     output_help: str | None = None) -> None:
+def settings_command(
+    commands: Any, name: str, words: str, settings: type, run: Any, output: str | None, output_help: str | None = None
+) -> None:
     """A command whose flags are a settings dataclass's fields, then --device and --output_dir."""
     command = commands.add_parser(name, help=words)
     add_flags(command, settings)

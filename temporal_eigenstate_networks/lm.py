@@ -1,15 +1,15 @@
-"""What every language model here shares: embedding, pre-norm blocks, final norm, tied head; the loss,
-streaming through an explicit state, generation, saving and loading.
+"""What every language model here shares: the one pass (`run`) through an explicit state, the loss,
+generation, saving and loading, the architecture registry.
 
-The models differ only in their sequence mixer (`make_mixer`): the eigenstate recurrence
-(model.py) or causal attention (baselines/transformer.py), so comparisons isolate it.
+`LanguageModel` leaves the network to its subclasses. TEN and the transformer baseline share theirs
+(stack.py: embedding, pre-norm blocks, final norm, tied head) and differ only in the sequence mixer, so
+comparisons isolate it; the Mamba-2 peer (baselines/mamba2.py) is transformers' model, unmodified.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import numbers
 import warnings
 from collections.abc import Callable
@@ -22,10 +22,9 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .atomic import atomic_write
-from .modules.block import Block, SequenceMixer, is_no_weight_decay, no_weight_decay
+from .modules.block import is_no_weight_decay, no_weight_decay
 from .sampling import check_sampling_args, sample_next_token
 
 CONFIG_FILE = "config.json"
@@ -135,7 +134,28 @@ def check_weight_shapes(saved: Shapes, expected: Shapes, directory: Path) -> Non
         raise ValueError(f"{where}: the weights hold {unexpected[0]}, which the config has no place for")
 
 
+def tied_names(model: nn.Module) -> dict[str, str]:
+    """{later name: first name} of each tensor the model holds under several names (a head tied to the embedding):
+    a weights file holds it once, under either."""
+    first: dict[int, str] = {}
+    return {name: first[id(t)] for name, t in model.state_dict(keep_vars=True).items()
+            if first.setdefault(id(t), name) != name}  # fmt: skip
+
+
+def with_tied_names(weights: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """``weights`` with each tied tensor under all its names, as ``load_state_dict(strict=True)`` expects."""
+    weights = dict(weights)
+    for alias, name in tied_names(model).items():
+        if alias in weights or name in weights:
+            weights.setdefault(alias, weights.get(name, weights.get(alias)))
+            weights.setdefault(name, weights[alias])
+    return weights
+
+
 class LanguageModel(nn.Module):
+    """A causal language model with an explicit state. A subclass names its `architecture` (which registers it)
+    and `config_class`, and gives `run`, `check_state`, `state_bytes` and `summary`."""
+
     architecture: ClassVar[str]
     config_class: ClassVar[type]
     # The key of the mixers' aux loss in compute_loss's dict ("aux_loss" where a model names none).
@@ -143,31 +163,29 @@ class LanguageModel(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        ARCHITECTURES[cls.architecture] = cls
+        if "architecture" in cls.__dict__:  # a shared layout (stack.py) is no architecture of its own
+            ARCHITECTURES[cls.architecture] = cls
 
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
-        # GPT-2's scaling of the layers that write into the residual stream: 1 / sqrt(2 n_layers).
-        gain = 1 / math.sqrt(2 * config.n_layers)
-        self.blocks = nn.ModuleList(
-            Block(config, self.make_mixer(config, layer, residual_gain=gain), residual_gain=gain)
-            for layer in range(config.n_layers)
-        )
-        self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.gradient_checkpointing = False
         self._compiled_step: Callable | None = None  # decode_step's, made on first use
-        nn.init.normal_(self.embedding.weight, std=0.02)
 
-    def make_mixer(self, config: Any, layer: int, residual_gain: float) -> SequenceMixer:
-        """The sequence mixer of block ``layer``."""
+    def run(self, ids: Tensor, state: RecurrentState | None = None) -> LMOutput:
+        """The one pass every caller makes (forward, compute_loss, generation, transformers' model): ids (B, T)
+        from ``state`` (None: from the start). Nothing is checked here; the entry points check their input once
+        (check_token_ids, check_state), so no decoding step pays for it."""
         raise NotImplementedError
 
-    def aux_loss_from(self, layer_losses: list[Tensor]) -> Tensor:
-        """The model's aux loss from its layers' (those that have one): their mean."""
-        return torch.stack(layer_losses).mean()
+    def check_state(self, state: Any, batch: int) -> None:
+        """One ValueError for a state that this model did not return for a batch of ``batch`` rows (another
+        architecture's, another size's, another batch's): shapes only, no wait for the device."""
+        raise NotImplementedError
+
+    def decoding_state(self, state: RecurrentState) -> RecurrentState:
+        """``state`` in the form a compiled one-token step takes: the same types at every step, so that one graph
+        serves them all (the default: the state as it is)."""
+        return state
 
     @property
     def aux_loss_weight(self) -> float:
@@ -194,40 +212,6 @@ class LanguageModel(nn.Module):
                 f"token ids must be in [0, {self.config.vocab_size}), got values in "
                 f"[{int(ids.min())}, {int(ids.max())}]"
             )
-
-    def check_state(self, state: Any, batch: int) -> None:
-        """One ValueError for a state that this model did not return for a batch of ``batch`` rows (another
-        architecture's, another size's, another batch's): shapes only, no wait for the device."""
-        if not isinstance(state, RecurrentState):
-            raise ValueError(f"state must be the RecurrentState a call with return_state=True returned, "
-                             f"got a {type(state).__name__}")  # fmt: skip
-        if len(state.layers) != len(self.blocks):
-            raise ValueError(f"the state has {len(state.layers)} layers, this model {len(self.blocks)}")
-        for i, (block, layer_state) in enumerate(zip(self.blocks, state.layers, strict=True)):
-            problem = block.mixer.state_mismatch(layer_state, batch)
-            if problem:
-                raise ValueError(
-                    f"the state does not belong to this {type(self).__name__} and a batch of {batch}: "
-                    f"layer {i}: {problem}"
-                )
-
-    def run(self, ids: Tensor, state: RecurrentState | None = None) -> LMOutput:
-        """The one pass every caller makes (forward, compute_loss, generation, transformers' model): ids (B, T)
-        from ``state`` (None: from the start). Nothing is checked here; the entry points check their input once
-        (check_token_ids, check_state), so no decoding step pays for it."""
-        x = self.dropout(self.embedding(ids.long()))
-        new_state, layer_losses = RecurrentState(), []
-        for i, block in enumerate(self.blocks):
-            layer_state = None if state is None else state.layers[i]
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, layer_state, layer_loss = checkpoint(block, x, layer_state, use_reentrant=False)
-            else:
-                x, layer_state, layer_loss = block(x, layer_state)
-            new_state.layers.append(layer_state)
-            if layer_loss is not None:
-                layer_losses.append(layer_loss)
-        logits = F.linear(self.final_norm(x), self.embedding.weight)  # head tied to the embedding
-        return LMOutput(logits, new_state, self.aux_loss_from(layer_losses) if layer_losses else None)
 
     def forward(
         self, ids: Tensor, state: RecurrentState | None = None, return_state: bool = False
@@ -356,8 +340,7 @@ class LanguageModel(nn.Module):
             try:
                 # One graph for every step: each mixer's state in its decoding form, and row-major strides
                 # (the graph is specialised on strides; a prefill's last-step slice of batch 1 keeps the prompt's).
-                layers = [block.mixer.decoding_state(s) for block, s in zip(self.blocks, state.layers, strict=True)]
-                state = map_tensors(RecurrentState(layers), with_standard_strides)
+                state = map_tensors(self.decoding_state(state), with_standard_strides)
                 if not token.is_cuda:
                     return self._compiled_step(token, state)
                 torch.compiler.cudagraph_mark_step_begin()
@@ -403,7 +386,9 @@ class LanguageModel(nn.Module):
                 saved = {name: tuple(header.get_slice(name).get_shape()) for name in header.keys()}  # noqa: SIM118
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{weights} is not a readable weights file: {err}") from err
-        check_weight_shapes(saved, {name: tuple(t.shape) for name, t in model.state_dict().items()}, directory)
+        aliases = tied_names(model)
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in aliases}
+        check_weight_shapes({aliases.get(name, name): shape for name, shape in saved.items()}, expected, directory)
         # to_empty makes new Parameters: the no-weight-decay tags set in __init__ are carried over by name.
         tagged = {name for name, param in model.named_parameters() if is_no_weight_decay(param)}
         model.to_empty(device=device)
@@ -421,4 +406,8 @@ class LanguageModel(nn.Module):
 
     def state_bytes(self, context_length: int) -> int:
         """Bytes of state (RecurrentState) one sequence carries after ``context_length`` tokens, all layers."""
-        return sum(block.mixer.state_bytes(context_length) for block in self.blocks)
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        """What the model is, for the run's header."""
+        raise NotImplementedError

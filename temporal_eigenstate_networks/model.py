@@ -1,4 +1,4 @@
-"""The Temporal Eigenstate Network: the shared language model (lm.py) with eigenstate mixers.
+"""The Temporal Eigenstate Network: the shared network (stack.py) with eigenstate mixers.
 
 TEN or HTEN layers as the config says; the energy loss is normalised per eigenstate; the reports
 users print (summary, parameter groups, eigenstate analysis) live here.
@@ -12,14 +12,15 @@ import torch
 from torch import Tensor
 
 from .config import TemporalEigenstateConfig
-from .lm import LanguageModel, RecurrentState
+from .lm import RecurrentState
 from .modules.attention import CausalSelfAttention, SlidingWindowAttention
 from .modules.block import SequenceMixer
 from .modules.eigenstate import EigenstateLayer
 from .modules.hierarchical import HierarchicalEigenstateLayer
+from .stack import MixerStack
 
 
-class TemporalEigenstateNetwork(LanguageModel):
+class TemporalEigenstateNetwork(MixerStack):
     architecture = "ten"
     config_class = TemporalEigenstateConfig
     config: TemporalEigenstateConfig
@@ -83,8 +84,10 @@ class TemporalEigenstateNetwork(LanguageModel):
         ]
         if set(cfg.layer_kinds) & set("aw"):
             window = f", window {cfg.attention_window:,} tokens" if "w" in cfg.layer_kinds else ""
-            lines.append(f"  layers: {cfg.layer_kinds} (e/h: eigenstates, a: attention, w: sliding-window "
-                         f"attention; {cfg.heads_of_attention} attention head(s){window}; energy over e/h only)")
+            lines.append(
+                f"  layers: {cfg.layer_kinds} (e/h: eigenstates, a: attention, w: sliding-window "
+                f"attention; {cfg.heads_of_attention} attention head(s){window}; energy over e/h only)"
+            )
         ablations = [name for name, on in (("no output gate (g = 1)", not cfg.output_gate),
                                            ("no coupling (R = I)", not cfg.coupling),
                                            ("real eigenvalues (w = 0 or pi)", cfg.real_eigenvalues),
@@ -108,8 +111,10 @@ class TemporalEigenstateNetwork(LanguageModel):
         growth = self.state_bytes(self.config.max_seq_len + 1) - at_window
         if not growth:
             return f"  recurrent state per sequence: {at_window / 1024:,.1f} KiB, the same at any context length"
-        return (f"  state per sequence after {self.config.max_seq_len:,} tokens: {at_window / 1024:,.1f} KiB; the "
-                f"attention layers' KV cache grows it by {growth / 1024:,.1f} KiB per token of context")
+        return (
+            f"  state per sequence after {self.config.max_seq_len:,} tokens: {at_window / 1024:,.1f} KiB; the "
+            f"attention layers' KV cache grows it by {growth / 1024:,.1f} KiB per token of context"
+        )
 
     @torch.no_grad()
     def eigenstate_analysis(self) -> list[dict[str, Any]]:

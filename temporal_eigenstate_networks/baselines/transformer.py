@@ -3,13 +3,13 @@ attention as the mixer. Generation goes through a KV cache, the standard way to 
 
 from __future__ import annotations
 
-from ..lm import LanguageModel
 from ..modules.attention import CausalSelfAttention
 from ..modules.block import SequenceMixer
+from ..stack import MixerStack
 from .transformer_config import TransformerConfig
 
 
-class TransformerLM(LanguageModel):
+class TransformerLM(MixerStack):
     """Rotary positions live inside attention, so the model is TEN's except for the mixer, and no
     position table caps the context at max_seq_len."""
 

@@ -217,7 +217,6 @@ def measure_generation(
         first = logits[:, -1:].argmax(-1)
         step(first, state)  # compiles (and records the CUDA graph) outside the timing: a slow warm-up would be timed
 
-
         def decode() -> None:
             token, carried = first, state
             for _ in range(settings.new_tokens):
@@ -412,8 +411,10 @@ def markdown(results: dict[str, Any]) -> str:
         speedup = "-" if ten is None or attn is None else f"{attn / ten:.2f}x"
         lines.append(f"| {row['context']:,} | {row.get('batch', 1)} | {cells[0]} | {cells[1]} | {speedup} |")
     if peak:
-        lines.append(f"\nMFU: FLOPs counted by torch's FlopCounterMode per training step, against a "
-                     f"{results['settings']['dtype']} matmul measured at {peak:,.2f} TFLOP/s in the same run.")
+        lines.append(
+            f"\nMFU: FLOPs counted by torch's FlopCounterMode per training step, against a "
+            f"{results['settings']['dtype']} matmul measured at {peak:,.2f} TFLOP/s in the same run."
+        )
     if "weight_reads" in results:
         lines.append(f"\n{weight_read_line(results)}.")
     for name, why in results["stopped"].items():

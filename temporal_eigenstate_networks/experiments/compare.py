@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..architectures import mamba2_sizes_like
 from ..atomic import atomic_write
 from ..flags import comma_list, flags_of
 from ..lm import config_fields
@@ -70,6 +71,8 @@ HYBRIDS: dict[str, dict[str, Any]] = {
     "ten-swa": {**PLAIN_TEN, "layer_pattern": "eeew", "energy_reg_weight": 0.0},
 }
 VARIANTS.update(HYBRIDS)
+# The peer (transformers' Mamba-2, the hf extra), sized like this comparison's "ten" (variant_arguments).
+VARIANTS["mamba2"] = {"model": "mamba2"}
 SWITCHES = {
     "layer_pattern": "--layer_pattern",
     "model": "--model",
@@ -115,6 +118,9 @@ def variant_arguments(
     """The variant's `ten train` arguments: a fresh run in output_dir/<run key>, or (resume) its continuation."""
     seed = base.seed if seed is None else seed
     values = {**base.to_dict(), **VARIANTS[name], "seed": seed}
+    if values["model"] == "mamba2" and values["expand"] is None and values["state_size"] is None:
+        ten = model_plan(TrainArguments.from_dict({**base.to_dict(), **VARIANTS["ten"]})).config
+        values.update(mamba2_sizes_like(ten))  # the sizes of the comparison's TEN, not only the preset's
     fields = config_fields(values["model"])
     values.update({key: None for key in MODEL_FIELDS if key not in fields})  # settings of another architecture
     folder = output_dir / run_key(name, seed, seeds)

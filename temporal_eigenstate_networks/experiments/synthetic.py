@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..architectures import build_model
 from ..atomic import atomic_write
+from ..baselines.mamba2_config import require_transformers_mamba2
 from ..data.synthetic_tasks import TASKS, SyntheticError, SyntheticTask, TaskSettings, accuracy
 from ..flags import NON_NEGATIVE, POSITIVE, SEED, check_settings, setting
 from ..lm import LanguageModel
@@ -38,6 +39,9 @@ VARIANTS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
     # The 2-layer hybrids of the recall papers' size: a TEN layer, then attention (full, or over a window).
     "ten-hybrid": ("ten", {"layer_pattern": "ea"}),
     "ten-swa": ("ten", {"layer_pattern": "ew"}),
+    # transformers' Mamba-2, sized like the TEN of the same cell. Its block is already the recall papers' mixer
+    # alone (norm, mixer, residual: Mamba has no MLP); with --mlp it grows its expand to TEN's parameters instead.
+    "mamba2": ("mamba2", {}),
 }
 WARMUP_FRACTION = 0.1
 MIN_LR_RATIO = 0.1
@@ -88,6 +92,8 @@ def check_cell(cell: Cell) -> None:
     """Generate one example at every length first: a bad setting fails in one line before any training."""
     if cell.variant not in VARIANTS:
         raise SyntheticError(f"unknown variant {cell.variant!r}; known: {', '.join(VARIANTS)}")
+    if VARIANTS[cell.variant][0] == "mamba2":
+        require_transformers_mamba2()
     task = TASKS[cell.task]
     for seq_len in (cell.train_seq_len, *cell.test_seq_lens):
         task.generate(1, seq_len, seed=0, **cell.options)
@@ -108,7 +114,7 @@ class GridSettings:
 
     task: str = setting(choices=tuple(TASKS))
     variants: Sequence[str] = setting(("ten", "hten", "transformer"), "comma-separated, from: ten, ten-noselective, "
-                                      "hten, transformer, ten-hybrid (ea), ten-swa (ew)")  # fmt: skip
+                                      "hten, transformer, ten-hybrid (ea), ten-swa (ew), mamba2")  # fmt: skip
     d_models: Sequence[int] = setting((64,), "widths, e.g. 64,128,256")
     lengths: Sequence[int] | None = setting(None, "training lengths (default: the task's)")
     test_lengths: Sequence[int] | None = setting(
@@ -194,8 +200,9 @@ def build(cell: Cell, device: torch.device) -> LanguageModel:
     architecture, overrides = VARIANTS[cell.variant]
     vocab = TASKS[cell.task].model_vocab_size(cell.options)
     sizes = {"n_layers": 2, "mlp_hidden": 0, **overrides, **cell.sizes}
-    if architecture == "ten":
+    if architecture in ("ten", "mamba2"):  # Mamba-2 is sized like the TEN of these sizes
         sizes.setdefault("num_eigenstates", cell.d_model)
+    if architecture == "ten":
         sizes.setdefault("energy_reg_weight", 0.0)  # the task's loss alone, as for the other architectures
     return build_model(architecture, device, vocab_size=vocab, d_model=cell.d_model,
                        max_seq_len=cell.train_seq_len, **sizes)  # fmt: skip

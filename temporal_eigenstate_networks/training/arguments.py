@@ -18,6 +18,7 @@ from ..ops import SCAN_BACKENDS
 MODEL = "model (a preset, then overrides)"
 ABLATIONS = "ablations of TEN (the paper's; docs/RESULTS.md measures each)"
 HYBRIDS = "hybrids: attention layers among TEN's (design section 10)"
+MAMBA2 = "Mamba-2 (--model mamba2; default: expand and state size sized like TEN's parameter count)"
 OPTIMISATION = "optimisation"
 DATA = "data"
 OUTPUT = "output"
@@ -28,7 +29,8 @@ MODES = "other modes"  # not offered by `ten compare`, which trains
 class TrainArguments:
     # model: a preset, then any of these overrides (None keeps the preset's value)
     config: str = setting("nano", "preset (default %(default)s)", group=MODEL, choices=tuple(PRESETS))
-    model: str = setting("ten", "architecture: TEN, or the attention baseline of the same size (default %(default)s)",
+    model: str = setting("ten", "architecture: TEN, the attention baseline or Mamba-2 (transformers', the hf extra) "
+                         "of the same size (default %(default)s)",
                          group=MODEL, choices=tuple(ARCHITECTURES))  # fmt: skip
     use_hten: bool | None = setting(None, group=MODEL, on="hierarchical multi-scale TEN")
     hten_scales: list[int] | None = setting(None, "HTEN scales, e.g. 1,2,4", group=MODEL)
@@ -64,6 +66,11 @@ class TrainArguments:
                                            group=HYBRIDS, bound=POSITIVE)  # fmt: skip
     attention_heads: int | None = setting(None, "heads of the a and w layers (default d_model / 64)", group=HYBRIDS,
                                           bound=POSITIVE)  # fmt: skip
+    # Mamba-2 (Mamba2LMConfig)
+    expand: int | None = setting(None, "inner width / d_model", group=MAMBA2, bound=POSITIVE)
+    state_size: int | None = setting(None, "N, the SSM state per head and channel", group=MAMBA2, bound=POSITIVE)
+    head_dim: int | None = setting(None, "numbers per head (default 64, or what divides expand * d_model)",
+                                   group=MAMBA2, bound=POSITIVE)  # fmt: skip
     # optimisation
     epochs: float | None = setting(None, "passes over the training split (default 1, or as many as --time_budget "
                                    "allows)", group=OPTIMISATION, bound=POSITIVE, resumable=True)  # fmt: skip

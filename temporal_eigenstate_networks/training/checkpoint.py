@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from ..atomic import WriteError, atomic_folder, write_failure
 from ..data import save_tokenizer
 from ..jsontypes import field_type_problem
-from ..lm import WEIGHTS_FILE, LanguageModel
+from ..lm import WEIGHTS_FILE, LanguageModel, with_tied_names
 from ..runs.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -131,7 +131,7 @@ def load_checkpoint(
     """
     path = Path(path)
     state = read_trainer_state(path) if state is None else state
-    weights = load_tensors(path / WEIGHTS_FILE)
+    weights = with_tied_names(load_tensors(path / WEIGHTS_FILE), model)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..architectures import build_model, variant_label
+from ..architectures import architecture_config, build_model, variant_label
 from ..config import PRESETS
-from ..lm import ARCHITECTURES, CONFIG_FILE, LanguageModel, config_fields, load_config
+from ..lm import CONFIG_FILE, LanguageModel, config_fields, load_config
 from ..runs.folders import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
 from ..runs.lookup import find_checkpoint, recover_interrupted_saves
 from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
@@ -97,15 +97,15 @@ class RunPlan:
 
 def model_plan(args: TrainArguments) -> ModelPlan:
     """The --model architecture at the --config preset's size, with the command line's overrides."""
-    config_class = ARCHITECTURES[args.model].config_class
     known = config_fields(args.model)
     overrides = {name: getattr(args, name) for name in MODEL_FIELDS if getattr(args, name) is not None}
     foreign = [f"--{name}" for name in overrides if name not in known]
     if foreign:
         verb = "does" if len(foreign) == 1 else "do"
         raise ValueError(f"{', '.join(foreign)} {verb} not apply to --model {args.model}")
-    preset = {k: v for k, v in PRESETS[args.config].model_fields().items() if k in known}
-    config = config_class(**{**preset, **overrides, "vocab_size": PROVISIONAL_VOCAB})
+    # The preset's every size: Mamba-2 is sized like the TEN they make (architecture_config).
+    sizes = {**PRESETS[args.config].model_fields(), **overrides, "vocab_size": PROVISIONAL_VOCAB}
+    config = architecture_config(args.model, sizes)
     if "hten_scales" in overrides and not config.use_hten:
         raise ValueError(f"--hten_scales needs --use_hten (the {args.config} preset has no HTEN)")
     check_eigenstate_flags(config, overrides)

@@ -492,8 +492,10 @@ class Trainer:
             last = None
         if last is None:
             return "no checkpoint of this run was saved"
-        return (f"the last good checkpoint is {last}; when there is room again, continue with: "
-                f"ten train {command_line(TrainArguments, resume=str(self.output_dir))}")
+        return (
+            f"the last good checkpoint is {last}; when there is room again, continue with: "
+            f"ten train {command_line(TrainArguments, resume=str(self.output_dir))}"
+        )
 
     def finish(self, status: str) -> RunResult:
         """Evaluate and save the end of the run; after a signal (in the loop or in this evaluation), only save."""
