@@ -98,8 +98,9 @@ class Mamba2LM(LanguageModel):
         cache = state.layers[0]
         if len(cache.layers) != self.config.n_layers:
             raise ValueError(f"the state has {len(cache.layers)} layers, this model {self.config.n_layers}")
-        rows = getattr(cache, "batch_size", batch)
-        if rows not in (batch, -1):
+        held = [t for layer in cache.layers for t in getattr(layer, "recurrent_states", {}).values() if t is not None]
+        rows = held[0].shape[0] if held else batch
+        if rows != batch:
             raise ValueError(f"the state holds {rows} sequences, the input {batch}")
 
     def decode_step(self, compiled: bool = False) -> Any:
@@ -127,10 +128,10 @@ class Mamba2LM(LanguageModel):
             getattr(self.network, f"{prefix}_checkpointing_disable")()
         self._checkpointing = bool(on)
 
-    def to_empty(self, *, device: Any, recurse: bool = True) -> Mamba2LM:
-        """Storage for a model built on the meta device: each parameter is replaced, so the head is tied to the
-        embedding again."""
-        super().to_empty(device=device, recurse=recurse)
+    def _apply(self, fn: Any, recurse: bool = True) -> Mamba2LM:
+        """Every move and cast (.to, .to_empty, .half): one that replaces the parameters (to or from the meta
+        device) unties the head from the embedding, so it is tied again."""
+        super()._apply(fn, recurse)
         self.network.tie_weights()
         return self
 
