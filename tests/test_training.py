@@ -370,11 +370,15 @@ def test_bf16_autocast_training_runs_on_cpu(corpus, tmp_path):
     assert math.isfinite(result.eval["val_ce"])
 
 
-def test_torchrun_two_cpu_ranks_stay_in_step(corpus, tmp_path):
+@pytest.mark.parametrize("model", ["ten", "mamba2"])
+def test_torchrun_two_cpu_ranks_stay_in_step(corpus, tmp_path, model):
+    if model == "mamba2":
+        pytest.importorskip("transformers", reason="mamba2 is transformers' Mamba2ForCausalLM (the hf extra)")
     output = tmp_path / "run"
+    sizes = TINY if model == "ten" else [arg for arg in TINY if arg not in ("--num_eigenstates", "8")]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "temporal_eigenstate_networks", "train", "--dataset", str(corpus), *TINY, "--max_steps", "3",
-               "--device", "cpu", "--output_dir", str(output)]  # fmt: skip
+               "-m", "temporal_eigenstate_networks", "train", "--dataset", str(corpus), *sizes, "--model", model,
+               "--max_steps", "3", "--device", "cpu", "--output_dir", str(output)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[:3000]
@@ -383,7 +387,8 @@ def test_torchrun_two_cpu_ranks_stay_in_step(corpus, tmp_path):
     end = next(r for r in lines if r["event"] == "end")
     assert start["world_size"] == 2 and len(end["fingerprints"]) == 2
     assert end["fingerprints"][0] == end["fingerprints"][1] != start["fingerprint"]
-    assert done.stdout.count("TemporalEigenstateNetwork:") == 1  # only rank 0 prints
+    header = {"ten": "TemporalEigenstateNetwork:", "mamba2": "Mamba2 (transformers' Mamba2ForCausalLM"}[model]
+    assert done.stdout.count(header) == 1  # only rank 0 prints
 
 
 # ---------------------------------------------------------------- user mistakes: exit 2, one line
