@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import textwrap
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from typing import Any
@@ -141,7 +142,7 @@ class Mamba2LM(LanguageModel):
             f"Mamba2 (transformers' Mamba2ForCausalLM, unmodified): {total:,} parameters ({total / 1e6:.2f} M)",
             f"  d_model={cfg.d_model}  n_layers={cfg.n_layers}  expand={cfg.expand}  state_size={cfg.state_size}  "
             f"head_dim={cfg.head_dim} ({cfg.num_heads} heads)  vocab_size={cfg.vocab_size}",
-            f"  sized like TEN: {SIZING_RULE}",
+            textwrap.fill(f"sized like TEN: {SIZING_RULE}", 110, initial_indent="  ", subsequent_indent="    "),
             f"  kernels: {kernels()}",
             f"  state per sequence: {self.state_bytes(1) / 1024:,.1f} KiB, the same at any context",
         ])  # fmt: skip
