@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "with --resume, more seeds for every variant")  # fmt: skip
     compare.set_defaults(run=cmd_compare)
 
-    settings_command(commands, "bench", "TEN vs the transformer baseline: time, memory, generation", BenchSettings,
-                     cmd_bench, "runs/bench")  # fmt: skip
+    settings_command(commands, "bench", "TEN vs the transformer baseline and Mamba-2: time, memory, generation",
+                     BenchSettings, cmd_bench, "runs/bench")  # fmt: skip
 
     export = commands.add_parser("export", help="a folder transformers loads on its own (trust_remote_code)")
     export.add_argument("--checkpoint", required=True, help="a checkpoint folder or a run's --output_dir")
