@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers", reason="Mamba-2 is transformers' Mamba2ForCausalLM (the hf extra)")
 if not hasattr(transformers, "Mamba2ForCausalLM"):
@@ -14,7 +16,11 @@ if not hasattr(transformers, "Mamba2ForCausalLM"):
 from temporal_eigenstate_networks.architectures import mamba2_sizes_like  # noqa: E402
 from temporal_eigenstate_networks.cli import main  # noqa: E402
 from temporal_eigenstate_networks.config import TemporalEigenstateConfig  # noqa: E402
+from temporal_eigenstate_networks.data import load_token_data  # noqa: E402
 from temporal_eigenstate_networks.experiments import bench  # noqa: E402
+from temporal_eigenstate_networks.experiments.positions import validation_windows  # noqa: E402
+from temporal_eigenstate_networks.experiments.synthetic import Cell, build, score  # noqa: E402
+from temporal_eigenstate_networks.lm import LanguageModel  # noqa: E402
 
 from .test_training import TINY  # noqa: E402
 
@@ -100,3 +106,55 @@ def test_bench_sizes_mamba2_like_the_hybrid_ten_it_measures():
     assert {key: getattr(models["mamba2"].config, key) for key in expected} == expected
     plain = mamba2_sizes_like(TemporalEigenstateConfig(vocab_size=256, d_model=64, n_layers=2, num_eigenstates=16))
     assert expected != plain  # the hybrid's attention layer changes the count Mamba-2 is matched to
+
+
+# ---------------------------------------------------------------- ten positions, ten synthetic
+
+
+def loss_through_the_state(model: LanguageModel, windows: torch.Tensor, piece: int) -> np.ndarray:
+    """Each position's mean cross-entropy, the windows read a training length at a time through the state."""
+    total = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)
+    with torch.no_grad():
+        state = None
+        for start in range(0, windows.shape[1] - 1, piece):
+            inputs = windows[:, start : start + piece]
+            logits, state = model(inputs, state=state, return_state=True)
+            targets = windows[:, start + 1 : start + 1 + inputs.shape[1]]
+            total[start : start + inputs.shape[1]] = F.cross_entropy(logits.transpose(1, 2), targets,
+                                                                     reduction="none").sum(0).double()  # fmt: skip
+    return (total / len(windows)).numpy()
+
+
+def test_positions_reads_a_mamba2_checkpoint_to_4x_its_training_length(mamba2_run, tmp_path, capsys):
+    """Beside a TEN run, as a comparison uses it: one pass over each window, which for Mamba-2 is what reading it
+    through its state a training length at a time gives."""
+    run, corpus = mamba2_run
+    train_run(corpus, tmp_path / "ten")
+    out = tmp_path / "positions"
+    argv = ["positions", "--checkpoint", str(tmp_path / "ten"), "--checkpoint", str(run), "--dataset", str(corpus),
+            "--length", "128", "--sequences", "2", "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    ten, mamba2 = json.loads((out / "positions.json").read_text())
+    assert ten["name"] == "ten (ten)" and mamba2["name"] == "mamba2 (run)"
+    assert mamba2["train_length"] == TRAIN_LENGTH and len(mamba2["loss"]) == 128
+    assert "| mamba2 (run) | 32 |" in (out / "positions.md").read_text()
+
+    model = LanguageModel.from_pretrained(run / "checkpoints" / "final").eval()
+    windows = validation_windows(load_token_data(str(corpus), "byte").val, 128, 2)
+    np.testing.assert_allclose(mamba2["loss"], loss_through_the_state(model, windows, TRAIN_LENGTH), atol=1e-4)
+
+
+def test_synthetic_scores_mamba2_through_its_state_as_a_whole_forward():
+    """Test sequences longer than training are read a training length at a time through Mamba-2's state (as TEN's):
+    the same accuracy as one forward over the whole sequence."""
+    from temporal_eigenstate_networks.data.synthetic_tasks import TASKS, accuracy
+
+    cell = Cell(task="mqar", variant="mamba2", d_model=16, train_seq_len=32, test_seq_lens=(128,), learning_rate=1e-3,
+                options={"vocab_size": 160, "num_kv_pairs": 8}, test_examples=6)  # fmt: skip
+    model = build(cell, torch.device("cpu")).eval()
+    assert model.architecture == "mamba2"
+    streamed, scored = score(model, cell, 128, torch.device("cpu"))
+    batch = TASKS["mqar"].generate(6, 128, seed=-1 % (1 << 62), **cell.options)
+    with torch.no_grad():
+        correct, total = accuracy(model(batch.inputs), batch.targets)
+    assert scored == total == 6 * 8 and streamed == correct / total
