@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -158,3 +162,75 @@ def test_synthetic_scores_mamba2_through_its_state_as_a_whole_forward():
     with torch.no_grad():
         correct, total = accuracy(model(batch.inputs), batch.targets)
     assert scored == total == 6 * 8 and streamed == correct / total
+
+
+# ---------------------------------------------------------------- ten export, ten eval
+
+
+def run_alone(script: str, folder) -> str:
+    """A Python script in a fresh interpreter in ``folder`` where ten cannot be imported: its stdout."""
+    blocked = "import sys\nsys.modules['temporal_eigenstate_networks'] = None  # as if ten were not installed\n"
+    done = subprocess.run([sys.executable, "-c", blocked + script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **OFFLINE}, cwd=folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_a_mamba2_export_is_transformers_own_folder_and_generates_what_ten_generates(mamba2_run, tmp_path, capsys):
+    """Byte and BPE checkpoints: Mamba2ForCausalLM's own folder plus the tokenizer, loaded by AutoModelForCausalLM
+    and AutoTokenizer without ten or trust_remote_code; greedy generate gives LanguageModel.generate's tokens."""
+    run, corpus = mamba2_run
+    train_run(corpus, tmp_path / "bpe-run", "--model", "mamba2", "--tokenizer", "bpe:300")
+    text = "Now is the winter"
+    capsys.readouterr()
+    for name, checkpoint in (("byte", run), ("bpe", tmp_path / "bpe-run")):
+        assert main(["export", "--checkpoint", str(checkpoint), "--hf", str(tmp_path / name)]) == 0
+        assert capsys.readouterr().out == f"wrote {tmp_path / name}: AutoModelForCausalLM.from_pretrained(" \
+                                          f"{str(tmp_path / name)!r})\n"  # fmt: skip
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert config["model_type"] == "mamba2" and config["architectures"] == ["Mamba2ForCausalLM"]
+        assert "auto_map" not in config and not list((tmp_path / name).glob("*.py"))
+        assert config["max_position_embeddings"] == TRAIN_LENGTH  # lm-eval's window, as TEN's export gives it
+        model = LanguageModel.from_pretrained(checkpoint / "checkpoints" / "final")
+        from temporal_eigenstate_networks.data import load_tokenizer
+
+        prompt = torch.as_tensor(load_tokenizer(checkpoint / "checkpoints" / "final").encode(text).astype("int64"))
+        prompt = torch.stack([prompt, prompt.flip(0)])  # two rows, no padding
+        torch.save(prompt, tmp_path / f"{name}-prompt.pt")
+        torch.save(model.generate(prompt, 12, temperature=0), tmp_path / f"{name}-expected.pt")
+    script = (
+        "import torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "for name in ('byte', 'bpe'):\n"
+        "    model = AutoModelForCausalLM.from_pretrained(name).eval()\n"
+        f"    assert AutoTokenizer.from_pretrained(name)({text!r})['input_ids'] == "
+        "torch.load(name + '-prompt.pt')[0].tolist()\n"
+        "    model.generation_config.eos_token_id = None  # the export's eos is byte 0: a random model may choose it\n"
+        "    out = model.generate(torch.load(name + '-prompt.pt'), max_new_tokens=12, do_sample=False)\n"
+        "    assert torch.equal(out, torch.load(name + '-expected.pt')), (name, out)\n"
+        "    print('ok', name, type(model).__name__)\n"
+    )
+    assert run_alone(script, tmp_path).split() == ["ok", "byte", "Mamba2ForCausalLM", "ok", "bpe", "Mamba2ForCausalLM"]
+
+
+def test_a_mamba2_checkpoint_is_not_served_by_tens_transformers_class_but_its_export_is(mamba2_run):
+    checkpoint = mamba2_run[0] / "checkpoints" / "final"
+    with pytest.raises(ValueError, match="`ten export` writes it as transformers' Mamba2ForCausalLM"):
+        transformers.AutoModelForCausalLM.from_pretrained(checkpoint)
+
+
+def test_ten_eval_evaluates_a_mamba2_checkpoint_as_its_export(mamba2_run, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("lm_eval", reason="ten eval runs lm-evaluation-harness (the hf extra)")
+    from temporal_eigenstate_networks.hf import evaluate as harness
+
+    windows = []
+    load = harness.load_harness_model
+    monkeypatch.setattr(harness, "load_harness_model", lambda *a, **k: windows.append(lm := load(*a, **k)) or lm)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the export is written, then removed
+    run = mamba2_run[0]
+    assert main(["eval", "--checkpoint", str(run), "--tasks", "ten_shakespeare_ppl", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ten_shakespeare_ppl  bits_per_byte" in out and "ten validation (trained on" in out
+    (lm,) = windows
+    assert type(lm.model).__name__ == "Mamba2ForCausalLM" and lm.max_length == TRAIN_LENGTH  # TEN's window
+    assert list(tmp_path.iterdir()) == []  # the temporary export is gone
