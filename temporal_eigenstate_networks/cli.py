@@ -102,10 +102,10 @@ def cmd_export(args: argparse.Namespace, explicit: set[str]) -> None:
 
     if problem := transformers_problem():
         raise UserError(problem)
-    from .hf.export import export_hf
+    from .hf.export import export_hf, loading_code
 
     destination = export_hf(find_checkpoint(Path(args.checkpoint)), Path(args.hf), overwrite=args.overwrite)
-    print(f"wrote {destination}: AutoModelForCausalLM.from_pretrained({str(destination)!r}, trust_remote_code=True)")
+    print(f"wrote {destination}: {loading_code(destination)}")
 
 
 def cmd_prepare(args: argparse.Namespace, explicit: set[str]) -> None:
@@ -225,10 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "with --resume, more seeds for every variant")  # fmt: skip
     compare.set_defaults(run=cmd_compare)
 
-    settings_command(commands, "bench", "TEN vs the transformer baseline: time, memory, generation", BenchSettings,
-                     cmd_bench, "runs/bench")  # fmt: skip
+    settings_command(commands, "bench", "TEN vs the transformer baseline and Mamba-2: time, memory, generation",
+                     BenchSettings, cmd_bench, "runs/bench")  # fmt: skip
 
-    export = commands.add_parser("export", help="a folder transformers loads on its own (trust_remote_code)")
+    export = commands.add_parser(
+        "export", help="a folder transformers loads on its own (TEN: trust_remote_code; Mamba-2: its own class)"
+    )
     export.add_argument("--checkpoint", required=True, help="a checkpoint folder or a run's --output_dir")
     export.add_argument("--hf", required=True, metavar="DIR", help="the folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")

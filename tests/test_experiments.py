@@ -40,9 +40,9 @@ def test_compare_needs_one_budget_and_known_variants(capsys):
 
 
 def test_bench_measures_both_models_side_by_side(tmp_path):
-    settings = BenchSettings(d_model=32, n_layers=1, num_eigenstates=8, lengths=(32, 64), tokens_per_batch=128,
-                             contexts=(8, 16), decode_batches=(1, 2), new_tokens=2, reps=1,
-                             weight_read_mib=1)  # fmt: skip
+    settings = BenchSettings(models=("ten", "transformer"), d_model=32, n_layers=1, num_eigenstates=8,
+                             lengths=(32, 64), tokens_per_batch=128, contexts=(8, 16), decode_batches=(1, 2),
+                             new_tokens=2, reps=1, weight_read_mib=1)  # fmt: skip
     results = run_bench(settings, log=lambda _: None)
     assert [r["T"] for r in results["lengths"]] == [32, 64]
     first = results["lengths"][0]
@@ -51,7 +51,8 @@ def test_bench_measures_both_models_side_by_side(tmp_path):
     assert [(r["context"], r["batch"]) for r in results["generation"]] == [(8, 1), (16, 1), (8, 2), (16, 2)]
     assert growth(results, "ten", "forward_ms") is not None
     assert results["weight_reads"]["matvec_gbps"] > 0 and results["weight_reads"]["read_gbps"] > 0
-    assert "step ratio" in markdown(results) and "batch-1 matmuls read weights" in markdown(results)
+    assert "step TEN/attn" in markdown(results) and "batch-1 matmuls read weights" in markdown(results)
+    assert "Mamba-2" not in markdown(results)  # not asked for: no column, no note
     assert all(first[m]["train_tflop"] > 0 and first[m]["train_tflops"] > 0 for m in ("ten", "transformer"))
     assert results["matmul_peak_tflops"] > 0 and "TEN MFU" in markdown(results) and "MFU: FLOPs counted" in markdown(
         results)
@@ -160,7 +161,8 @@ def fake_bench(monkeypatch, fits: dict[str, int], error: Exception, generation_f
     monkeypatch.setattr(bench, "weight_read_rates", lambda settings, device: {"matvec_gbps": 1.0, "read_gbps": 2.0})
 
 
-TINY_BENCH = ["--d_model", "16", "--n_layers", "1", "--num_eigenstates", "4", "--contexts", "8,16", "--device", "cpu"]
+TINY_BENCH = ["--d_model", "16", "--n_layers", "1", "--num_eigenstates", "4", "--contexts", "8,16", "--device", "cpu",
+              "--models", "ten,transformer"]  # fmt: skip
 
 
 @pytest.mark.parametrize("lengths, fits, error, out_of_memory", [
@@ -190,11 +192,34 @@ def test_bench_checks_its_output_and_lengths_before_measuring(tmp_path, monkeypa
     taken.write_text("")
     for flags, message in [(["--output_dir", str(taken)], f"--output_dir {taken} cannot be written"),
                            (["--lengths", "16,16"], "--lengths: 16 given more than once"),
-                           (["--contexts", "8,x"], "--contexts: expected comma-separated")]:  # fmt: skip
+                           (["--contexts", "8,x"], "--contexts: expected comma-separated"),
+                           (["--models", "ten,mamba"], "--models: expected comma-separated names from ten, "
+                                                       "transformer, mamba2, got 'ten,mamba'"),
+                           (["--models", "ten,ten"], "--models: ten given more than once")]:  # fmt: skip
         assert main(["bench", "--output_dir", str(tmp_path / "out"), *flags]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert not (tmp_path / "out").exists()  # a refused command leaves no folder behind
+
+
+def test_bench_without_transformers_leaves_mamba2_out_in_one_line(tmp_path, monkeypatch, capsys):
+    """Where transformers' Mamba2ForCausalLM is missing, bench measures TEN and the transformer as before and says
+    why Mamba-2 is not there, with the install command; asked for by --models, it is a one-line error."""
+    monkeypatch.setattr(bench, "mamba2_available", lambda: False)
+    fake_bench(monkeypatch, {"ten": 64, "transformer": 64}, MemoryError())
+    argv = ["bench", *TINY_BENCH[:-2], "--lengths", "8", "--output_dir", str(tmp_path)]
+    assert main(argv) == 0
+    left_out = "Mamba-2 left out: it is transformers' Mamba2ForCausalLM, not installed here (pip install "
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(left_out) and "[hf]" in out.splitlines()[0]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["models"] == ["ten", "transformer"] and "mamba2" not in results["lengths"][0]
+    table = (tmp_path / "bench.md").read_text()
+    assert left_out in table and "Mamba-2 fwd ms" not in table and "| TEN fwd ms | attn fwd ms |" in table
+    assert main([*argv, "--models", "ten,mamba2"]) == 2
+    err = capsys.readouterr().err
+    assert "--models mamba2 is transformers' Mamba2ForCausalLM, which is not installed here: pip install" in err
+    assert err.count("\n") == 1
 
 
 def test_compare_runs_every_variant_at_every_seed_and_reports_the_spread(corpus, tmp_path, monkeypatch, capsys):

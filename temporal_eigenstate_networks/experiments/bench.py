@@ -1,9 +1,10 @@
-"""`ten bench`: TEN against the transformer baseline of the same width and depth, side by side.
+"""`ten bench`: TEN against the transformer baseline of the same width and depth, and Mamba-2 sized like that TEN
+(transformers' Mamba2ForCausalLM, where transformers is installed), side by side.
 
 For each sequence length: forward time, training-step time (forward, backward, AdamW), peak
 memory and tokens per second; then the time per generated token at several context lengths
-(TEN from its recurrent state, the transformer from its KV cache). Every ratio compares two
-measurements taken in the same run, one after the other.
+(TEN and Mamba-2 from their recurrent states, the transformer from its KV cache) and the state one
+sequence carries there. Every ratio compares two measurements taken in the same run, one after the other.
 """
 
 from __future__ import annotations
@@ -21,14 +22,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..architectures import build_model
 from ..atomic import atomic_write
+from ..baselines.mamba2_config import require_transformers_mamba2
 from ..config import DEFAULT_ATTENTION_WINDOW, TemporalEigenstateConfig
+from ..distribution import install_hint
 from ..flags import POSITIVE, check_settings, comma_list, setting
 from ..lm import LanguageModel
 from ..runs.folders import check_writable
 from ..timing import machine_description, median_seconds
 from .figures import png
 
-MODELS = ("ten", "transformer")
+MODELS = ("ten", "transformer", "mamba2")  # what bench measures, in the order of the tables' columns
+LABELS = {"ten": "TEN", "transformer": "attn", "mamba2": "Mamba-2"}  # the tables' column names
+NAMES = {"ten": "TEN", "transformer": "transformer", "mamba2": "Mamba-2"}  # in sentences and the plot
+MAMBA2_SIZES = ("expand", "state_size", "head_dim")  # what Mamba-2's sizing rule chose (the rest is TEN's)
 SLOW_S = 5.0  # a call slower than this is timed once (its warm-up): a 16k-token attention step would take minutes
 
 
@@ -46,14 +52,45 @@ def parse_lengths(text: str, flag: str = "--lengths") -> tuple[int, ...]:
     return values
 
 
+def parse_models(text: str, flag: str = "--models") -> tuple[str, ...]:
+    """'ten,mamba2' -> ('ten', 'mamba2'), checked by check_models."""
+    return check_models(tuple(comma_list(text)), flag)
+
+
+def check_models(names: tuple[str, ...], flag: str = "--models") -> tuple[str, ...]:
+    """``names``, if each is a model bench measures, given once; else a one-line ValueError."""
+    unknown = [name for name in names if name not in MODELS]
+    if not names or unknown:
+        raise ValueError(f"{flag}: expected comma-separated names from {', '.join(MODELS)}, got {','.join(names)!r}")
+    repeated = sorted({name for name in names if names.count(name) > 1}, key=MODELS.index)
+    if repeated:
+        raise ValueError(f"{flag}: {', '.join(repeated)} given more than once")
+    return names
+
+
+def mamba2_available() -> bool:
+    """Whether transformers' Mamba2ForCausalLM can be built here (it imports transformers: seconds)."""
+    try:
+        require_transformers_mamba2()
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class BenchSettings:
     """What `ten bench` measures: each field with a flag declares it (see flags.py), in the order of --help."""
 
+    # None: all three, Mamba-2 only where transformers is installed (run_bench says so in one line where it is not)
+    models: tuple[str, ...] | None = setting(
+        None,
+        "comma-separated, from: ten, transformer, mamba2 (default: all three; mamba2 where transformers is installed)",
+        read=parse_models,
+    )
     d_model: int = setting(512, bound=POSITIVE)
     n_layers: int = setting(4, bound=POSITIVE)
     num_eigenstates: int = setting(64, bound=POSITIVE)
-    # TEN's column as a hybrid; the transformer's is all attention
+    # TEN's column as a hybrid; the transformer's is all attention; Mamba-2 is sized like the hybrid
     layer_pattern: str | None = setting(None, "measure TEN as this hybrid, e.g. eeew (see ten train --help)")
     attention_window: int | None = setting(None, "the hybrid's w layers' window (default 256)", bound=POSITIVE)
     lengths: tuple[int, ...] = setting((256, 512, 1024, 2048, 4096, 8192, 16384), "sequence lengths T",
@@ -74,6 +111,11 @@ class BenchSettings:
         """Checked now, before any folder is made or anything measured: the bounds its fields declare (the parser
         checked a command's), then TEN's settings by its config."""
         check_settings(self)
+        if self.models is not None:
+            self.models = check_models(tuple(self.models))
+            if "mamba2" in self.models and not mamba2_available():
+                raise ValueError(f"--models mamba2 is transformers' Mamba2ForCausalLM, which is not installed here: "
+                                 f"{install_hint('hf')}")  # fmt: skip
         hybrid = {key: getattr(self, key) for key in ("layer_pattern", "attention_window") if getattr(self, key)}
         TemporalEigenstateConfig(d_model=self.d_model, n_layers=self.n_layers, num_eigenstates=self.num_eigenstates,
                                  **hybrid)  # fmt: skip
@@ -138,6 +180,8 @@ def peak_memory_mib(name: str, settings: BenchSettings, length: int, batch: int,
 
 
 def build(name: str, settings: BenchSettings, max_len: int, device: torch.device) -> LanguageModel:
+    """Each model from the same sizes: build_model gives each the ones its config has, and sizes Mamba-2 like
+    the TEN they make (hybrid included)."""
     hybrid = {key: getattr(settings, key) for key in ("layer_pattern", "attention_window") if getattr(settings, key)}
     return build_model(name, device, vocab_size=256, d_model=settings.d_model, n_layers=settings.n_layers,
                        num_eigenstates=settings.num_eigenstates, max_seq_len=max_len, **hybrid)  # fmt: skip
@@ -217,6 +261,8 @@ def measure_generation(
         first = logits[:, -1:].argmax(-1)
         step(first, state)  # compiles (and records the CUDA graph) outside the timing: a slow warm-up would be timed
 
+        # Mamba-2's step updates its cache in place, so each repetition goes on where the last one stopped: its
+        # state has one size at any context, so its time per token is the same.
         def decode() -> None:
             token, carried = first, state
             for _ in range(settings.new_tokens):
@@ -267,20 +313,37 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def chosen_models(settings: BenchSettings) -> tuple[list[str], str | None]:
+    """The models to measure, in the tables' order, and the line saying why Mamba-2 was left out (where --models
+    was not given and transformers is missing: bench then runs as before it measured Mamba-2)."""
+    if settings.models is not None:
+        return [name for name in MODELS if name in settings.models], None
+    if mamba2_available():
+        return list(MODELS), None
+    left_out = f"Mamba-2 left out: it is transformers' Mamba2ForCausalLM, not installed here ({install_hint('hf')})"
+    return [name for name in MODELS if name != "mamba2"], left_out
+
+
 def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measures each length for both models; a model that runs out of memory (or time) at a length gets an
+    """Measures each length for each model; a model that runs out of memory (or time) at a length gets an
     out-of-memory (or stopped) entry there and is not measured at longer ones."""
     device = torch.device(settings.device)
     torch.manual_seed(0)
+    names, left_out = chosen_models(settings)
+    if left_out:
+        log(left_out)
     results: dict[str, Any] = {"settings": settings.__dict__, "machine": machine_description(device),
-                               "lengths": [], "generation": [], "stopped": {}}  # fmt: skip
-    models = {name: build(name, settings, max(settings.lengths), device) for name in MODELS}
-    for name, model in models.items():
-        log(f"{name}: {model.num_parameters():,} parameters")
-    active, warm = set(MODELS), set()
+                               "models": names, "left_out": left_out, "lengths": [], "generation": [],
+                               "stopped": {}}  # fmt: skip
+    models = {name: build(name, settings, max(settings.lengths), device) for name in names}
+    results["parameters"] = {name: model.num_parameters() for name, model in models.items()}
+    if "mamba2" in models:
+        results["mamba2_sizes"] = {key: getattr(models["mamba2"].config, key) for key in MAMBA2_SIZES}
+    log(parameters_line(results))
+    active, warm = set(names), set()
     for length in settings.lengths:
         row: dict[str, Any] = {"T": length, "batch": max(1, settings.tokens_per_batch // length), "out_of_memory": []}
-        for name in MODELS:
+        for name in names:
             if name not in active:
                 continue
             try:
@@ -307,19 +370,10 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             break
     for batch in settings.decode_batches:
         for context in settings.contexts:
-            row = {"context": context, "batch": batch, "out_of_memory": []}
-            for name in MODELS:
-                try:
-                    row[name] = measure_generation(models[name].eval(), context, batch, settings, device)
-                except (RuntimeError, MemoryError) as err:
-                    if not is_out_of_memory(err):
-                        raise
-                    free_memory(device)
-                    row[name] = None
-                    row["out_of_memory"].append(name)
+            row = generation_row(models, context, batch, settings, device)
             results["generation"].append(row)
-            log(f"generation after {context:,} tokens, batch {batch}: ten {ms_per_step(row, 'ten')}, transformer "
-                f"{ms_per_step(row, 'transformer')}")  # fmt: skip
+            log(f"generation after {context:,} tokens, batch {batch}: "
+                + ", ".join(f"{name} {ms_per_step(row, name)}" for name in names))  # fmt: skip
     results["matmul_peak_tflops"] = matmul_peak_tflops(settings, device)
     results["weight_reads"] = weight_read_rates(settings, device)
     results["weight_mib"] = {name: model.num_parameters() * 4 / 2**20 for name, model in models.items()}
@@ -327,23 +381,59 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     return results
 
 
+def generation_row(
+    models: dict[str, LanguageModel], context: int, batch: int, settings: BenchSettings, device: torch.device
+) -> dict[str, Any]:
+    """Each model's ms per generated token after `context` tokens (None where it ran out of memory), and the bytes
+    of state one sequence carries there."""
+    state_bytes = {name: model.state_bytes(context) for name, model in models.items()}
+    row: dict[str, Any] = {"context": context, "batch": batch, "out_of_memory": [], "state_bytes": state_bytes}
+    for name, model in models.items():
+        try:
+            row[name] = measure_generation(model.eval(), context, batch, settings, device)
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err):
+                raise
+            free_memory(device)
+            row[name] = None
+            row["out_of_memory"].append(name)
+    return row
+
+
+def parameters_line(results: dict[str, Any]) -> str:
+    """Each model's parameter count; Mamba-2's sizes, which its sizing rule chose to match TEN's count."""
+    counts = ", ".join(f"{NAMES[name]} {count:,}" for name, count in results["parameters"].items())
+    line = f"parameters: {counts}"
+    if sizes := results.get("mamba2_sizes"):
+        line += f" (Mamba-2: {', '.join(f'{key} {value}' for key, value in sizes.items())}, sized like TEN)"
+    return line
+
+
 def weight_read_line(results: dict[str, Any]) -> str:
     rates, mib = results["weight_reads"], results["weight_mib"]
     floor = {name: 2**20 * size / 1e9 / rates["matvec_gbps"] * 1e3 for name, size in mib.items()}
+    each = ", ".join(f"{floor[name]:.2f} ms for {NAMES[name]} ({mib[name]:.0f} MiB)" for name in mib)
     return (
         f"batch-1 matmuls read weights at {rates['matvec_gbps']:.1f} GB/s "
-        f"(a plain read: {rates['read_gbps']:.1f} GB/s); "
-        f"reading every weight once per token takes {floor['ten']:.2f} ms for TEN ({mib['ten']:.0f} MiB), "
-        f"{floor['transformer']:.2f} ms for the transformer ({mib['transformer']:.0f} MiB)"
+        f"(a plain read: {rates['read_gbps']:.1f} GB/s); reading every weight once per token takes {each}"
     )
 
 
 # ---------------------------------------------------------------- reporting
 
 
-def ratio(row: dict, key: str) -> str:
-    if "ten" in row and "transformer" in row:
-        return f"{row['ten'][key] / row['transformer'][key]:.2f}"
+def measured_models(results: dict[str, Any]) -> list[str]:
+    """The models of a bench.json, in the tables' order (one written before "models" was saved: those in its rows)."""
+    if "models" in results:
+        return list(results["models"])
+    rows = results["lengths"] + results["generation"]
+    return [name for name in MODELS if any(name in row or name in row.get("out_of_memory", ()) for row in rows)]
+
+
+def ratio(row: dict, key: str, other: str) -> str:
+    """TEN's figure over `other`'s at one length."""
+    if "ten" in row and other in row:
+        return f"{row['ten'][key] / row[other][key]:.2f}"
     return "-"
 
 
@@ -375,13 +465,14 @@ def length_cell(row: dict[str, Any], name: str, key: str, fmt: str = "{:,.1f}") 
     return _mib(value) if key.endswith("mib") or key.endswith("b1") else fmt.format(value)
 
 
-def markdown(results: dict[str, Any]) -> str:
-    lines = [
-        "| T | batch | TEN fwd ms | attn fwd ms | fwd ratio | TEN step ms | attn step ms | step ratio | TEN tok/s "
-        "| attn tok/s | TEN MFU | attn MFU | TEN fwd+bwd MiB | attn fwd+bwd MiB | TEN fwd MiB (B=1) "
-        "| attn fwd MiB (B=1) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+def table_line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def length_table(results: dict[str, Any], names: list[str]) -> list[str]:
+    """Per length: each model's figures, a metric's columns side by side, TEN's time over each other model's
+    beside its times."""
+    others = [name for name in names if name != "ten"] if "ten" in names else []
     peak = results.get("matmul_peak_tflops")
 
     def mfu(model: dict | None) -> str:
@@ -390,27 +481,52 @@ def markdown(results: dict[str, Any]) -> str:
             return "-"
         return f"{100 * model['train_tflops'] / peak:.0f}%"
 
+    header = ["T", "batch"]
+    for key, words in (("fwd", "fwd ms"), ("step", "step ms")):
+        header += [f"{LABELS[name]} {words}" for name in names] + [f"{key} TEN/{LABELS[name]}" for name in others]
+    for words in ("tok/s", "MFU", "fwd+bwd MiB", "fwd MiB (B=1)"):
+        header += [f"{LABELS[name]} {words}" for name in names]
+    lines = [table_line(header), "|" + "---:|" * len(header)]
     for row in results["lengths"]:
-        ten, attn = row.get("ten"), row.get("transformer")
-        batch = row["batch"] if "batch" in row else (ten or attn)["batch"]  # older bench.json: in the models' rows
+        measured = [row[name] for name in names if name in row]
+        batch = row["batch"] if "batch" in row else measured[0]["batch"]  # older bench.json: in the models' rows
         cell = functools.partial(length_cell, row)
+        cells = [f"{row['T']:,}", str(batch)]
+        for key in ("forward_ms", "train_step_ms"):
+            cells += [cell(name, key) for name in names] + [ratio(row, key, name) for name in others]
+        cells += [cell(name, "tokens_per_s", "{:,.0f}") for name in names]
+        cells += [mfu(row.get(name)) for name in names]
+        cells += [cell(name, "train_peak_mib") for name in names]
+        cells += [cell(name, "forward_peak_mib_b1") for name in names]
+        lines.append(table_line(cells))
+    return lines
 
-        lines.append(
-            f"| {row['T']:,} | {batch} | {cell('ten', 'forward_ms')} | {cell('transformer', 'forward_ms')} "
-            f"| {ratio(row, 'forward_ms')} | {cell('ten', 'train_step_ms')} | {cell('transformer', 'train_step_ms')} "
-            f"| {ratio(row, 'train_step_ms')} | {cell('ten', 'tokens_per_s', '{:,.0f}')} "
-            f"| {cell('transformer', 'tokens_per_s', '{:,.0f}')} | {mfu(ten)} | {mfu(attn)} "
-            f"| {cell('ten', 'train_peak_mib')} | {cell('transformer', 'train_peak_mib')} "
-            f"| {cell('ten', 'forward_peak_mib_b1')} | {cell('transformer', 'forward_peak_mib_b1')} |"
-        )
-    lines += ["", "| context | batch | TEN ms/step | transformer ms/step | transformer / TEN |",
-              "|---:|---:|---:|---:|---:|"]  # fmt: skip
+
+def generation_table(results: dict[str, Any], names: list[str]) -> list[str]:
+    """Per context and batch: each model's ms per token, how many times TEN's each other model's is, and the state
+    one sequence carries."""
+    others = [name for name in names if name != "ten"] if "ten" in names else []
+    with_state = any("state_bytes" in row for row in results["generation"])  # older bench.json: none
+    header = ["context", "batch", *(f"{LABELS[name]} ms/step" for name in names)]
+    header += [f"{LABELS[name]} / TEN" for name in others]
+    header += [f"{LABELS[name]} state KiB" for name in names] if with_state else []
+    lines = [table_line(header), "|" + "---:|" * len(header)]
     for row in results["generation"]:
-        ten, attn = row["ten"], row["transformer"]
-        cells = ["OOM" if ms is None else f"{ms:.2f}" for ms in (ten, attn)]
-        speedup = "-" if ten is None or attn is None else f"{attn / ten:.2f}x"
-        lines.append(f"| {row['context']:,} | {row.get('batch', 1)} | {cells[0]} | {cells[1]} | {speedup} |")
-    if peak:
+        times = {name: row.get(name) for name in names}
+        cells = [f"{row['context']:,}", str(row.get("batch", 1))]
+        cells += ["OOM" if times[name] is None else f"{times[name]:.2f}" for name in names]
+        cells += ["-" if times["ten"] is None or times[name] is None else f"{times[name] / times['ten']:.2f}x"
+                  for name in others]  # fmt: skip
+        if with_state:
+            cells += [f"{row['state_bytes'][name] / 1024:,.1f}" for name in names]
+        lines.append(table_line(cells))
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    names = measured_models(results)
+    lines = [*length_table(results, names), "", *generation_table(results, names)]
+    if peak := results.get("matmul_peak_tflops"):
         lines.append(
             f"\nMFU: FLOPs counted by torch's FlopCounterMode per training step, against a "
             f"{results['settings']['dtype']} matmul measured at {peak:,.2f} TFLOP/s in the same run."
@@ -419,7 +535,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"\n{weight_read_line(results)}.")
     for name, why in results["stopped"].items():
         lines.append(f"\n{name}: stopped, {why}.")
-    if pattern := results["settings"].get("layer_pattern"):
+    if "parameters" in results:
+        lines.append(f"\n{parameters_line(results)}.")
+    if left_out := results.get("left_out"):
+        lines.append(f"\n{left_out}.")
+    if "ten" in names and (pattern := results["settings"].get("layer_pattern")):
         window = results["settings"].get("attention_window") or DEFAULT_ATTENTION_WINDOW
         lines.append(f"\nTEN is the hybrid {pattern} (w layers over {window:,} tokens).")
     return "\n".join(lines) + "\n"
@@ -429,21 +549,23 @@ def plot(results: dict[str, Any], output_dir: Path) -> list[Path]:
     # Time per token, not per call: the batch shrinks as T grows, down to 1 past tokens_per_batch.
     panels = [("forward_ms", "forward, us per token", True), ("train_step_ms", "training step, us per token", True),
               ("forward_peak_mib_b1", "forward peak memory, batch 1 (MiB)", False)]  # fmt: skip
+    names = measured_models(results)
     path = output_dir / "bench_scaling.png"
     with png(path, 1, len(panels), figsize=(15, 4.5)) as (figure, axes):
         for axis, (key, label, per_token) in zip(axes, panels, strict=True):
-            for name in MODELS:
+            for name in names:
                 measured = [(r["T"], r[name]) for r in results["lengths"] if name in r and r[name][key]]
                 points = [(t, 1e3 * m[key] / (m["batch"] * t) if per_token else m[key]) for t, m in measured]
                 if points:
-                    axis.loglog(*zip(*points, strict=True), marker="o", label=name, base=2)
+                    axis.loglog(*zip(*points, strict=True), marker="o", label=NAMES[name], base=2)
             axis.set_xlabel("sequence length T")
             axis.set_ylabel(label)
             axis.grid(alpha=0.3, which="both")
             if axis.get_lines():
                 axis.legend()
         settings = results["settings"]
-        figure.suptitle(f"TEN vs transformer, d={settings['d_model']}, {settings['n_layers']} layers")
+        title = " vs ".join(NAMES[name] for name in names)
+        figure.suptitle(f"{title}, d={settings['d_model']}, {settings['n_layers']} layers")
     return [path]
 
 
@@ -460,7 +582,7 @@ def run_command(settings: BenchSettings, output_dir: Path) -> None:
     check_writable(output_dir)  # before any measuring: a folder that cannot be written would lose it all
     results = run_bench(settings)
     write_outputs(results, output_dir)
-    exponents = {name: growth(results, name, "forward_peak_mib_b1") for name in MODELS}
+    exponents = {name: growth(results, name, "forward_peak_mib_b1") for name in results["models"]}
     print("\n" + markdown(results))
     if measured := [f"{n} p = {e:.2f}" for n, e in exponents.items() if e is not None]:  # two lengths or more
         print("forward peak memory ~ T^p: " + ", ".join(measured))

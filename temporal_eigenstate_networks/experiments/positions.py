@@ -1,8 +1,10 @@
 """Validation loss by position, past the training length: does a model keep using a longer context?
 
 Each model reads the same validation windows of `length` tokens whole, from position 1 (TEN and HTEN in one
-pass of the scan, the transformer with attention over the whole window and rotary positions it never
-trained on); the cross-entropy of every position is averaged over the windows.
+pass of the scan, Mamba-2 in one pass of its chunked scan, the transformer with attention over the whole window
+and rotary positions it never trained on); the cross-entropy of every position is averaged over the windows. For
+the recurrent models one pass is what reading the window through their state a training length at a time gives
+(tests/test_mamba2_tools.py checks Mamba-2's).
 """
 
 from __future__ import annotations

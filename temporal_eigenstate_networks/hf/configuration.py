@@ -37,9 +37,13 @@ class TenConfig(PreTrainedConfig):
     def to_ten(self) -> TemporalEigenstateConfig:
         """The network's config; a folder of the transformer baseline (or of no ten model) is refused in one line."""
         if self.architecture != "ten":
+            # Mamba-2 is transformers' own model: its export is that model's folder.
+            export = (
+                "; `ten export` writes it as transformers' Mamba2ForCausalLM" if self.architecture == "mamba2" else ""
+            )
             raise ValueError(
                 f"this config is of ten's {self.architecture!r} baseline; the transformers integration serves TEN and "
-                "HTEN models (architecture 'ten')"
+                f"HTEN models (architecture 'ten'){export}"
             )
         return TemporalEigenstateConfig.from_dict(
             {name: getattr(self, name) for name in config_fields("ten") if hasattr(self, name)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 from ..atomic import WriteError, atomic_open, write_failure
 from ..distribution import install_hint
 from ..flags import comma_list
+from ..lm import CONFIG_FILE, MODEL_TYPE
 from . import register_when_imported
 
 LM_EVAL_HINT = install_hint("hf")
@@ -97,6 +99,31 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(err).__name__
 
 
+def is_mamba2_checkpoint(model_dir: Path) -> bool:
+    """A ten folder (model_type "ten") of Mamba-2: transformers' own Mamba2ForCausalLM, which ten's TenForCausalLM
+    does not serve; its export does (`ten export`)."""
+    try:
+        values = json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # loading it says what is wrong
+    return (
+        isinstance(values, dict) and values.get("model_type") == MODEL_TYPE and values.get("architecture") == "mamba2"
+    )
+
+
+@contextmanager
+def harness_folder(model_dir: Path) -> Iterator[Path]:
+    """The folder lm-eval loads: `model_dir`, or for a ten checkpoint of Mamba-2 its export in a temporary folder
+    (removed after), with the same context window as TEN's (the training window, see export.py)."""
+    if not is_mamba2_checkpoint(model_dir):
+        yield model_dir
+        return
+    from .export import export_hf  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="ten-eval-") as scratch:
+        yield export_hf(model_dir, Path(scratch) / "mamba2")
+
+
 def load_harness_model(
     model_dir: Path,
     *,
@@ -135,7 +162,8 @@ def evaluate(
     log_samples: bool = False,
     bootstrap_iters: int = 1000,
 ) -> dict[str, Any]:
-    """Run lm-eval's simple_evaluate on the model folder with the local tasks, offline; its results dict.
+    """Run lm-eval's simple_evaluate on the model folder with the local tasks, offline; its results dict. A ten
+    checkpoint of Mamba-2 is evaluated as its export (`harness_folder`).
 
     `results["results"][task]` holds the metrics ("bits_per_byte,none", "acc,none", ...). `limit`: at most
     this many documents per task (a float below 1: that fraction). `max_length`: the context window of the
@@ -146,11 +174,11 @@ def evaluate(
 
     names = parse_tasks(tasks)
     device = str(resolve_device(device))
-    with offline():
+    with offline(), harness_folder(Path(model_dir).expanduser()) as folder:
         lm_eval = import_lm_eval()
         from lm_eval.tasks import TaskManager  # noqa: PLC0415
 
-        model = load_harness_model(Path(model_dir), batch_size=batch_size, device=device, max_length=max_length,
+        model = load_harness_model(folder, batch_size=batch_size, device=device, max_length=max_length,
                                    trust_remote_code=trust_remote_code)  # fmt: skip
         manager = TaskManager(include_path=str(task_dir()), include_defaults=False)
         try:

@@ -1,13 +1,19 @@
-"""`ten export --hf DIR`: a folder transformers loads on its own, with `trust_remote_code=True`.
+"""`ten export --hf DIR`: a folder transformers loads on its own.
 
-It holds what every checkpoint holds (config.json, model.safetensors, the tokenizer's files) plus `auto_map`
-in config.json and two small modules that import ten's classes. They import, not copy: the folder needs
-this package (`temporal-eigenstate-networks`) where it is loaded, and there is one network, ten's.
+For TEN (and HTEN, the hybrids), with `trust_remote_code=True`: it holds what every checkpoint holds (config.json,
+model.safetensors, the tokenizer's files) plus `auto_map` in config.json and two small modules that import ten's
+classes. They import, not copy: the folder needs this package (`temporal-eigenstate-networks`) where it is loaded,
+and there is one network, ten's.
+
+For Mamba-2, which is transformers' own Mamba2ForCausalLM: that model's own `save_pretrained` folder (model_type
+"mamba2") and the tokenizer's files, which load with neither this package nor trust_remote_code.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +57,9 @@ def export_hf(checkpoint: Path, destination: Path, overwrite: bool = False) -> P
 
     require_transformers()
     model = LanguageModel.from_pretrained(checkpoint)
-    if model.architecture != "ten":
-        raise ValueError(f"{checkpoint} holds ten's {model.architecture!r} baseline; only TEN and HTEN models export")
+    if model.architecture not in WRITERS:
+        raise ValueError(f"{checkpoint} holds ten's {model.architecture!r} baseline; TEN, HTEN and Mamba-2 models "
+                         "export")  # fmt: skip
     tokenizer = load_tokenizer(checkpoint)
     destination = Path(destination).expanduser()
     recover_interrupted_swaps(destination.parent, destination.name)  # first: a killed export may have set it aside
@@ -60,20 +67,63 @@ def export_hf(checkpoint: Path, destination: Path, overwrite: bool = False) -> P
         raise ValueError(f"{destination} is not empty: choose another folder or pass --overwrite")
     try:
         with atomic_folder(destination) as staging:
-            _write_export(staging, model, tokenizer)
+            WRITERS[model.architecture](staging, model, tokenizer)
     except (OSError, SafetensorError) as err:  # a full disk: nothing half-written is left
         raise WriteError(f"cannot write {destination}: {write_failure(err)}") from None
     return destination
 
 
-def _write_export(folder: Path, model: LanguageModel, tokenizer: Any) -> None:
+def _write_ten(folder: Path, model: LanguageModel, tokenizer: Any) -> None:
     model.save_pretrained(folder)
     save_tokenizer(tokenizer, folder)
     config = json.loads((folder / CONFIG_FILE).read_text())
     write_json(folder / CONFIG_FILE, {**config, "architectures": ["TenForCausalLM"], "auto_map": AUTO_MAP})
-    if getattr(tokenizer, "kind", None) in ("byte", "bpe"):
-        # generate pads a batch's finished rows with pad_token_id: the tokenizer's pad and eos, byte 0's token.
-        nul = int(tokenizer.encode("\x00")[0])
-        write_json(folder / GENERATION_CONFIG_FILE, {"pad_token_id": nul, "eos_token_id": nul})
+    _write_generation_config(folder, tokenizer)
     for name, class_name in CODE_FILES.items():
         (folder / name).write_text(_code(class_name))
+
+
+def _write_mamba2(folder: Path, model: LanguageModel, tokenizer: Any) -> None:
+    """The inner Mamba2ForCausalLM's own folder: its config (model_type "mamba2"), weights and generation config."""
+    with _no_progress_bars():  # one "Writing model shards" bar, for one file
+        model.network.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    # lm-eval reads max_position_embeddings as its context window: the training window, as TEN's export gives it
+    # (Mamba-2 has no positions; transformers' Mamba2Config keeps the key and nothing reads it).
+    write_json(folder / CONFIG_FILE, {**config, "max_position_embeddings": model.config.max_seq_len})
+    _write_generation_config(folder, tokenizer)
+
+
+WRITERS: dict[str, Callable[[Path, LanguageModel, Any], None]] = {"ten": _write_ten, "mamba2": _write_mamba2}
+
+
+def _write_generation_config(folder: Path, tokenizer: Any) -> None:
+    """generate pads a batch's finished rows with pad_token_id: for the byte and BPE tokenizers, their pad and eos,
+    byte 0's token (over what save_pretrained wrote there, if anything)."""
+    if getattr(tokenizer, "kind", None) not in ("byte", "bpe"):
+        return
+    nul = int(tokenizer.encode("\x00")[0])
+    path = folder / GENERATION_CONFIG_FILE
+    written = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**written, "pad_token_id": nul, "eos_token_id": nul})
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off for the duration, then as they were."""
+    from transformers.utils import logging as transformers_logging  # noqa: PLC0415  (optional extra)
+
+    was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers_logging.enable_progress_bar()
+
+
+def loading_code(destination: Path) -> str:
+    """How transformers loads an export: TEN's needs trust_remote_code (its auto_map), Mamba-2's does not."""
+    remote = ", trust_remote_code=True" if (destination / next(iter(CODE_FILES))).is_file() else ""
+    return f"AutoModelForCausalLM.from_pretrained({str(destination)!r}{remote})"
