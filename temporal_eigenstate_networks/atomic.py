@@ -99,6 +99,24 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         raise
 
 
+def overlap(target: Path, read: Path) -> str | None:
+    """How ``target`` (a folder about to be replaced or written into) overlaps ``read`` (what the command reads):
+    "is", "holds" or "lies inside"; None where they are apart. Resolved, so a link or ".." is no way round."""
+    target, read = target.expanduser().resolve(), read.expanduser().resolve()
+    if target == read:
+        return "is"
+    if target in read.parents:
+        return "holds"
+    return "lies inside" if read in target.parents else None
+
+
+def refuse_overlap(target: Path, read: Path, flag: str, what: str) -> None:
+    """One line, before anything is written, where writing ``target`` would delete or change ``read``."""
+    if relation := overlap(target, read):
+        raise ValueError(f"{flag} {target} {relation} the {what} {read} it reads: writing there would delete or "
+                         f"change it; choose another folder")  # fmt: skip
+
+
 def replace_folder(new: Path, path: Path) -> None:
     """Move `new` to `path`; an older `path` is set aside first and put back if the move fails.
 

@@ -31,7 +31,7 @@ from ..runs.folders import (
 from ..runs.metrics_log import read_records
 from ..training import TrainArguments, Trainer
 from ..training.arguments import MODEL_FIELDS
-from ..training.plan import batch_shape, merge_resumed_arguments, model_plan
+from ..training.plan import batch_shape, local_data, merge_resumed_arguments, model_plan
 from . import spread
 from .figures import png
 
@@ -171,7 +171,7 @@ def new_comparison(
     folder = Path(args.output_dir).expanduser()
     runs = [p for p in folder.iterdir() if holds_run(p)] if folder.is_dir() else []
     earlier = [folder / n for n in OUTPUTS if (folder / n).exists()] + runs
-    clear_earlier(folder, earlier, args.overwrite, what="comparison")
+    clear_earlier(folder, earlier, args.overwrite, what="comparison", reading=local_data(args))
     check_writable(folder)
     return Comparison(base, names, folder, seeds=seeds)
 

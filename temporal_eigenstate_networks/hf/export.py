@@ -19,7 +19,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from ..atomic import WriteError, atomic_folder, recover_interrupted_swaps, write_failure
+from ..atomic import WriteError, atomic_folder, recover_interrupted_swaps, refuse_overlap, write_failure
 from ..data import load_tokenizer, save_tokenizer
 from ..data.jsonfile import write_json
 from ..distribution import DISTRIBUTION, install_hint
@@ -56,6 +56,7 @@ def export_hf(checkpoint: Path, destination: Path, overwrite: bool = False) -> P
     from . import require_transformers  # noqa: PLC0415
 
     require_transformers()
+    refuse_overlap(Path(destination), checkpoint, "--hf", "checkpoint")  # --overwrite would replace it
     model = LanguageModel.from_pretrained(checkpoint)
     if model.architecture not in WRITERS:
         raise ValueError(f"{checkpoint} holds ten's {model.architecture!r} baseline; TEN, HTEN and Mamba-2 models "

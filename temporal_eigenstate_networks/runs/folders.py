@@ -8,8 +8,10 @@ with an atomic mkdir, so two runs started at the same moment take `runs/<name>` 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
+from ..atomic import overlap
 from .metrics_log import METRICS
 
 CHECKPOINTS = "checkpoints"
@@ -41,16 +43,24 @@ def check_writable(folder: Path) -> None:
 ABANDONED = "abandoned-after-"  # + the step: the later checkpoints of a run resumed from an older one
 
 
-def claim_output_dir(folder: Path, overwrite: bool) -> None:
+def claim_output_dir(folder: Path, overwrite: bool, reading: Iterable[Path] = ()) -> None:
     """An explicit --output_dir: refused when it holds a run (its checkpoints would be lost) unless --overwrite."""
     earlier = [p for p in (folder / CHECKPOINTS, folder / METRICS) if p.is_file() or any_in(p)]
     earlier += sorted(folder.glob(f"{ABANDONED}*")) if folder.is_dir() else []  # checkpoints a resume set aside
-    clear_earlier(folder, earlier, overwrite)
+    clear_earlier(folder, earlier, overwrite, reading=reading)
     check_writable(folder / CHECKPOINTS)
 
 
-def clear_earlier(folder: Path, earlier: list[Path], overwrite: bool, what: str = "run") -> None:
-    """Refuse a folder whose `earlier` files (a run's, a comparison's) would be lost; --overwrite deletes them."""
+def clear_earlier(
+    folder: Path, earlier: list[Path], overwrite: bool, what: str = "run", reading: Iterable[Path] = ()
+) -> None:
+    """Refuse a folder whose `earlier` files (a run's, a comparison's) would be lost; --overwrite deletes them,
+    never one that is, holds or lies inside what the command reads (`reading`: its data, a checkpoint)."""
+    for path in earlier:
+        for read in reading:
+            if relation := overlap(path, read):
+                raise ValueError(f"--output_dir {folder}: --overwrite would delete {path}, which {relation} {read}, "
+                                 "what this command reads; choose another --output_dir")  # fmt: skip
     if earlier and not overwrite:
         raise ValueError(
             f"--output_dir {folder} holds an earlier {what}: continue it with --resume, "

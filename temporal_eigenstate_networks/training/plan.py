@@ -189,11 +189,17 @@ def resolve_run(
     if writes and args.output_dir is not None:
         output_dir = Path(args.output_dir).expanduser()
         if context.is_main:
-            claim_output_dir(output_dir, args.overwrite)
+            claim_output_dir(output_dir, args.overwrite, reading=local_data(args))
     elif writes:
         base = Path("runs") / model.run_name(args.config)
         output_dir = context.broadcast(claim_run_dir(base) if context.is_main else None)
     return _plan(resolved_arguments(args, model, output_dir), model, output_dir)
+
+
+def local_data(args: TrainArguments) -> list[Path]:
+    """The files and folders on this machine the run reads its data from (a hub name is none)."""
+    given = [args.dataset, args.tokenized_dir]
+    return [Path(p).expanduser() for p in given if p is not None and Path(p).expanduser().exists()]
 
 
 def _resume_plan(args: TrainArguments, explicit: set[str], context: DistributedContext) -> RunPlan:
@@ -226,7 +232,7 @@ def resumed_output_dir(args: TrainArguments, target: Path, checkpoint: Path, con
     if args.output_dir is not None:
         output_dir = Path(args.output_dir).expanduser()
         if context.is_main and (source is None or output_dir.resolve() != source.resolve()):
-            claim_output_dir(output_dir, args.overwrite)
+            claim_output_dir(output_dir, args.overwrite, reading=[checkpoint, *local_data(args)])
         return output_dir
     if source is None:
         raise ValueError(
