@@ -431,7 +431,7 @@ def bad_inputs(tmp_path: Path, corpus: Path) -> list[tuple[list[str], str]]:
         (["--dataset", str(empty)], "empty"),
         (["--dataset", str(binary)], "not UTF-8"),
         (["--dataset", str(short)], "fewer than one window"),
-        ([*data, "--resume", str(tmp_path / "nothing")], "no checkpoint"),
+        ([*data, "--resume", str(tmp_path / "nothing")], "nothing does not exist"),
         ([*data, "--output_dir", str(blocker / "run")], "--output_dir"),
         ([*data, "--output_dir", str(earlier_run)], "holds an earlier run"),
         ([*data, "--use_8bit_optim"], "bitsandbytes"),
@@ -511,3 +511,10 @@ def test_a_resumed_run_keeps_its_mlp_hidden(corpus, tmp_path, capsys):
     assert code == 2 and "--mlp_hidden 0 differs from the resumed run's 64; a resumed run keeps it" in err
     code, _, err = run_cli([*argv, "--mlp_hidden", "64"], capsys)  # the value in use may be given
     assert code == 0, err
+
+
+def test_a_checkpoint_path_that_does_not_exist_is_named(tmp_path, capsys):
+    missing = tmp_path / "no-such-run"
+    for command in (["generate", "--checkpoint", str(missing)], ["positions", "--checkpoint", str(missing)]):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and err.strip().endswith(f"{missing} does not exist") and err.count("\n") == 1

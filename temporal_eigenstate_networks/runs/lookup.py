@@ -71,6 +71,8 @@ def find_checkpoint(target: Path) -> Path:
     """The one lookup policy of `--resume PATH` and `ten generate --checkpoint PATH`: a checkpoint folder as
     given, or the latest checkpoint of a run folder (or of its checkpoints/ folder)."""
     target = Path(target).expanduser()
+    if not target.exists():
+        raise CheckpointError(f"{target} does not exist")
     if (target / CONFIG_FILE).is_file():
         return target
     folder = target / CHECKPOINTS if (target / CHECKPOINTS).is_dir() else target
