@@ -3,6 +3,7 @@
 import pytest
 
 from temporal_eigenstate_networks.experiments.spread import markdown, plot, summarize, value_at, verdict
+from temporal_eigenstate_networks.units import duration_text, tokens_text
 
 
 def curve(points):
@@ -57,3 +58,28 @@ def test_the_seeds_plot_draws_every_variant_even_a_single_seed(tmp_path):
     rows.append({"variant": "k32", "seed": 0, "parameters": 9, "tokens_per_s": 1.0, "curve": curve([(100, 1, 3.5)])})
     plot(rows, "full", tmp_path / "seeds.png")
     assert (tmp_path / "seeds.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_one_seed_shows_its_value_without_a_spread_and_small_runs_keep_their_size():
+    rows = [
+        {"variant": "full", "seed": 0, "parameters": 10, "tokens_per_s": 100.0,
+         "curve": curve([(0, 0, 5.0), (4096, 20, 2.0)])},
+        {"variant": "full", "seed": 1, "parameters": 10, "tokens_per_s": 100.0,
+         "curve": curve([(0, 0, 5.0), (4096, 20, 3.0)])},
+        {"variant": "no-gate", "seed": 0, "parameters": 8, "tokens_per_s": 50.0,
+         "curve": curve([(0, 0, 5.0), (4096, 20, 4.0)])},
+    ]  # fmt: skip
+    table = markdown(summarize(rows), "full")
+    assert "at 4,096 tokens and at 20 s" in table  # not "0.00 M tokens" and "0.3 min"
+    full, no_gate = (line for line in table.splitlines() if line.startswith(("| full", "| no-gate")))
+    assert "2.5000 ± 0.7071 (2.0000..3.0000)" in full
+    assert "| 1 | 4.0000 |" in no_gate and "±" not in no_gate
+
+
+@pytest.mark.parametrize(
+    ("tokens", "seconds", "text"),
+    [(512, 5.4, "512 tokens in 5 s"), (12_288, 42.0, "0.0123 M tokens in 42 s"),
+     (1_310_720, 168.0, "1.31 M tokens in 2.8 min")],
+)  # fmt: skip
+def test_units_keep_a_small_run_from_reading_as_nothing(tokens, seconds, text):
+    assert f"{tokens_text(tokens)} tokens in {duration_text(seconds)}" == text

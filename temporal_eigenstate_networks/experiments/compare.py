@@ -32,6 +32,7 @@ from ..runs.metrics_log import read_records
 from ..training import TrainArguments, Trainer
 from ..training.arguments import MODEL_FIELDS
 from ..training.plan import batch_shape, local_data, merge_resumed_arguments, model_plan
+from ..units import duration_text, tokens_text
 from . import spread
 from .figures import png
 
@@ -339,8 +340,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         energy = f"{r['val_energy']:.3f}" if "val_energy" in r else "-"  # models without an energy loss
         lines.append(
             f"| {r['variant']} | {r['parameters'] / 1e6:.2f} M | {r['val_ce']:.4f} | {bits:.3f} | {r['val_ppl']:.2f} "
-            f"| {100 * (r['val_ce'] / best - 1):+.1f}% | {r['tokens_per_s']:,.0f} | {r['tokens'] / 1e6:.1f} M "
-            f"| {r['wall_s'] / 60:.1f} min | {energy} |"
+            f"| {100 * (r['val_ce'] / best - 1):+.1f}% | {r['tokens_per_s']:,.0f} | {tokens_text(r['tokens'])} "
+            f"| {duration_text(r['wall_s'])} | {energy} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..units import duration_text, spread_text, tokens_text
 from .figures import png
 
 MIN_SEEDS = 3  # for a verdict: two alike variants' ranges of 3 seeds miss each other 1 time in 10
@@ -103,8 +104,8 @@ def markdown(summary: dict[str, Any], reference: str | None) -> str:
     ref = variants.get(reference) if reference else None
     paper_ref = PAPER_PERPLEXITY.get(reference or "")
     lines = [
-        f"Validation CE (nats/token), mean ± std (min..max) over seeds, at {summary['tokens'] / 1e6:.2f} M tokens "
-        f"and at {summary['seconds'] / 60:.1f} min" + (f"; differences against `{reference}`" if ref else ""),
+        f"Validation CE (nats/token), mean ± std (min..max) over seeds, at {tokens_text(summary['tokens'])} tokens "
+        f"and at {duration_text(summary['seconds'])}" + (f"; differences against `{reference}`" if ref else ""),
         "",
         "| variant | parameters | seeds | equal tokens | Δ | equal time | Δ | tokens/s | paper ppl | verdict |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -113,7 +114,7 @@ def markdown(summary: dict[str, Any], reference: str | None) -> str:
         cells = []
         for budget in ("equal_tokens", "equal_time"):
             s = entry[budget]
-            cells.append(f"{s['mean']:.4f} ± {s['std']:.4f} ({s['min']:.4f}..{s['max']:.4f})")
+            cells.append(spread_text(s, len(entry["seeds"])))
             cells.append(f"{s['mean'] - ref[budget]['mean']:+.4f}" if ref and name != reference else "")
         paper = PAPER_PERPLEXITY.get(name)
         judged = ""
@@ -154,5 +155,5 @@ def plot(rows: list[dict[str, Any]], reference: str | None, path: Path) -> None:
             final.axvspan(s["min"], s["max"], color="tab:blue", alpha=0.15, label=f"{reference}: min..max")
             final.legend(fontsize="small")
         final.set_yticks(range(len(names)), names)
-        final.set_xlabel(f"validation cross-entropy at {summary['tokens'] / 1e6:.2f} M tokens, each seed a dot")
+        final.set_xlabel(f"validation cross-entropy at {tokens_text(summary['tokens'])} tokens, each seed a dot")
         final.grid(alpha=0.3, axis="x")

@@ -28,6 +28,7 @@ from ..runs.checkpoint import CheckpointError, TrainerState, non_finite_paramete
 from ..runs.folders import CHECKPOINTS, release_run_dir
 from ..runs.lookup import FINAL, checkpoint_name, latest_checkpoint, prune_step_checkpoints, set_aside_abandoned_work
 from ..runs.metrics_log import append_record
+from ..units import duration_text, tokens_text
 from .arguments import TrainArguments
 from .budget import TimeBudget
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -521,7 +522,7 @@ class Trainer:
     def throughput_line(self) -> str:
         """Tokens, time and speed of the run; its peak GPU memory and, with --hourly_rate, what it cost."""
         tokens, seconds = self.state.tokens_seen, max(self.state.elapsed_s, 1e-9)
-        parts = [f"{tokens / 1e6:,.2f} M tokens in {seconds / 60:,.1f} min ({tokens / seconds:,.0f} tokens/s)"]
+        parts = [f"{tokens_text(tokens)} tokens in {duration_text(seconds)} ({tokens / seconds:,.0f} tokens/s)"]
         if self.device.type == "cuda":
             parts.append(f"peak memory {torch.cuda.max_memory_allocated(self.device) / 2**30:,.1f} GiB")
         if self.args.hourly_rate is not None:
