@@ -261,6 +261,7 @@ def test_compare_runs_every_variant_at_every_seed_and_reports_the_spread(corpus,
     (["--variants", "full", "--no_coupling"], "--no_coupling is what variant full sets"),
     (["--variants", "ten,transformer", "--model", "ten"], "--model is what variant transformer sets"),
     (["--variants", "ablations,full"], "--variants: full given more than once"),
+    (["--variants", "ablations", "--num_heads", "2"], "variant no-coupling: --num_heads only partitions the coupling"),
 ])  # fmt: skip
 def test_compare_refuses_contradictory_ablations(corpus, capsys, extra, message):
     code = None

@@ -139,8 +139,11 @@ def check_variants(base: TrainArguments, names: list[str], typed: set[str] = fro
         if overridden:
             raise ValueError(f"{SWITCHES[overridden[0]]} is what variant {name} sets: it cannot apply to every variant")
         args = variant_arguments(base, name, DEFAULT_DIR)
-        args.validate()
-        model_plan(args)
+        try:
+            args.validate()
+            model_plan(args)
+        except ValueError as err:  # the variant's own settings may be what a flag given for all contradicts
+            raise ValueError(f"variant {name}: {err}") from None
 
 
 # ---------------------------------------------------------------- where a comparison writes
