@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--checkpoint", required=True, help="a checkpoint or run folder")
     analyze.add_argument("--dataset", default="shakespeare", help="validation text to read (default %(default)s)")
     analyze.add_argument("--tokenizer", default="byte")
-    analyze.add_argument("--length", type=positive(int), help="tokens per window (default 4 x max_seq_len)")
+    analyze.add_argument("--length", type=positive(int), help="tokens per window, >= 17 (default 4 x max_seq_len)")
     analyze.add_argument("--sequences", type=positive(int), default=8, help="windows (default %(default)s)")
     add_device_flag(analyze)
     analyze.add_argument("--output_dir", default="runs/analyze")

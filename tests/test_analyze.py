@@ -94,3 +94,17 @@ def test_ten_analyze_refuses_what_it_cannot_read(tmp_path, corpus, capsys):
     assert "is a file" in capsys.readouterr().err
     assert main(["analyze", "--checkpoint", str(tmp_path / "nothing"), *args, str(tmp_path / "b")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("length", ["2", "4", "16"])
+def test_a_window_too_short_for_far_lags_is_one_line_before_anything_is_written(tmp_path, corpus, capsys, length):
+    config = TemporalEigenstateConfig(vocab_size=256, d_model=16, n_layers=1, num_eigenstates=8, num_heads=2,
+                                      max_seq_len=16)  # fmt: skip
+    TemporalEigenstateNetwork(config).save_pretrained(tmp_path / "model")
+    out = tmp_path / "analysis"
+    args = ["analyze", "--checkpoint", str(tmp_path / "model"), "--dataset", str(corpus), "--length", length,
+            "--device", "cpu", "--output_dir", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--length {length} is too short to tell far lags from near ones" in err
+    assert not out.exists()

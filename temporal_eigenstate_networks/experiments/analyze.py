@@ -36,6 +36,9 @@ from .figures import png
 from .positions import check_vocabulary, validation_windows
 
 NEAR_LAGS = (1, 2, 3, 4)
+# The shortest window whose lags reach 16: the farthest (8, 16) then lie beyond the nearest, so far/near measures
+# memory (shorter, the two overlap and the ratio reads 1, perfect memory, whatever the model).
+MIN_LENGTH = 17
 
 
 @dataclass
@@ -281,13 +284,15 @@ def run_analysis(
 ) -> tuple[str, str, list[str]]:
     """A TEN checkpoint's analysis over validation windows (`length` None: 4 x its training window), written to
     `output` (analysis.json, analysis.md and the pictures); the title, the table and the pictures' names."""
+    if length is not None and length < MIN_LENGTH:
+        raise ValueError(f"--length {length} is too short to tell far lags from near ones: give at least {MIN_LENGTH}")
     checkpoint = find_checkpoint(target)
     model = load_model(checkpoint, device)
     if model.architecture != "ten":
         raise ValueError(f"{checkpoint} is a {model.architecture} model: only TEN has eigenstates to analyze")
     data = load_token_data(dataset, tokenizer)
     check_vocabulary(checkpoint, model, data, tokenizer)
-    length = length or 4 * model.config.max_seq_len
+    length = length or max(MIN_LENGTH, 4 * model.config.max_seq_len)
     windows = validation_windows(data.val, length, sequences)[:, :-1].to(device)
     reports = analyze(model, windows)
     output.mkdir(parents=True, exist_ok=True)
