@@ -145,25 +145,30 @@ def cmd_synthetic(args: argparse.Namespace, explicit: set[str]) -> None:
 
 def cmd_positions(args: argparse.Namespace, explicit: set[str]) -> None:
     from .device import resolve_device
+    from .experiments.positions import OUTPUTS as POSITIONS_OUTPUTS
     from .experiments.positions import run_positions
+    from .runs.folders import claim_results_dir, released_if_empty
 
     device = resolve_device(args.device)
-    output = Path(args.output_dir)
-    table = run_positions(args.checkpoint, args.dataset, args.tokenizer, args.length, args.sequences, args.batch_size,
-                          device, output, log=print)  # fmt: skip
+    output = claim_results_dir(args.output_dir, Path("runs/positions"), POSITIONS_OUTPUTS, args.overwrite)
+    with released_if_empty(output):
+        table = run_positions(args.checkpoint, args.dataset, args.tokenizer, args.length, args.sequences,
+                              args.batch_size, device, output, log=print)  # fmt: skip
     print("\n" + table + f"\nwritten: {output}/positions.md, positions.json, positions.png")
 
 
 def cmd_analyze(args: argparse.Namespace, explicit: set[str]) -> None:
     from .device import resolve_device
-    from .experiments.analyze import run_analysis
+    from .experiments.analyze import OUTPUTS as ANALYSIS_OUTPUTS
+    from .experiments.analyze import check_length, run_analysis
+    from .runs.folders import claim_results_dir, released_if_empty
 
-    output = Path(args.output_dir)
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output_dir {output} is a file")
+    check_length(args.length)  # before a folder is claimed
+    output = claim_results_dir(args.output_dir, Path("runs/analyze"), ANALYSIS_OUTPUTS, args.overwrite)
     device = resolve_device(args.device)
-    title, table, pictures = run_analysis(Path(args.checkpoint), args.dataset, args.tokenizer, args.length,
-                                          args.sequences, device, output)  # fmt: skip
+    with released_if_empty(output):
+        title, table, pictures = run_analysis(Path(args.checkpoint), args.dataset, args.tokenizer, args.length,
+                                              args.sequences, device, output)  # fmt: skip
     print(f"{title}\n\n{table}\n\nwritten: {output}/analysis.md, analysis.json, {', '.join(pictures)}")
 
 
@@ -193,6 +198,10 @@ def settings_command(
     add_device_flag(command)
     command.add_argument("--output_dir", default=output, help=output_help)
     command.set_defaults(run=run)
+
+
+DATA_HELP = "validation text to read (default: the data the run trained on; Shakespeare for a model saved alone)"
+TOKENIZER_HELP = "default: the run's (byte for a model saved alone)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,23 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
     positions.add_argument(
         "--checkpoint", action="append", required=True, help="a checkpoint or run folder (repeat for several models)"
     )
-    positions.add_argument("--dataset", default="shakespeare")
-    positions.add_argument("--tokenizer", default="byte")
+    positions.add_argument("--dataset", help=DATA_HELP)
+    positions.add_argument("--tokenizer", help=TOKENIZER_HELP)
     positions.add_argument("--length", type=positive(int), default=4096, help="window length (tokens)")
     positions.add_argument("--sequences", type=positive(int), default=16, help="windows to average over")
     positions.add_argument("--batch_size", type=positive(int), default=1)
     add_device_flag(positions)
-    positions.add_argument("--output_dir", default="runs/positions")
+    positions.add_argument("--output_dir", help="default: runs/positions, or the next free runs/positions-N")
+    positions.add_argument("--overwrite", action="store_true", help="replace the outputs in an --output_dir")
     positions.set_defaults(run=cmd_positions)
 
     analyze = commands.add_parser("analyze", help="a TEN checkpoint's eigenvalues, timescales, coupling and energy")
     analyze.add_argument("--checkpoint", required=True, help="a checkpoint or run folder")
-    analyze.add_argument("--dataset", default="shakespeare", help="validation text to read (default %(default)s)")
-    analyze.add_argument("--tokenizer", default="byte")
+    analyze.add_argument("--dataset", help=DATA_HELP)
+    analyze.add_argument("--tokenizer", help=TOKENIZER_HELP)
     analyze.add_argument("--length", type=positive(int), help="tokens per window, >= 17 (default 4 x max_seq_len)")
     analyze.add_argument("--sequences", type=positive(int), default=8, help="windows (default %(default)s)")
     add_device_flag(analyze)
-    analyze.add_argument("--output_dir", default="runs/analyze")
+    analyze.add_argument("--output_dir", help="default: runs/analyze, or the next free runs/analyze-N")
+    analyze.add_argument("--overwrite", action="store_true", help="replace the outputs in an --output_dir")
     analyze.set_defaults(run=cmd_analyze)
 
     prepare = commands.add_parser("prepare", help="tokenize a corpus into token files for --tokenized_dir")

@@ -97,5 +97,31 @@ def test_loss_by_position_reads_windows_longer_than_training(corpus, tmp_path, c
     assert "| 1-32 | 33-64 | 65-128 |" in (out / "positions.md").read_text()
     capsys.readouterr()
     argv[argv.index("128")] = "100000"
-    assert main(argv) == 2
+    assert main([*argv, "--overwrite"]) == 2
     assert "too few for one window" in capsys.readouterr().err
+
+
+def test_positions_and_analyze_read_the_runs_own_data_and_never_replace_earlier_outputs(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    from .test_training import TINY
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(corpus), *TINY, "--max_steps", "1", "--output_dir", str(run)]) == 0
+    for command, extra, output, names in (
+        ("positions", ["--length", "64", "--sequences", "2"], "runs/positions", ("positions.md",)),
+        ("analyze", ["--length", "32", "--sequences", "2"], "runs/analyze", ("analysis.md", "energy.png")),
+    ):
+        capsys.readouterr()
+        argv = [command, "--checkpoint", str(run), *extra, "--device", "cpu"]
+        assert main(argv) == 0 and main(argv) == 0  # the second call takes the next folder
+        out = capsys.readouterr().out
+        assert "corpus.txt" in out and "shakespeare" not in out.lower()  # the run's data, named
+        first, second = tmp_path / output, tmp_path / f"{output}-2"
+        assert all((first / name).is_file() and (second / name).is_file() for name in names)
+        assert main([*argv, "--output_dir", str(first)]) == 2
+        assert "holds an earlier" in capsys.readouterr().err
+        assert main([*argv, "--output_dir", str(first), "--overwrite"]) == 0
+        assert main([*argv, "--checkpoint", str(tmp_path / "missing")]) == 2
+        assert not (tmp_path / f"{output}-3").exists()  # a failed call gives its folder back

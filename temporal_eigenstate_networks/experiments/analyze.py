@@ -28,12 +28,11 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_write
-from ..data import load_token_data
 from ..modules.eigenstate import EigenstateCore, energy
 from ..runs.checkpoint import load_model
 from ..runs.lookup import find_checkpoint
 from .figures import png
-from .positions import check_vocabulary, validation_windows
+from .positions import check_vocabulary, evaluation_data, validation_windows
 
 NEAR_LAGS = (1, 2, 3, 4)
 # The shortest window whose lags reach 16: the farthest (8, 16) then lie beyond the nearest, so far/near measures
@@ -279,25 +278,35 @@ def plot(reports: list[CoreReport], folder: Any) -> list[str]:
     return written
 
 
-def run_analysis(
-    target: Path, dataset: str, tokenizer: str, length: int | None, sequences: int, device: torch.device, output: Path
-) -> tuple[str, str, list[str]]:
-    """A TEN checkpoint's analysis over validation windows (`length` None: 4 x its training window), written to
-    `output` (analysis.json, analysis.md and the pictures); the title, the table and the pictures' names."""
+OUTPUTS = ("analysis.json", "analysis.md", "eigenvalues.png", "timescales.png", "energy.png", "lag_response.png")
+
+
+def check_length(length: int | None) -> None:
     if length is not None and length < MIN_LENGTH:
         raise ValueError(f"--length {length} is too short to tell far lags from near ones: give at least {MIN_LENGTH}")
+
+
+def run_analysis(
+    target: Path, dataset: str | None, tokenizer: str | None, length: int | None, sequences: int,
+    device: torch.device, output: Path,
+) -> tuple[str, str, list[str]]:  # fmt: skip
+    """A TEN checkpoint's analysis over validation windows of `dataset` (None: the data its run trained on, see
+    positions.evaluation_data; `length` None: 4 x its training window), written to `output` (analysis.json,
+    analysis.md and the pictures); the title, the table and the pictures' names."""
+    check_length(length)
     checkpoint = find_checkpoint(target)
     model = load_model(checkpoint, device)
     if model.architecture != "ten":
         raise ValueError(f"{checkpoint} is a {model.architecture} model: only TEN has eigenstates to analyze")
-    data = load_token_data(dataset, tokenizer)
-    check_vocabulary(checkpoint, model, data, tokenizer)
+    data = evaluation_data([checkpoint], dataset, tokenizer)
+    check_vocabulary(checkpoint, model, data)
     length = length or max(MIN_LENGTH, 4 * model.config.max_seq_len)
     windows = validation_windows(data.val, length, sequences)[:, :-1].to(device)
     reports = analyze(model, windows)
     output.mkdir(parents=True, exist_ok=True)
     table = markdown(reports)
-    title = f"{checkpoint}: eigenstates over {len(windows)} validation windows of {length:,} tokens"
+    title = (f"{checkpoint}: eigenstates over {len(windows)} validation windows of {length:,} tokens of "
+             f"{data.description.split(':')[0]}")  # fmt: skip
     text = json.dumps({"checkpoint": str(checkpoint), "length": length, "cores": [asdict(r) for r in reports]})
     atomic_write(output / "analysis.json", lambda p: p.write_text(text + "\n"))
     atomic_write(output / "analysis.md", lambda p: p.write_text(f"# {title}\n\n{table}\n"))

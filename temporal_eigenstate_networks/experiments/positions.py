@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,9 +24,11 @@ from ..architectures import variant_label
 from ..atomic import atomic_write
 from ..data import TokenData, load_token_data
 from ..lm import LanguageModel
-from ..runs.checkpoint import load_model
+from ..runs.checkpoint import load_model, training_data
 from ..runs.lookup import find_checkpoint
 from .figures import png
+
+OUTPUTS = ("positions.json", "positions.md", "positions.png")
 
 
 @dataclass
@@ -45,11 +48,34 @@ def validation_windows(tokens: np.ndarray, length: int, count: int) -> torch.Ten
     return torch.from_numpy(np.stack([tokens[s : s + length + 1].astype(np.int64) for s in starts]))
 
 
-def check_vocabulary(checkpoint: Path, model: LanguageModel, data: TokenData, tokenizer: str) -> None:
+def evaluation_data(checkpoints: Sequence[Path], dataset: str | None, tokenizer: str | None) -> TokenData:
+    """The text the checkpoints are read on: `dataset` where given; else the data their runs trained on (which must
+    be the same for all); the built-in Shakespeare for models saved without a run."""
+    if dataset is not None:
+        return load_token_data(dataset, tokenizer or "byte")
+    recorded = {str(c): data for c in checkpoints if (data := training_data(c)) is not None}
+    if not recorded:
+        return load_token_data("shakespeare", tokenizer or "byte")
+    (first, data), *others = recorded.items()
+    for other, other_data in others:
+        if other_data != data:
+            raise ValueError(f"{first} trained on {describe_data(data)}, {other} on {describe_data(other_data)}: "
+                             "choose the text with --dataset")  # fmt: skip
+    tokenized_dir = Path(data["tokenized_dir"]) if data["tokenized_dir"] else None
+    return load_token_data(data["dataset"], tokenizer or data["tokenizer"], tokenized_dir=tokenized_dir)
+
+
+def describe_data(data: dict[str, Any]) -> str:
+    source = f"--tokenized_dir {data['tokenized_dir']}" if data["tokenized_dir"] else repr(data["dataset"])
+    return f"{source} ({data['tokenizer']})"
+
+
+def check_vocabulary(checkpoint: Path, model: LanguageModel, data: TokenData) -> None:
     """The text must be tokenized as the model was trained: its vocabulary at least."""
     if model.config.vocab_size != data.tokenizer.vocab_size:
-        raise ValueError(f"{checkpoint} has {model.config.vocab_size} tokens, --tokenizer {tokenizer} "
-                         f"{data.tokenizer.vocab_size}")  # fmt: skip
+        source = data.description.split(":")[0]
+        raise ValueError(f"{checkpoint} has {model.config.vocab_size} tokens, the tokenizer of {source} "
+                         f"{data.tokenizer.vocab_size}: give the run's --tokenizer")  # fmt: skip
 
 
 @torch.no_grad()
@@ -101,18 +127,20 @@ def plot(results: Sequence[PositionLoss], path: Path, title: str) -> None:
 
 
 def run_positions(
-    checkpoints: Sequence[str], dataset: str, tokenizer: str, length: int, sequences: int, batch_size: int,
+    targets: Sequence[str], dataset: str | None, tokenizer: str | None, length: int, sequences: int, batch_size: int,
     device: torch.device, output: Path, log: Callable[[str], None],
 ) -> str:  # fmt: skip
-    """Each checkpoint's loss by position over the same validation windows, written to `output`
-    (positions.json, positions.md, positions.png); the table."""
-    data = load_token_data(dataset, tokenizer)
+    """Each checkpoint's loss by position over the same validation windows of `dataset` (None: the data the runs
+    trained on, see evaluation_data), written to `output` (positions.json, positions.md, positions.png); the
+    table."""
+    checkpoints = [find_checkpoint(Path(target)) for target in targets]
+    data = evaluation_data(checkpoints, dataset, tokenizer)
+    log(f"data: {data.description}")
     windows = validation_windows(data.val, length, sequences)
     results = []
-    for target in checkpoints:
-        checkpoint = find_checkpoint(Path(target))
+    for target, checkpoint in zip(targets, checkpoints, strict=True):
         model = load_model(checkpoint, device)
-        check_vocabulary(checkpoint, model, data, tokenizer)
+        check_vocabulary(checkpoint, model, data)
         name = f"{model.architecture}{variant_label(model.config, '/')} ({Path(target).name})"
         loss = loss_by_position(model, windows, batch_size)
         results.append(PositionLoss(name, model.config.max_seq_len, loss))

@@ -68,6 +68,18 @@ def read_state(path: Path) -> dict[str, Any]:
     return state
 
 
+DATA_ARGUMENTS = ("dataset", "tokenizer", "tokenized_dir")
+
+
+def training_data(path: Path) -> dict[str, Any] | None:
+    """What the run of this checkpoint trained on (its --dataset, --tokenizer and --tokenized_dir as saved), or None
+    for a folder without a training state (a model saved with save_pretrained, an export)."""
+    if not (Path(path) / STATE_FILE).is_file():
+        return None
+    args = read_state(path)["args"]
+    return {name: args.get(name) for name in DATA_ARGUMENTS}
+
+
 def _state_type_problem(state: dict[str, Any]) -> str | None:
     """The first value of a trainer_state.json that is missing or of the wrong type (a hand edit), or None."""
     missing = [name for name in ("step", "args", "optimizer") if name not in state]

@@ -7,8 +7,10 @@ with an atomic mkdir, so two runs started at the same moment take `runs/<name>` 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..atomic import overlap
@@ -74,6 +76,33 @@ def clear_earlier(
         )
     for path in earlier:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def claim_results_dir(given: str | Path | None, default: Path, outputs: tuple[str, ...], overwrite: bool) -> Path:
+    """Where a command that writes `outputs` (positions, analyze) writes: the next free `default`, `default`-2, ...
+    when none is given; a given folder that holds one of them only with --overwrite (which replaces them)."""
+    if given is None:
+        return claim_run_dir(default, writable="")
+    folder = Path(given).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--output_dir {folder} is a file")
+    earlier = [name for name in outputs if (folder / name).exists()]
+    if earlier and not overwrite:
+        raise ValueError(f"--output_dir {folder} holds an earlier {earlier[0]}: choose another folder, or replace it "
+                         "with --overwrite")  # fmt: skip
+    check_writable(folder)
+    return folder
+
+
+@contextmanager
+def released_if_empty(folder: Path) -> Iterator[None]:
+    """A claimed folder given back if the command fails before it writes anything there."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
+        raise
 
 
 def numbered_run_dirs(base: Path) -> list[Path]:
