@@ -518,3 +518,19 @@ def test_a_checkpoint_path_that_does_not_exist_is_named(tmp_path, capsys):
     for command in (["generate", "--checkpoint", str(missing)], ["positions", "--checkpoint", str(missing)]):
         code, _, err = run_cli(command, capsys)
         assert code == 2 and err.strip().endswith(f"{missing} does not exist") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [(lambda p: (p / "trainer_state.json").write_text("{"), "corrupt"),
+     (lambda p: (p / "optimizer.safetensors").unlink(), "missing optimizer.safetensors")],
+)  # fmt: skip
+def test_a_resume_that_passes_over_a_damaged_final_says_so_and_why(corpus, tmp_path, capsys, damage, why):
+    output = tmp_path / "run"
+    Trainer(tiny_arguments(corpus, output, max_steps=4, save_steps=2)).train()
+    damage(output / "checkpoints" / "final")
+    code, out, _ = run_cli(["train", "--dataset", str(corpus), *TINY, "--output_dir", str(output), "--resume",
+                            "--max_steps", "5"], capsys)  # fmt: skip
+    assert code == 0
+    said = next(line for line in out.splitlines() if "passed over final" in line)
+    assert why in said and "resuming from step-0000002" in said

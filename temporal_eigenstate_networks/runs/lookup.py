@@ -51,20 +51,37 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
     A damaged checkpoint is passed over when a readable one exists; when none does, its error is raised.
     """
-    folder = Path(folder)
+    found, damaged = _read_candidates(Path(folder))
+    if found:
+        return max(found)[1]
+    if damaged:
+        raise damaged[-1][1]
+    return None
+
+
+def _read_candidates(folder: Path) -> tuple[list[tuple[int, Path]], list[tuple[Path, CheckpointError]]]:
+    """(step, path) of each readable candidate of latest_checkpoint, and (path, why) of each damaged one."""
     candidates = [p for p in [*step_checkpoints(folder), folder / FINAL] if p.is_dir()] or [folder / BEST]
-    found, errors = [], []
+    found, damaged = [], []
     for path in candidates:
         if path.is_dir():
             try:
                 found.append((read_state(path).get("step", -1), path))
             except CheckpointError as err:
-                errors.append(err)
-    if found:
-        return max(found)[1]
-    if errors:
-        raise errors[-1]
-    return None
+                damaged.append((path, err))
+    return found, damaged
+
+
+def passed_over(checkpoint: Path) -> list[str]:
+    """Why each damaged checkpoint beside `checkpoint` (in a run's checkpoints/) was passed over for it: a resume
+    that falls back to an older step says so, and why."""
+    if checkpoint.parent.name != CHECKPOINTS:
+        return []
+    _, damaged = _read_candidates(checkpoint.parent)
+    step = read_state(checkpoint).get("step", -1)
+    later = [(path, err) for path, err in damaged if path.name == FINAL or (step_of_name(path) or -1) > step]
+    return [f"passed over {path.name}, which is damaged ({err}); resuming from {checkpoint.name}"
+            for path, err in later]  # fmt: skip
 
 
 def find_checkpoint(target: Path) -> Path:

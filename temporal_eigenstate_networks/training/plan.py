@@ -18,7 +18,7 @@ from ..architectures import architecture_config, build_model, variant_label
 from ..config import PRESETS
 from ..lm import CONFIG_FILE, LanguageModel, config_fields, load_config
 from ..runs.folders import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
-from ..runs.lookup import find_checkpoint, recover_interrupted_saves
+from ..runs.lookup import find_checkpoint, passed_over, recover_interrupted_saves
 from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
 from .checkpoint import read_trainer_state
 from .distributed import DistributedContext
@@ -214,6 +214,7 @@ def _resume_plan(args: TrainArguments, explicit: set[str], context: DistributedC
     note = recover_interrupted_saves(folders[0]) if folders and context.is_main else None
     notes = context.broadcast(() if note is None else (note,))
     checkpoint = find_checkpoint(target)
+    notes += tuple(passed_over(checkpoint)) if context.is_main else ()
     state = read_trainer_state(checkpoint)
     architecture, config = load_config(checkpoint / CONFIG_FILE)
     model = ModelPlan(architecture, config, from_checkpoint=True)
