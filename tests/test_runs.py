@@ -387,7 +387,7 @@ def test_the_end_of_a_run_tells_its_speed_and_cost(corpus, tmp_path, capsys):
             "--output_dir", str(tmp_path / "run")]  # fmt: skip
     code, out, err = run_cli(argv, capsys)
     line = next(line for line in (out + err).splitlines() if line.startswith("run: "))
-    assert code == 0 and "0.00 M tokens" in line and "tokens/s" in line and "at $1.57/hour" in line
+    assert code == 0 and "run: 128 tokens in " in line and "tokens/s" in line and "at $1.57/hour" in line
     assert "per million tokens" in line
 
 
