@@ -28,6 +28,7 @@ from ..runs.folders import (
     holds_run,
     latest_run_dir,
 )
+from ..runs.lock import release_lock, take_lock
 from ..runs.metrics_log import read_records
 from ..training import TrainArguments, Trainer
 from ..training.arguments import MODEL_FIELDS
@@ -171,8 +172,11 @@ def new_comparison(
         raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
     check_variants(base, names, typed)
     if args.output_dir is None:
-        return Comparison(base, names, claim_run_dir(DEFAULT_DIR, writable=""), seeds=seeds)
+        folder = claim_run_dir(DEFAULT_DIR, writable="")
+        say_lock_note(folder)
+        return Comparison(base, names, folder, seeds=seeds)
     folder = Path(args.output_dir).expanduser()
+    say_lock_note(folder)  # one comparison writes its folder: before --overwrite clears an earlier one
     runs = [p for p in folder.iterdir() if holds_run(p)] if folder.is_dir() else []
     earlier = [folder / n for n in OUTPUTS if (folder / n).exists()] + runs
     clear_earlier(folder, earlier, args.overwrite, what="comparison", reading=local_data(args))
@@ -193,6 +197,7 @@ def resumed_comparison(
         raise ValueError(f"--resume {named[0]} and --output_dir {named[1]}: a comparison continues in its own folder")
     folder = named[0] if named else latest_run_dir(DEFAULT_DIR, marker=RESULTS, what="comparison")
     record = read_record(folder)
+    say_lock_note(folder)
     saved = {k: v for k, v in record["settings"].items() if k not in ("resume", "overwrite", "output_dir")}
     before = TrainArguments.from_dict(saved)
     for name in sorted(typed & set(BUDGET)):
@@ -228,11 +233,22 @@ def run_command(args: TrainArguments, variants: str, tokens: int | None, seeds: 
     else:
         comparison = new_comparison(args, variants, tokens, seeds, settings_typed)
     output = comparison.folder
-    rows = run_comparison(comparison.base, comparison.names, output, comparison.done, comparison.seeds)
+    try:
+        rows = run_comparison(comparison.base, comparison.names, output, comparison.done, comparison.seeds)
+    finally:
+        release_lock(output)
+        with contextlib.suppress(OSError):
+            output.rmdir()  # only if empty: a comparison whose first variant could not start leaves no folder
     written = ", ".join(name for name in OUTPUTS if (output / name).exists())
     print(f"\n{(output / 'results.md').read_text()}\nwritten: {output}/{written}")
     if rows[-1]["status"] == INTERRUPTED:
         print(resume_hint(output), file=sys.stderr)
+
+
+def say_lock_note(folder: Path) -> None:
+    """Take the comparison folder's lock (each variant's run takes its own too), and say what that did."""
+    if note := take_lock(folder):
+        print(note)
 
 
 def read_record(folder: Path) -> dict[str, Any]:

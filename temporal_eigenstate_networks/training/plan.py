@@ -18,6 +18,7 @@ from ..architectures import architecture_config, build_model, variant_label
 from ..config import PRESETS
 from ..lm import CONFIG_FILE, LanguageModel, config_fields, load_config
 from ..runs.folders import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
+from ..runs.lock import take_lock
 from ..runs.lookup import find_checkpoint, passed_over, recover_interrupted_saves
 from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
 from .checkpoint import read_trainer_state
@@ -186,14 +187,24 @@ def resolve_run(
     model = model_plan(args)
     writes = not (args.dry_run or args.benchmark)
     output_dir = None
+    notes: tuple[str, ...] = ()
     if writes and args.output_dir is not None:
         output_dir = Path(args.output_dir).expanduser()
         if context.is_main:
+            notes = lock_notes(output_dir)  # before --overwrite clears anything: another writer may be in it
             claim_output_dir(output_dir, args.overwrite, reading=local_data(args))
     elif writes:
         base = Path("runs") / model.run_name(args.config)
         output_dir = context.broadcast(claim_run_dir(base) if context.is_main else None)
-    return _plan(resolved_arguments(args, model, output_dir), model, output_dir)
+        notes = lock_notes(output_dir) if context.is_main else ()
+    plan = _plan(resolved_arguments(args, model, output_dir), model, output_dir)
+    return dataclasses.replace(plan, notes=context.broadcast(notes))
+
+
+def lock_notes(folder: Path) -> tuple[str, ...]:
+    """Take the run folder's lock (runs/lock.py): what taking it did, for the log."""
+    note = take_lock(folder)
+    return () if note is None else (note,)
 
 
 def local_data(args: TrainArguments) -> list[Path]:
@@ -211,8 +222,13 @@ def _resume_plan(args: TrainArguments, explicit: set[str], context: DistributedC
         target = context.broadcast(latest_run_dir(Path("runs") / model_plan(args).run_name(args.config)))
     # Before looking: a save killed between its renames may have set the latest checkpoint aside.
     folders = [p for p in (target / CHECKPOINTS, target, target.parent) if p.name == CHECKPOINTS and p.is_dir()]
-    note = recover_interrupted_saves(folders[0]) if folders and context.is_main else None
-    notes = context.broadcast(() if note is None else (note,))
+    notes: tuple[str, ...] = ()
+    if folders and context.is_main:
+        if not (args.dry_run or args.benchmark):  # one writer: before anything in the run folder changes
+            notes = lock_notes(folders[0].parent)
+        note = recover_interrupted_saves(folders[0])
+        notes += () if note is None else (note,)
+    notes = context.broadcast(notes)
     checkpoint = find_checkpoint(target)
     notes += tuple(passed_over(checkpoint)) if context.is_main else ()
     state = read_trainer_state(checkpoint)
@@ -233,6 +249,7 @@ def resumed_output_dir(args: TrainArguments, target: Path, checkpoint: Path, con
     if args.output_dir is not None:
         output_dir = Path(args.output_dir).expanduser()
         if context.is_main and (source is None or output_dir.resolve() != source.resolve()):
+            take_lock(output_dir)
             claim_output_dir(output_dir, args.overwrite, reading=[checkpoint, *local_data(args)])
         return output_dir
     if source is None:

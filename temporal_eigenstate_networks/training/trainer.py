@@ -26,6 +26,7 @@ from ..flags import command_line
 from ..lm import LanguageModel
 from ..runs.checkpoint import CheckpointError, TrainerState, non_finite_parameters
 from ..runs.folders import CHECKPOINTS, release_run_dir
+from ..runs.lock import release_lock
 from ..runs.lookup import FINAL, checkpoint_name, latest_checkpoint, prune_step_checkpoints, set_aside_abandoned_work
 from ..runs.metrics_log import append_record
 from ..units import duration_text, tokens_text
@@ -161,9 +162,9 @@ class Trainer:
             self.plan = run if isinstance(run, RunPlan) else resolve_run(run, explicit, self.context)
             self._set_up(clock, started)
         except BaseException:
+            self.close(wait_for_peers=False)
             if self.plan is not None and self.plan.output_dir is not None and self.plan.resume_from is None:
                 release_run_dir(self.plan.output_dir)  # a run that never started leaves no folder behind
-            self.close(wait_for_peers=False)
             raise
 
     # ------------------------------------------------------------------ set-up
@@ -540,3 +541,5 @@ class Trainer:
 
     def close(self, wait_for_peers: bool = True) -> None:
         self.context.close(wait_for_peers)
+        if self.plan is not None and self.plan.output_dir is not None and self.context.is_main:
+            release_lock(self.plan.output_dir)  # another process may write the run now
