@@ -86,10 +86,6 @@ class TenPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _is_stateful = True  # no assisted generation: a recurrent state cannot be rolled back
     _no_split_modules = ["TenDecoderLayer"]
-    # Loaded in half precision (from_pretrained(dtype=...)), the parameters that set the dynamics stay float32, as
-    # under autocast: the eigenvalues' decay logits and frequencies, the coupling, HTEN's scale weights (matched
-    # against parameter names). A decay logit of 6 in bf16 is 6 +- 0.03, moving a memory of 400 tokens by 10.
-    _keep_in_fp32_modules = ["decay_logit", "frequency", "coupling", "scale_weights"]
     # The loss is ten's mean over the counted targets (LanguageModel.loss), not a sum to divide by transformers'
     # num_items_in_batch: the Trainer scales it for gradient accumulation itself.
     accepts_loss_kwargs = False
@@ -97,6 +93,11 @@ class TenPreTrainedModel(PreTrainedModel):
     def __init__(self, config: TenConfig) -> None:
         super().__init__(config)
         self.network = TemporalEigenstateNetwork(config.to_ten(), block_class=TenDecoderLayer)
+        # Loaded in bf16 or fp16 (from_pretrained(dtype=...)), the tensors that set the dynamics stay float32, as in
+        # ten's own `cast` and as the network builds them: those of keep_float32 this model has (transformers
+        # matches the names against the state dict's, and takes a name no tensor has for a typo).
+        names = {name.rsplit(".", 1)[-1] for name in self.network.state_dict()}
+        self._keep_in_fp32_modules_strict = sorted(names & TemporalEigenstateNetwork.keep_float32)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -99,7 +99,10 @@ class EigenstateCore(nn.Module):
         learned_decay, learned_frequency = not fixed_basis, not (fixed_basis or real_eigenvalues)
         self._eigenvalue_tensor("decay_logit", k, learned_decay)  # a_k
         self._eigenvalue_tensor("frequency", k, learned_frequency)  # w_k
-        self.coupling = nn.Parameter(torch.empty(num_heads, per_head, per_head)) if coupling else None  # eps M_h
+        # eps M_h. The tensors that set the dynamics are float32 under any default dtype (keep_float32 in model.py).
+        self.coupling = (
+            nn.Parameter(torch.empty(num_heads, per_head, per_head, dtype=torch.float32)) if coupling else None
+        )
         # The eigenvalues and the coupling set the dynamics: decaying them would pull every
         # eigenvalue towards one fixed point.
         no_weight_decay(*(p for p in (self.decay_logit, self.frequency, self.coupling) if isinstance(p, nn.Parameter)))
@@ -109,9 +112,9 @@ class EigenstateCore(nn.Module):
     def _eigenvalue_tensor(self, name: str, k: int, learned: bool) -> None:
         """A learned parameter, or a buffer kept at its initial value (saved with the weights all the same)."""
         if learned:
-            self.register_parameter(name, nn.Parameter(torch.empty(k)))
+            self.register_parameter(name, nn.Parameter(torch.empty(k, dtype=torch.float32)))
         else:
-            self.register_buffer(name, torch.empty(k))
+            self.register_buffer(name, torch.empty(k, dtype=torch.float32))
 
     @classmethod
     def from_config(
