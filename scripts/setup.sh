@@ -21,3 +21,5 @@ fi
 # transformers' common test mixins for the installed version (tests/test_hf_common.py): from its source
 # distribution, once per version, while set-up has network; the tests are skipped, saying why, without them.
 .venv/bin/python scripts/transformers_tests.py
+# The other end of the supported transformers and lm-eval range, for test.sh's second pass of the hf tests.
+.venv/bin/python scripts/other_end.py

@@ -18,8 +18,10 @@ from types import ModuleType
 
 from ..distribution import install_hint
 
-# generate passes the state as `cache` from 5.24 (earlier: past_key_values); pinned where it was tested.
-SUPPORTED_TRANSFORMERS = ((5, 24), (5, 25))  # [lowest, first unsupported)
+# [lowest, first unsupported), as pyproject.toml's hf extra. From 5.24: generate hands the state to forward and back
+# as `cache` (before: past_key_values, so 5.23 recomputes every prefix and returns no state). Below 5.26: 5.25 is
+# the newest minor tested (CI tests both ends: scripts/test.sh).
+SUPPORTED_TRANSFORMERS = ((5, 24), (5, 26))
 HF_EXTRA_HINT = install_hint("hf")
 
 
