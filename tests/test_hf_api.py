@@ -42,10 +42,11 @@ def variant(request):
 # ---------------------------------------------------------------- half precision
 
 
-@pytest.mark.parametrize("dtype", HALF, ids=str)
-def test_a_folder_loaded_in_half_precision_computes_and_generates_in_it(variant, dtype, tmp_path):
+@pytest.mark.parametrize("keyword, dtype", [("dtype", torch.bfloat16), ("dtype", torch.float16),
+                                            ("torch_dtype", torch.bfloat16)])  # fmt: skip
+def test_a_folder_loaded_in_half_precision_computes_and_generates_in_it(variant, keyword, dtype, tmp_path):
     folder, network = checkpoint_of(variant, tmp_path / "checkpoint")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, **{keyword: dtype}).eval()  # torch_dtype: the older name
     for name, tensor in model.state_dict().items():
         assert tensor.dtype == (torch.float32 if name.rsplit(".", 1)[-1] in DYNAMICS else dtype), name
     ids = torch.randint(1, 256, (2, 11))
