@@ -85,7 +85,7 @@ def cmd_generate(args: argparse.Namespace, explicit: set[str]) -> None:
 
     checkpoint = find_checkpoint(Path(args.checkpoint))
     device = resolve_device(args.device)
-    model = load_model(checkpoint, device).eval()
+    model = load_model(checkpoint, device, getattr(torch, args.dtype)).eval()
     tokenizer = model_tokenizer(checkpoint, model.config.vocab_size)
     prompt = tokenizer.encode(args.prompt)
     if len(prompt) == 0:
@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top_k", type=positive(int))
     generate.add_argument("--top_p", type=positive(float))
     generate.add_argument("--seed", type=random_seed)
+    generate.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                          help="the weights' precision (bfloat16 or float16 on a GPU; a recurrence's dynamics and "
+                               "state stay float32)")  # fmt: skip
     add_device_flag(generate)
     generate.set_defaults(run=cmd_generate)
 

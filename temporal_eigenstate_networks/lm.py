@@ -160,6 +160,9 @@ class LanguageModel(nn.Module):
     config_class: ClassVar[type]
     # The key of the mixers' aux loss in compute_loss's dict ("aux_loss" where a model names none).
     aux_loss_name: ClassVar[str | None] = None
+    # Names of the parameters and buffers (their own names, without the module path) that `cast` keeps in float32:
+    # those that set a recurrence's dynamics, which half precision would move (the state itself is float32 anyway).
+    keep_float32: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -366,8 +369,11 @@ class LanguageModel(nn.Module):
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_model(self, str(p)))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
-        """Load a saved model; on LanguageModel itself, of whichever architecture config.json names."""
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> LanguageModel:
+        """Load a saved model; on LanguageModel itself, of whichever architecture config.json names. ``dtype``: the
+        weights' precision (None: as saved, float32), see `cast`."""
         directory = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
@@ -397,7 +403,22 @@ class LanguageModel(nn.Module):
             load_model(model, str(weights), strict=True, device=str(device))
         except (SafetensorError, OSError, RuntimeError) as err:
             raise ValueError(f"{weights} is not a readable weights file: {err}") from err
-        return model
+        return model if dtype is None else model.cast(dtype)
+
+    def cast(self, dtype: torch.dtype) -> LanguageModel:
+        """The model with its floating parameters and buffers in ``dtype`` (bfloat16 or float16 to decode on a
+        GPU), but those `keep_float32` names, as under autocast. In place; returns the model."""
+        if not dtype.is_floating_point:
+            raise ValueError(f"a model's dtype must be a floating point type, got {dtype}")
+        for module in self.modules():
+            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            for name, tensor in tensors:
+                if tensor.is_floating_point() and name not in self.keep_float32:
+                    if isinstance(tensor, nn.Parameter):
+                        tensor.data = tensor.data.to(dtype)
+                    else:
+                        setattr(module, name, tensor.to(dtype))
+        return self
 
     # ------------------------------------------------------------------ reports
 

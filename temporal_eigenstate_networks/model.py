@@ -25,6 +25,9 @@ class TemporalEigenstateNetwork(MixerStack):
     config_class = TemporalEigenstateConfig
     config: TemporalEigenstateConfig
     aux_loss_name = "energy_loss"
+    # The eigenvalues' decay logits and frequencies, the coupling, HTEN's scale weights: in bf16 a decay logit of 6
+    # is 6 +- 0.03, which moves a memory of 400 tokens by 10.
+    keep_float32 = frozenset({"decay_logit", "frequency", "coupling", "scale_weights"})
 
     def make_mixer(self, config: TemporalEigenstateConfig, layer: int, residual_gain: float) -> SequenceMixer:
         """The layer's letter in layer_pattern: e, h (the eigenstate layers), a or w (attention, for hybrids)."""

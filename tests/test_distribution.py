@@ -11,7 +11,7 @@ import pytest
 
 import temporal_eigenstate_networks
 from temporal_eigenstate_networks.distribution import DISTRIBUTION, install_hint
-from temporal_eigenstate_networks.hf.export import _code
+from temporal_eigenstate_networks.hf.export import CODE_FILES, _code
 
 ROOT = Path(__file__).resolve().parents[1]
 # `pip install ten`, `pip install 'ten[hf]'`, `pip install "ten"`, but not `pip install tensorboard`.
@@ -45,11 +45,12 @@ def test_no_file_tells_a_user_to_install_ten() -> None:
     assert not INSTALLS_TEN.search("pip install tensorboard")
 
 
-@pytest.mark.parametrize("class_name", ["TenConfig", "TenForCausalLM"])
-def test_exported_code_without_the_package_names_the_right_install(class_name: str) -> None:
+@pytest.mark.parametrize("code_file", list(CODE_FILES))
+def test_exported_code_without_the_package_names_the_right_install(code_file: str) -> None:
     """The code file an export writes, run where the package cannot be imported, names our distribution."""
     blocker = "import sys; sys.modules['temporal_eigenstate_networks'] = None\n"
-    result = subprocess.run([sys.executable, "-c", blocker + _code(class_name)], capture_output=True, text=True)
+    code = _code(*CODE_FILES[code_file])
+    result = subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True)
     assert result.returncode == 1
     assert "ImportError" in result.stderr
     assert install_hint("hf") in result.stderr.strip().splitlines()[-1]

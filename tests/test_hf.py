@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from temporal_eigenstate_networks import (  # noqa: E402
 )
 from temporal_eigenstate_networks.cli import main  # noqa: E402
 from temporal_eigenstate_networks.data import ByteTokenizer, load_tokenizer, save_tokenizer  # noqa: E402
-from temporal_eigenstate_networks.hf import transformers_problem  # noqa: E402
+from temporal_eigenstate_networks.hf import SUPPORTED_TRANSFORMERS, register, transformers_problem  # noqa: E402
 from temporal_eigenstate_networks.hf.configuration import TenConfig  # noqa: E402
 from temporal_eigenstate_networks.hf.modeling import TenForCausalLM  # noqa: E402
 
@@ -327,7 +329,7 @@ def one_line_error(capsys, argv):
 def test_export_refuses_bad_folders_in_one_line(saved_ten, tmp_path, capsys):
     folder, _ = saved_ten
     out = str(tmp_path / "out")
-    assert "no checkpoint" in one_line_error(capsys, ["export", "--checkpoint", str(tmp_path / "nothing"), "--hf", out])
+    assert "does not exist" in one_line_error(capsys, ["export", "--checkpoint", str(tmp_path / "nothing"), "--hf", out])
 
     other = tmp_path / "gpt2"
     other.mkdir()
@@ -351,6 +353,19 @@ def test_an_unsupported_transformers_version_is_one_line(saved_ten, tmp_path, ca
     monkeypatch.setattr("temporal_eigenstate_networks.hf.metadata.version", lambda name: "5.3.0")
     assert "transformers 5.3.0 is installed" in transformers_problem()
     assert ">=5.24" in one_line_error(capsys, ["export", "--checkpoint", str(folder), "--hf", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("version", ["5.24.0", "5.24.3", "5.25.0", "5.25.1"])
+def test_every_version_of_the_supported_range_registers(version, monkeypatch):
+    monkeypatch.setattr("temporal_eigenstate_networks.hf.metadata.version", lambda name: version)
+    assert transformers_problem() is None and register()
+
+
+def test_the_supported_range_is_the_hf_extras():
+    """Written twice (pyproject.toml's extras, hf.SUPPORTED_TRANSFORMERS): the same range."""
+    text = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    in_code = tuple(".".join(map(str, version)) for version in SUPPORTED_TRANSFORMERS)
+    assert set(re.findall(r'"transformers>=([\d.]+),<([\d.]+)"', text)) == {in_code}
 
 
 def test_training_through_transformers_gives_the_same_gradients_with_activation_checkpointing(hf_model):

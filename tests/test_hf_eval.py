@@ -186,12 +186,15 @@ def test_task_names_and_files():
 
 def test_task_yamls_load_in_lm_eval(tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager, get_task_dict
 
     monkeypatch.chdir(tmp_path)  # data files are found beside the YAMLs, not in the working directory
     manager = TaskManager(include_path=str(harness.task_dir()), include_defaults=False)
     assert set(TASKS) <= set(manager.all_tasks)
-    loaded = manager.load(list(TASKS))["tasks"]
+    if hasattr(manager, "load"):  # lm-eval 0.4.12 on; get_task_dict, deprecated there, before
+        loaded = manager.load(list(TASKS))["tasks"]
+    else:
+        loaded = get_task_dict(list(TASKS), manager)
     ppl, mc = loaded["ten_shakespeare_ppl"], loaded["ten_shakespeare_mc"]
     assert ppl.OUTPUT_TYPE == "loglikelihood_rolling" and mc.OUTPUT_TYPE == "multiple_choice"
     docs = list(ppl.test_docs())

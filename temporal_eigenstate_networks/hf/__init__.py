@@ -18,8 +18,10 @@ from types import ModuleType
 
 from ..distribution import install_hint
 
-# generate passes the state as `cache` from 5.24 (earlier: past_key_values); pinned where it was tested.
-SUPPORTED_TRANSFORMERS = ((5, 24), (5, 25))  # [lowest, first unsupported)
+# [lowest, first unsupported), as pyproject.toml's hf extra. From 5.24: generate hands the state to forward and back
+# as `cache` (before: past_key_values, so 5.23 recomputes every prefix and returns no state). Below 5.26: 5.25 is
+# the newest minor tested (CI tests both ends: scripts/test.sh).
+SUPPORTED_TRANSFORMERS = ((5, 24), (5, 26))
 HF_EXTRA_HINT = install_hint("hf")
 
 
@@ -50,23 +52,30 @@ def require_transformers() -> None:
 
 
 def register() -> bool:
-    """Register TenConfig / TenForCausalLM with the Auto classes (called once transformers is imported);
-    False, with a warning saying why, when this transformers cannot be used."""
+    """Register TenConfig, TenModel and TenForCausalLM with the Auto classes (called once transformers is
+    imported); False, with a warning saying why, when this transformers cannot be used."""
     problem = transformers_problem()
     if problem:
         warnings.warn(problem, stacklevel=2)
         return False
-    modeling = sys.modules.get(f"{__name__}.modeling")
-    if modeling is not None and not hasattr(modeling, "TenForCausalLM"):
-        return True  # hf.modeling is importing transformers: it registers when it is complete
-    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415  (optional extra)
+    if being_imported("configuration") or being_imported("modeling"):
+        return True  # that module is what imports transformers: it registers when it is complete
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM  # noqa: PLC0415  (optional extra)
 
     from .configuration import MODEL_TYPE, TenConfig  # noqa: PLC0415
-    from .modeling import TenForCausalLM  # noqa: PLC0415
+    from .modeling import TenForCausalLM, TenModel  # noqa: PLC0415
 
     AutoConfig.register(MODEL_TYPE, TenConfig, exist_ok=True)
+    AutoModel.register(TenConfig, TenModel, exist_ok=True)
     AutoModelForCausalLM.register(TenConfig, TenForCausalLM, exist_ok=True)
     return True
+
+
+def being_imported(name: str) -> bool:
+    """Whether hf.<name> has started and not finished importing (it sets IMPORTED on its last lines): importing
+    transformers from it runs the import hook, whose `register` must not import it a second time, half-made."""
+    module = sys.modules.get(f"{__name__}.{name}")
+    return module is not None and not getattr(module, "IMPORTED", False)
 
 
 class _RegisterAfterImport(MetaPathFinder, Loader):

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..lm import RecurrentState, map_tensors
 from ..modules.attention import KVCache, WindowCache
+from ..modules.hierarchical import ScaleState
 
 
 def select_rows(state: Any, index: Tensor) -> Any:
@@ -59,20 +60,21 @@ def concat_rows(parts: list[Any], rows: list[int], device: torch.device) -> Any:
     return torch.cat([torch.full((n,), p, dtype=torch.long, device=device) for p, n in zip(parts, rows, strict=True)])
 
 
+@dataclasses.dataclass
 class TenCache:
     """What `generate` hands from one forward call to the next: the model's state and how many tokens it holds.
 
     ``seen_tokens`` counts every position fed so far, padding included, so a call that passes the whole sequence
-    (as `generate` does) is cut to the positions the state has not read.
+    (as `generate` does) is cut to the positions the state has not read. A pytree (register_pytrees), so that
+    torch.export takes and returns it.
     """
+
+    state: RecurrentState | None = None
+    seen_tokens: int = 0
 
     is_linear = (True,)  # no per-position keys and values: transformers' generate does not slice by their length
     is_compileable = False
     is_croppable = False  # a recurrent state cannot be rolled back (no assisted generation)
-
-    def __init__(self, state: RecurrentState | None = None, seen_tokens: int = 0) -> None:
-        self.state = state
-        self.seen_tokens = seen_tokens
 
     def __repr__(self) -> str:
         return f"TenCache(seen_tokens={self.seen_tokens})"
@@ -97,6 +99,17 @@ class TenCache:
             self.reorder_cache(torch.arange(rows).repeat_interleave(repeats))
 
 
+def register_pytrees() -> None:
+    """The cache and every dataclass a state holds as pytrees (their fields the children): torch.export flattens a
+    model's inputs and outputs, so it can only take and return what it knows how to take apart. Once."""
+    for cls in (TenCache, RecurrentState, ScaleState, KVCache, WindowCache):
+        try:
+            torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+        except ValueError as err:  # registered already (a second import of this module under another name)
+            if "already registered" not in str(err):
+                raise
+
+
 def _tensors(state: Any) -> Iterator[Tensor]:
     if torch.is_tensor(state):
         yield state
@@ -106,3 +119,6 @@ def _tensors(state: Any) -> Iterator[Tensor]:
     elif dataclasses.is_dataclass(state):
         for f in dataclasses.fields(state):
             yield from _tensors(getattr(state, f.name))
+
+
+register_pytrees()

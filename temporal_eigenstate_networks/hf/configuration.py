@@ -1,11 +1,14 @@
 """`TenConfig`: a `ten` config.json as transformers reads it (model_type "ten").
 
 The model's fields are those of `TemporalEigenstateConfig`, stored flat exactly as `ten train` writes them, so
-they are not declared a second time here: transformers keeps the keys it does not know as attributes.
+they are not declared a second time here: transformers keeps the keys it does not know as attributes, and a field
+not given takes TemporalEigenstateConfig's default (`TenConfig()` is ten's default model, as every transformers
+config builds with no argument).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -13,6 +16,7 @@ from transformers import PreTrainedConfig
 
 from ..config import TemporalEigenstateConfig
 from ..lm import MODEL_TYPE, config_fields
+from . import register
 
 
 @strict
@@ -29,6 +33,13 @@ class TenConfig(PreTrainedConfig):
     architecture: str = "ten"  # ten's own key: "transformer" marks the attention baseline, which is not served here
     use_cache: bool = True
     tie_word_embeddings: bool = False  # the head reads the embedding inside the network: nothing to tie
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        for field in dataclasses.fields(TemporalEigenstateConfig):
+            if not hasattr(self, field.name):  # hidden_size=... set d_model already (attribute_map)
+                default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+                setattr(self, field.name, default)
 
     @classmethod
     def from_ten(cls, config: TemporalEigenstateConfig, **kwargs: Any) -> TenConfig:
@@ -48,3 +59,7 @@ class TenConfig(PreTrainedConfig):
         return TemporalEigenstateConfig.from_dict(
             {name: getattr(self, name) for name in config_fields("ten") if hasattr(self, name)}
         )
+
+
+IMPORTED = True  # register() reads it: before this line, this module is still being imported
+register()  # the Auto classes, where importing this module was what imported transformers

@@ -26,28 +26,30 @@ from ..distribution import DISTRIBUTION, install_hint
 from ..lm import CONFIG_FILE, LanguageModel
 
 CODE_FILES = {
-    "configuration_ten.py": "TenConfig",
-    "modeling_ten.py": "TenForCausalLM",
+    "configuration_ten.py": ("configuration", ["TenConfig"]),
+    "modeling_ten.py": ("modeling", ["TenModel", "TenForCausalLM"]),
 }
 AUTO_MAP = {
     "AutoConfig": "configuration_ten.TenConfig",
+    "AutoModel": "modeling_ten.TenModel",
     "AutoModelForCausalLM": "modeling_ten.TenForCausalLM",
 }
 GENERATION_CONFIG_FILE = "generation_config.json"
 PACKAGE = __name__.split(".")[0]  # the import name, temporal_eigenstate_networks
 
 
-def _code(class_name: str) -> str:
-    module = "configuration" if class_name == "TenConfig" else "modeling"
+def _code(module: str, class_names: list[str]) -> str:
+    names = ", ".join(class_names)
+    quoted = ", ".join(f'"{name}"' for name in class_names)
     return (
-        f'"""{class_name} for transformers\' trust_remote_code: the code is the installed package '
+        f'"""{names} for transformers\' trust_remote_code: the code is the installed package '
         f'{DISTRIBUTION!r} (import name {PACKAGE}), not a copy."""\n\n'
         "try:\n"
-        f"    from {PACKAGE}.hf.{module} import {class_name}\n"
+        f"    from {PACKAGE}.hf.{module} import {names}\n"
         "except ModuleNotFoundError as error:\n"
         f'    raise ImportError("this model\'s code is the package {DISTRIBUTION!r}: "\n'
         f'                      "{install_hint("hf")}") from error\n\n'
-        f'__all__ = ["{class_name}"]\n'
+        f"__all__ = [{quoted}]\n"
     )
 
 
@@ -80,8 +82,8 @@ def _write_ten(folder: Path, model: LanguageModel, tokenizer: Any) -> None:
     config = json.loads((folder / CONFIG_FILE).read_text())
     write_json(folder / CONFIG_FILE, {**config, "architectures": ["TenForCausalLM"], "auto_map": AUTO_MAP})
     _write_generation_config(folder, tokenizer)
-    for name, class_name in CODE_FILES.items():
-        (folder / name).write_text(_code(class_name))
+    for name, (module, class_names) in CODE_FILES.items():
+        (folder / name).write_text(_code(module, class_names))
 
 
 def _write_mamba2(folder: Path, model: LanguageModel, tokenizer: Any) -> None:

@@ -59,7 +59,7 @@ def shift_keys(keys: Tensor, padding: int) -> Tensor:
     so a row read alone and then shifted scores as if read after ``padding`` positions."""
     if not padding:
         return keys
-    return rotate_at(keys, torch.full((keys.shape[2],), float(padding), device=keys.device))
+    return rotate_at(keys, torch.full((keys.shape[2],), float(padding), dtype=torch.float32, device=keys.device))
 
 
 def own_keys(first: Tensor | None, key_positions: Tensor) -> Tensor | None:

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def no_weight_decay(*params: nn.Parameter) -> None:
@@ -94,6 +95,15 @@ def default_mlp_width(d_model: int) -> int:
 
 
 class Block(nn.Module):
+    """x = x + mixer(LN(x)); x = x + MLP(LN(x)).
+
+    ``gradient_checkpointing``: recompute the block in the backward pass instead of keeping its activations (in
+    training, with gradients on). MixerStack.gradient_checkpointing switches every block's; transformers' activation
+    checkpointing switches them in hf/modeling.py's subclass, which checkpoints `mix` its own way.
+    """
+
+    gradient_checkpointing = False
+
     def __init__(self, config, mixer: SequenceMixer, residual_gain: float) -> None:
         super().__init__()
         self.mixer_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
@@ -105,6 +115,12 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any, Tensor | None]:
+        """`mix`, recomputed in the backward pass where gradient_checkpointing is on."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self.mix, x, state, use_reentrant=False)
+        return self.mix(x, state)
+
+    def mix(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any, Tensor | None]:
         """Returns the new residual stream, the mixer's state and its aux loss (None if it has none)."""
         mixed, state, aux_loss = self.mixer(self.mixer_norm(x), state)
         x = x + self.dropout(mixed)

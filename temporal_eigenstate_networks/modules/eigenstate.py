@@ -42,6 +42,12 @@ def complex_exp_parts(magnitude: Tensor, angle: Tensor) -> Tensor:
     return torch.view_as_complex(torch.stack([magnitude * torch.cos(angle), magnitude * torch.sin(angle)], -1))
 
 
+def orthogonal_like(weight: Tensor, gain: float = 1.0) -> Tensor:
+    """A float32 orthogonal matrix of ``weight``'s shape, on its device: the QR it takes has no half-precision
+    kernel on the CPU, so a model built under a half default dtype initialises in float32, then rounds."""
+    return nn.init.orthogonal_(torch.empty(weight.shape, dtype=torch.float32, device=weight.device), gain=gain)
+
+
 def initial_timescales(num: int, num_heads: int, longest: float) -> Tensor:
     """Memory timescales 1 / (1 - |lam|), log-uniform from MIN_TIMESCALE to ``longest``.
 
@@ -93,7 +99,10 @@ class EigenstateCore(nn.Module):
         learned_decay, learned_frequency = not fixed_basis, not (fixed_basis or real_eigenvalues)
         self._eigenvalue_tensor("decay_logit", k, learned_decay)  # a_k
         self._eigenvalue_tensor("frequency", k, learned_frequency)  # w_k
-        self.coupling = nn.Parameter(torch.empty(num_heads, per_head, per_head)) if coupling else None  # eps M_h
+        # eps M_h. The tensors that set the dynamics are float32 under any default dtype (keep_float32 in model.py).
+        self.coupling = (
+            nn.Parameter(torch.empty(num_heads, per_head, per_head, dtype=torch.float32)) if coupling else None
+        )
         # The eigenvalues and the coupling set the dynamics: decaying them would pull every
         # eigenvalue towards one fixed point.
         no_weight_decay(*(p for p in (self.decay_logit, self.frequency, self.coupling) if isinstance(p, nn.Parameter)))
@@ -103,9 +112,9 @@ class EigenstateCore(nn.Module):
     def _eigenvalue_tensor(self, name: str, k: int, learned: bool) -> None:
         """A learned parameter, or a buffer kept at its initial value (saved with the weights all the same)."""
         if learned:
-            self.register_parameter(name, nn.Parameter(torch.empty(k)))
+            self.register_parameter(name, nn.Parameter(torch.empty(k, dtype=torch.float32)))
         else:
-            self.register_buffer(name, torch.empty(k))
+            self.register_buffer(name, torch.empty(k, dtype=torch.float32))
 
     @classmethod
     def from_config(
@@ -140,12 +149,11 @@ class EigenstateCore(nn.Module):
             self.frequency.copy_(2 * math.pi * torch.arange(k) / k)
         if self.coupling is not None:
             self.coupling.normal_(0, self.coupling_init / math.sqrt(k))
-        nn.init.orthogonal_(self.in_proj.weight)
         # Scale beta_k by sqrt(1 - |lam_k|^2) so every eigenstate starts with unit energy however
         # long its memory: otherwise slow eigenstates start ~timescale times louder.
-        row_gain = torch.sqrt(1 - magnitude**2).to(self.in_proj.weight.dtype).repeat_interleave(2)
-        self.in_proj.weight.mul_(row_gain.unsqueeze(1))
-        nn.init.orthogonal_(self.out_proj.weight, gain=self.residual_gain)
+        row_gain = torch.sqrt(1 - magnitude**2).float().repeat_interleave(2).unsqueeze(1)
+        self.in_proj.weight.copy_(orthogonal_like(self.in_proj.weight) * row_gain)
+        self.out_proj.weight.copy_(orthogonal_like(self.out_proj.weight, gain=self.residual_gain))
         if self.selection is not None:
             nn.init.normal_(self.selection.weight, std=0.02)
 
@@ -187,16 +195,19 @@ class EigenstateCore(nn.Module):
         return self.readout(states), states
 
     def readout(self, states: Tensor) -> Tensor:
-        """h = W_out view_as_real(R c), applying the coupling R where it costs least."""
-        pairs = torch.view_as_real(states)  # (..., K, 2): R is real, so it acts on re and im alike
+        """h = W_out view_as_real(R c), applying the coupling R where it costs least. The states and R meet in
+        float32; the result enters W_out in the weights' dtype (bf16 weights: a bf16 matmul, as under autocast)."""
+        pairs = torch.view_as_real(states)  # (..., K, 2) float32: R is real, so it acts on re and im alike
+        dtype = self.out_proj.weight.dtype
         if self.coupling is None:
-            return self.out_proj(pairs.flatten(-2).to(self.out_proj.weight.dtype))
+            return self.out_proj(pairs.flatten(-2).to(dtype))
+        coupling = self.coupling_matrix().float()
         if states[..., 0].numel() < self.out_proj.out_features:
             # Few positions (generation): couple the states, B T (2K)^2 work.
-            return self.out_proj(torch.einsum("jk,...kc->...jc", self.coupling_matrix(), pairs).flatten(-2))
+            return self.out_proj(torch.einsum("jk,...kc->...jc", coupling, pairs).flatten(-2).to(dtype))
         # Many positions: fold R into the weight, W_out (R (x) I_2), d (2K)^2 work once.
-        coupled = torch.kron(self.coupling_matrix(), torch.eye(2, device=states.device, dtype=self.coupling.dtype))
-        return F.linear(pairs.flatten(-2), self.out_proj.weight @ coupled.to(self.out_proj.weight.dtype))
+        coupled = torch.kron(coupling, torch.eye(2, device=states.device, dtype=torch.float32))
+        return F.linear(pairs.flatten(-2).to(dtype), (self.out_proj.weight.float() @ coupled).to(dtype))
 
 
 def energy(states: Tensor) -> Tensor:

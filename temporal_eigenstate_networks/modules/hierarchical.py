@@ -44,7 +44,8 @@ class HierarchicalEigenstateLayer(SequenceMixer):
             EigenstateCore.from_config(config, config.eigenstates_per_scale, config.max_seq_len / s, residual_gain)
             for s in self.scales
         )
-        self.scale_weights = nn.Parameter(torch.full((len(self.scales),), 1.0 / len(self.scales)))
+        # float32 under any default dtype, as the eigenvalues (keep_float32 in model.py)
+        self.scale_weights = nn.Parameter(torch.full((len(self.scales),), 1.0 / len(self.scales), dtype=torch.float32))
         no_weight_decay(self.scale_weights)  # the mix of timescales is dynamics, like the eigenvalues
         self.gate = OutputGate(config.d_model) if config.output_gate else None
 

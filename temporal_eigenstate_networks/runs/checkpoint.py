@@ -116,10 +116,10 @@ def check_finite_weights(path: Path, model: torch.nn.Module) -> None:
         )
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> LanguageModel:
+def load_model(path: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LanguageModel:
     try:
         model = LanguageModel.from_pretrained(path, device=device)
     except (ValueError, FileNotFoundError) as err:
         raise CheckpointError(f"cannot load the model of {path}: {err}") from None
-    check_finite_weights(path, model)
-    return model
+    check_finite_weights(path, model)  # as saved: a weight past float16's range is not a diverged run
+    return model if dtype is None else model.cast(dtype)
