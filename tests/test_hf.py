@@ -329,7 +329,8 @@ def one_line_error(capsys, argv):
 def test_export_refuses_bad_folders_in_one_line(saved_ten, tmp_path, capsys):
     folder, _ = saved_ten
     out = str(tmp_path / "out")
-    assert "does not exist" in one_line_error(capsys, ["export", "--checkpoint", str(tmp_path / "nothing"), "--hf", out])
+    missing = ["export", "--checkpoint", str(tmp_path / "nothing"), "--hf", out]
+    assert "does not exist" in one_line_error(capsys, missing)
 
     other = tmp_path / "gpt2"
     other.mkdir()
