@@ -87,13 +87,35 @@ def cmd_generate(args: argparse.Namespace, explicit: set[str]) -> None:
     device = resolve_device(args.device)
     model = load_model(checkpoint, device, getattr(torch, args.dtype)).eval()
     tokenizer = model_tokenizer(checkpoint, model.config.vocab_size)
-    prompt = tokenizer.encode(args.prompt)
-    if len(prompt) == 0:
-        raise UserError("--prompt must not be empty")
+    prompt = prompt_ids(tokenizer, args.prompt, args.prompt_file)
     ids = torch.as_tensor(prompt.astype("int64"), device=device).unsqueeze(0)
     out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, seed=args.seed)  # fmt: skip
     print(tokenizer.decode(out[0]))
+
+
+def prompt_ids(tokenizer: Any, prompt: str, prompt_file: str | None) -> Any:
+    """The prompt's token ids, from --prompt or --prompt_file. The byte model reads any bytes as they are (a file's,
+    or a command line's that is not UTF-8); another tokenizer needs UTF-8 text, else one line says where it is not."""
+    import numpy as np
+
+    if prompt_file is not None:
+        try:
+            raw = Path(prompt_file).expanduser().read_bytes()
+        except OSError as err:
+            raise UserError(f"--prompt_file {prompt_file}: {err.strerror or err}") from None
+        where = f"--prompt_file {prompt_file}"
+    else:
+        raw, where = os.fsencode(prompt), "--prompt"  # the command line's own bytes (Python escapes non-UTF-8 ones)
+    if not raw:
+        raise UserError(f"{where} is empty: give at least one token")
+    if getattr(tokenizer, "kind", None) == "byte":
+        return np.frombuffer(raw, dtype=np.uint8).astype(np.uint16)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{where} is not UTF-8 text (byte {err.start}): this model's tokenizer reads text") from None
+    return tokenizer.encode(text)
 
 
 def cmd_export(args: argparse.Namespace, explicit: set[str]) -> None:
@@ -214,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="sample text from a checkpoint")
     generate.add_argument("--checkpoint", required=True, help="a checkpoint folder or a run's --output_dir")
-    generate.add_argument("--prompt", default="\n")
+    prompt = generate.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="\n")
+    prompt.add_argument("--prompt_file", help="the prompt from a file (the byte model reads its bytes as they are)")
     generate.add_argument("--max_new_tokens", type=int, default=200)
     generate.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 is greedy")
     generate.add_argument("--top_k", type=positive(int))

@@ -534,3 +534,37 @@ def test_a_resume_that_passes_over_a_damaged_final_says_so_and_why(corpus, tmp_p
     assert code == 0
     said = next(line for line in out.splitlines() if "passed over final" in line)
     assert why in said and "resuming from step-0000002" in said
+
+
+def test_a_prompt_from_a_file_or_in_any_bytes_reaches_the_byte_model_as_it_is(corpus, tmp_path, capsys):
+    output = tmp_path / "run"
+    Trainer(tiny_arguments(corpus, output, max_steps=1)).train()
+    raw = b"Now is the winter " + b"\xff\xfe"  # not UTF-8
+    (tmp_path / "prompt.bin").write_bytes(raw)
+    base = ["generate", "--checkpoint", str(output), "--max_new_tokens", "0"]
+    code, out, _ = run_cli([*base, "--prompt_file", str(tmp_path / "prompt.bin")], capsys)
+    assert code == 0 and out.startswith("Now is the winter \ufffd\ufffd")  # its bytes, shown with replacements
+    code, out, _ = run_cli([*base, "--prompt", os.fsdecode(raw)], capsys)  # the same bytes on the command line
+    assert code == 0 and out.startswith("Now is the winter \ufffd\ufffd")
+    (tmp_path / "empty.txt").write_text("")
+    for flags, message in ((["--prompt_file", str(tmp_path / "empty.txt")], "is empty"),
+                           (["--prompt_file", str(tmp_path / "none.txt")], "No such file"),
+                           (["--prompt", "x", "--prompt_file", str(tmp_path / "prompt.bin")], "not allowed with")):
+        code, err = run_cli_or_exit([*base, *flags], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line_for_a_text_tokenizer():
+    import numpy as np
+
+    from temporal_eigenstate_networks.cli import UserError, prompt_ids
+
+    class TextTokenizer:
+        kind = "bpe"
+
+        def encode(self, text: str) -> np.ndarray:
+            return np.array([ord(c) for c in text])
+
+    assert prompt_ids(TextTokenizer(), "ab", None).tolist() == [97, 98]
+    with pytest.raises(UserError, match=r"--prompt is not UTF-8 text \(byte 2\)"):
+        prompt_ids(TextTokenizer(), os.fsdecode(b"ab\xff"), None)
