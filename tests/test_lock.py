@@ -12,6 +12,7 @@ from pathlib import Path
 from temporal_eigenstate_networks.cli import main
 from temporal_eigenstate_networks.runs.lock import LOCK_FILE, release_lock, take_lock
 
+from .test_overwrite import one_line_error
 from .test_training import TINY
 
 HOLD = "import sys, time\nfrom temporal_eigenstate_networks.runs.lock import take_lock\n" \
@@ -23,14 +24,6 @@ def holder(folder: Path) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
     return process
-
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err
 
 
 def _race(folder: str, barrier, results) -> None:

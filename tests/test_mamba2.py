@@ -23,6 +23,8 @@ from temporal_eigenstate_networks.experiments.compare import run_comparison
 from temporal_eigenstate_networks.lm import LanguageModel
 from temporal_eigenstate_networks.training import TrainArguments, Trainer
 
+from .test_overwrite import one_line_error
+
 needs_transformers = pytest.mark.skipif(
     find_spec("transformers") is None, reason="mamba2 is transformers' Mamba2ForCausalLM: the hf extra is not installed"
 )
@@ -32,14 +34,6 @@ TINY = dict(d_model=32, n_layers=2, max_seq_len=32, vocab_size=50)
 def tiny_mamba2(**sizes) -> LanguageModel:
     torch.manual_seed(0)
     return build_model("mamba2", **{**TINY, **sizes}).eval()
-
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err
 
 
 # ---------------------------------------------------------------- sized like TEN
