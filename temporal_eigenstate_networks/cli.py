@@ -134,7 +134,7 @@ def cmd_prepare(args: argparse.Namespace, explicit: set[str]) -> None:
     from .data import prepare_token_files
 
     meta = prepare_token_files(args.dataset, args.tokenizer, Path(args.output_dir), streaming=args.streaming,
-                               max_train_tokens=args.max_train_tokens)  # fmt: skip
+                               max_train_tokens=args.max_train_tokens, overwrite=args.overwrite)  # fmt: skip
     print(
         f"wrote {args.output_dir}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} validation tokens "
         f"({meta['dtype']}, vocabulary {meta['vocab_size']:,}); train with --tokenized_dir {args.output_dir}"
@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--output_dir", required=True)
     prepare.add_argument("--max_train_tokens", type=positive(int))
     prepare.add_argument("--streaming", action="store_true")
+    prepare.add_argument("--overwrite", action="store_true", help="replace an --output_dir that holds files")
     prepare.set_defaults(run=cmd_prepare)
     return parser
 

