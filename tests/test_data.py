@@ -17,6 +17,7 @@ from temporal_eigenstate_networks.data import (
     WindowSampler,
     build_tokenizer,
     load_corpus,
+    load_token_data,
     prepare_token_files,
     read_text_source,
     read_token_file,
@@ -174,6 +175,28 @@ def test_token_file_round_trip(tmp_path, suffix, top):
     assert isinstance(loaded, np.memmap) and np.array_equal(loaded, tokens)
     with pytest.raises(DataError, match="outside the vocabulary"):
         read_token_file(path, vocab_size=256)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.int64])
+def test_a_numpy_token_file_is_memory_mapped_and_splits_like_the_raw_one(tmp_path, dtype):
+    tokens = np.arange(300, dtype=dtype) % 250
+    np.save(tmp_path / "tokens.npy", tokens)
+    write_token_file(tmp_path / "tokens.bin", tokens)
+    loaded = read_token_file(tmp_path / "tokens.npy", vocab_size=256)
+    assert isinstance(loaded, np.memmap) and np.array_equal(loaded, tokens)
+    npy, raw = (load_token_data(str(tmp_path / f"tokens.{s}")) for s in ("npy", "bin"))
+    assert np.array_equal(npy.train, raw.train) and np.array_equal(npy.val, raw.val)
+
+
+@pytest.mark.parametrize(
+    "array,message",
+    [(np.zeros((2, 3), np.int64), "1-D integer"), (np.zeros(4, np.float32), "1-D integer"),
+     (np.array([1, -2]), "negative token id"), (np.array(["a", "b"], dtype=object), "not a numpy array file")],
+)  # fmt: skip
+def test_a_numpy_file_that_is_not_token_ids_is_refused_and_never_unpickled(tmp_path, array, message):
+    np.save(tmp_path / "t.npy", array, allow_pickle=True)
+    with pytest.raises(DataError, match=message):
+        read_token_file(tmp_path / "t.npy")
 
 
 def test_a_token_id_beyond_the_vocabulary_anywhere_in_the_file_is_found_at_load(tmp_path):

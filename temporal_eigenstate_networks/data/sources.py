@@ -18,7 +18,9 @@ from .errors import DataError
 
 BUILTIN_CORPORA = ("shakespeare",)
 TEXT_SUFFIXES = (".txt", ".md", ".text")
-TOKEN_FILE_DTYPES = {".bin": np.uint16, ".u16": np.uint16, ".u32": np.uint32}
+TOKEN_FILE_DTYPES = {".bin": np.uint16, ".u16": np.uint16, ".u32": np.uint32}  # raw little-endian ids (nanoGPT's)
+NUMPY_TOKEN_FILE = ".npy"  # a 1-D integer array saved by numpy.save: its header gives the dtype
+TOKEN_FILE_SUFFIXES = (*TOKEN_FILE_DTYPES, NUMPY_TOKEN_FILE)
 HUB_PREFIX = "hf:"
 
 
@@ -158,7 +160,7 @@ def load_corpus(name: str, max_chars: int | None = None, streaming: bool = False
         if not path.exists():
             raise DataError(
                 f"unknown dataset {name!r}: give one of {', '.join(BUILTIN_CORPORA)}, a text file or folder, "
-                f"a token file ({', '.join(TOKEN_FILE_DTYPES)}), a hub dataset ({', '.join(HUB_DATASETS)}) "
+                f"a token file ({', '.join(TOKEN_FILE_SUFFIXES)}), a hub dataset ({', '.join(HUB_DATASETS)}) "
                 "or hf:<dataset>[:<config>]"
             )
         text = read_text_source(path)
@@ -166,7 +168,7 @@ def load_corpus(name: str, max_chars: int | None = None, streaming: bool = False
 
 
 def is_token_file(name: str) -> bool:
-    return Path(name).suffix in TOKEN_FILE_DTYPES
+    return Path(name).suffix in TOKEN_FILE_SUFFIXES
 
 
 def write_token_file(path: Path, tokens: np.ndarray) -> None:
@@ -183,11 +185,17 @@ def write_token_file(path: Path, tokens: np.ndarray) -> None:
 
 
 def read_token_file(path: Path, vocab_size: int | None = None) -> np.ndarray:
-    """Memory-map a token file (nanoGPT-style) without reading it; check the ids fit the vocabulary."""
+    """Memory-map a token file (nanoGPT-style, or a numpy .npy) without reading it; check the ids fit the
+    vocabulary."""
     path = Path(path).expanduser()
+    if path.suffix == NUMPY_TOKEN_FILE and path.is_file():
+        tokens = _read_numpy_tokens(path)
+        if vocab_size is not None:
+            check_token_ids_fit(tokens, vocab_size, path)
+        return tokens
     dtype = TOKEN_FILE_DTYPES.get(path.suffix)
     if dtype is None:
-        raise DataError(f"token file {path} must end in one of {', '.join(TOKEN_FILE_DTYPES)}")
+        raise DataError(f"token file {path} must end in one of {', '.join(TOKEN_FILE_SUFFIXES)}")
     if not path.is_file():
         raise DataError(f"no such token file: {path}")
     itemsize = np.dtype(dtype).itemsize
@@ -197,6 +205,20 @@ def read_token_file(path: Path, vocab_size: int | None = None) -> np.ndarray:
     tokens = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r")
     if vocab_size is not None:
         check_token_ids_fit(tokens, vocab_size, path)
+    return tokens
+
+
+def _read_numpy_tokens(path: Path) -> np.ndarray:
+    """A .npy of token ids, memory-mapped; never unpickled (allow_pickle=False), so object arrays are refused."""
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path} is not a numpy array file ({_first_line(err)})") from None
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu" or tokens.size == 0:
+        raise DataError(f"{path} holds a {tokens.dtype} array of shape {tokens.shape}: token ids are a non-empty "
+                        "1-D integer array")  # fmt: skip
+    if tokens.dtype.kind == "i" and int(tokens.min()) < 0:
+        raise DataError(f"{path} holds a negative token id ({int(tokens.min())})")
     return tokens
 
 

@@ -103,8 +103,9 @@ class TrainArguments:
                                         "with no --epochs or --max_steps the schedule ends with it",
                                         group=OPTIMISATION, bound=POSITIVE, resumable=True)  # fmt: skip
     # data
-    dataset: str = setting("shakespeare", "shakespeare (built in), a text file or folder, a token file (.bin/.u32), "
-                           "or a hub name (wikitext-103, tinystories, finewebedu, pg19, openwebtext, imdb, ag_news)",
+    dataset: str = setting("shakespeare", "shakespeare (built in), a text file or folder, a token file "
+                           "(.bin/.u32/.npy), or a hub name (wikitext-103, tinystories, finewebedu, pg19, openwebtext, "
+                           "imdb, ag_news)",
                            group=DATA, resumable=True)  # fmt: skip
     tokenizer: str = setting("byte", "byte (default), bpe:N, or a hub tokenizer name", group=DATA)
     subset_size: int | None = setting(None, "train on the first N windows of the corpus", group=DATA, bound=POSITIVE)
