@@ -25,7 +25,6 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 from torch.utils.flop_counter import FlopCounterMode
 
-import temporal_eigenstate_networks.modules.eigenstate as eigenstate_module
 from temporal_eigenstate_networks import LanguageModel
 from temporal_eigenstate_networks.architectures import build_model
 from temporal_eigenstate_networks.device import resolve_device
@@ -160,30 +159,23 @@ def ten_model(sz: dict[str, Any], device: torch.device) -> LanguageModel:
                        max_seq_len=max(sz["train_lengths"]), selective=True)  # fmt: skip
 
 
+SCAN_OPS = ("ten::chunked_scan", "ten::chunked_scan_backward", "ten::triton_scan", "ten::triton_scan_backward")
+
+
 def scan_share(step: Callable[[], None], device: torch.device, steps: int) -> float:
-    """Percent of the step in the recurrence: its forward under a ``ten::scan`` range, its backward in
-    the ``_ChunkedScanBackward`` event (CPU time against wall time on CPU; kernel time on CUDA)."""
-    original = eigenstate_module.scan
-
-    def traced_scan(*args: Any, **kwargs: Any) -> Tensor:
-        with torch.profiler.record_function("ten::scan"):
-            return original(*args, **kwargs)
-
+    """Percent of the step in the recurrence: the scan's custom operators (ops/chunked.py, ops/triton.py), forward
+    and backward, as the profiler names them (CPU time against wall time on CPU; kernel time on CUDA)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    eigenstate_module.scan = traced_scan
-    try:
-        with torch.profiler.profile(activities=activities) as prof:
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            sync(device)
-            wall = time.perf_counter() - start
-    finally:
-        eigenstate_module.scan = original
+    with torch.profiler.profile(activities=activities) as prof:
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        wall = time.perf_counter() - start
     events = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]  # not GPU-side annotations
     attr = "device_time_total" if device.type == "cuda" else "cpu_time_total"
-    in_scan = sum(getattr(e, attr) for e in events if e.key in ("ten::scan", "_ChunkedScanBackward")) / 1e6
+    in_scan = sum(getattr(e, attr) for e in events if e.key in SCAN_OPS) / 1e6
     total = sum(e.self_device_time_total for e in events) / 1e6 if device.type == "cuda" else wall
     return 100 * in_scan / total
 

@@ -1,8 +1,8 @@
 """`--compile`: the training step through torch.compile (inductor, on the CPU here) trains like eager.
 
-The scan stays opaque to the compiler (temporal_eigenstate_networks.ops.scan is a graph break), everything around it is
-compiled. Compilation takes tens of seconds per model on 2 cores, so the models are tiny and the
-runs 3 steps long.
+The scan is a torch custom operator (ops/chunked.py, ops/triton.py): the compiler sees it as one op with a fake
+implementation and a registered backward, so the whole step is one graph. Compilation takes tens of seconds per
+model on 2 cores, so the models are tiny and the runs 3 steps long.
 """
 
 import pytest
@@ -31,6 +31,36 @@ def test_compiled_training_matches_eager(corpus, tmp_path, variant):
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     for name, value in final[False].items():
         torch.testing.assert_close(final[True][name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+COMPILED_LAYERS = {"ten": {}, "hten": {"use_hten": True, "hten_scales": [1, 2]}, "nonselective": {"selective": False},
+                   "hybrid": {"layer_pattern": "ew", "attention_window": 4}}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(COMPILED_LAYERS))
+def test_the_whole_training_step_is_one_graph(variant):
+    """fullgraph=True makes any graph break an error; aot_eager traces the backward through the registered
+    autograd and the fake implementations, as inductor does, without its code generation."""
+    from temporal_eigenstate_networks import TemporalEigenstateConfig, TemporalEigenstateNetwork
+
+    config = TemporalEigenstateConfig(vocab_size=64, d_model=16, n_layers=2, num_eigenstates=8, num_heads=2,
+                                      max_seq_len=16, **COMPILED_LAYERS[variant])  # fmt: skip
+    model = TemporalEigenstateNetwork(config)
+    inputs, targets = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+
+    def loss() -> torch.Tensor:
+        return model.compute_loss(inputs, targets, return_dict=True)["loss"]
+
+    def loss_and_gradients(loss_fn) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        value = loss_fn()  # the backward graph is AOTAutograd's, compiled with the forward
+        return value, torch.autograd.grad(value, list(model.parameters()))
+
+    torch._dynamo.reset()
+    compiled_loss, compiled_grads = loss_and_gradients(torch.compile(loss, fullgraph=True, backend="aot_eager"))
+    loss, grads = loss_and_gradients(loss)
+    torch.testing.assert_close(compiled_loss, loss)
+    for compiled, eager in zip(compiled_grads, grads, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-6)
 
 
 def test_compilation_is_on_cuda_only_unless_asked(corpus, tmp_path):

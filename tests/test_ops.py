@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from temporal_eigenstate_networks.ops import MAX_CHUNK_SIZE, MIN_DECAY, scan, scan_chunked, scan_fft, scan_sequential
+from temporal_eigenstate_networks.ops.common import as_3d
 
 from .conftest import relative_error
 
@@ -147,3 +148,13 @@ def test_cpu_batch_blocks_match_sequential(monkeypatch, selective, with_state):
         strict=True,
     ):
         assert relative_error(got, want) <= 1e-10
+
+
+@pytest.mark.parametrize("selective", [True, False])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_the_chunked_operator_is_registered_whole(selective, with_state):
+    """torch.library.opcheck: the schema, the fake (shape-only) implementation torch.compile traces with, and the
+    registered backward agree with the real op."""
+    lam, beta, state = make_inputs(2, 12, 3, selective, torch.complex64, with_state)
+    lam, beta, state = (None if x is None else x.requires_grad_() for x in (as_3d(lam), beta, state))
+    torch.library.opcheck(torch.ops.ten.chunked_scan.default, (lam, beta, state, 4))

@@ -370,7 +370,7 @@ def test_bf16_autocast_training_runs_on_cpu(corpus, tmp_path):
     assert math.isfinite(result.eval["val_ce"])
 
 
-@pytest.mark.parametrize("model", ["ten"])  # mamba2 hung twice under load (300 s timeouts): to investigate
+@pytest.mark.parametrize("model", ["ten", "mamba2"])
 def test_torchrun_two_cpu_ranks_stay_in_step(corpus, tmp_path, model):
     if model == "mamba2":
         pytest.importorskip("transformers", reason="mamba2 is transformers' Mamba2ForCausalLM (the hf extra)")

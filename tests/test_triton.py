@@ -15,6 +15,7 @@ import temporal_eigenstate_networks.ops as ops
 from temporal_eigenstate_networks import TemporalEigenstateConfig, TemporalEigenstateNetwork
 from temporal_eigenstate_networks.distribution import install_hint
 from temporal_eigenstate_networks.ops import scan, scan_sequential
+from temporal_eigenstate_networks.ops.common import as_3d
 
 from .conftest import relative_error
 from .test_ops import gradients, make_inputs, random_lam
@@ -126,3 +127,13 @@ def test_one_pass_over_the_sequence_where_rows_fill_the_gpu(monkeypatch):
     assert fused.chunk_length(8, 16, 5000, torch.device("cpu")) == fused.CHUNK
     monkeypatch.setattr(fused, "chunk_length", lambda batch, k_size, length, device: length)
     check_against_sequential(*make_inputs(2, 77, 12, True, torch.complex64, True))
+
+
+@pytest.mark.parametrize("selective,with_state", [(True, True), (False, False)])
+def test_the_fused_operator_is_registered_whole(selective, with_state):
+    """torch.library.opcheck: schema, fake implementation and registered backward agree with the kernels."""
+    lam, beta, state = make_inputs(2, 40, 5, selective, torch.complex64, with_state)
+    lam, beta, state = (None if x is None else x.requires_grad_() for x in (as_3d(lam), beta, state))
+    from temporal_eigenstate_networks.ops.triton import triton_scan_op  # registered when first imported
+
+    torch.library.opcheck(triton_scan_op, (lam, beta, state))

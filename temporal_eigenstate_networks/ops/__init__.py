@@ -43,7 +43,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "triton" if device.type == "cuda" and triton_available() else "chunked"
 
 
-@torch.compiler.disable  # opaque to torch.compile: a graph break around hand-written forward/backward kernels
 def scan(
     lam: Tensor,
     beta: Tensor,
@@ -51,7 +50,8 @@ def scan(
     backend: str = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Tensor:
-    """All states of the recurrence, (B, T, K) complex."""
+    """All states of the recurrence, (B, T, K) complex. The fast backends are torch custom operators
+    (torch.library), so torch.compile sees each as one op and compiles what surrounds it without a graph break."""
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"scan backend must be one of {SCAN_BACKENDS}, got {backend!r}")
     backend = resolve_backend(backend, beta.device)

@@ -17,9 +17,10 @@ so there is no Python loop over time.  The backward pass is the same recurrence 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .common import (
     DEFAULT_CHUNK_SIZE,
@@ -27,6 +28,7 @@ from .common import (
     as_3d,
     check_scan_inputs,
     is_time_invariant,
+    scan_dtype,
 )
 
 # Elements of one batch block on the CPU (complex64: 4 MiB per temporary); see batch_blocks.
@@ -117,40 +119,75 @@ def _rows(tensor: Tensor | None, block: slice) -> Tensor | None:
     return tensor if tensor is None or tensor.shape[0] == 1 else tensor[block]
 
 
-class _ChunkedScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, lam: Tensor, beta: Tensor, initial_state: Tensor | None, chunk_size: int):
-        states = torch.empty_like(beta)
-        for block in batch_blocks(beta):
-            initial_rows = _rows(initial_state, block)
-            states[block] = chunked_scan_forward(_rows(lam, block), beta[block], initial_rows, chunk_size)
-        ctx.save_for_backward(lam, initial_state, states)
-        ctx.chunk_size = chunk_size
-        return states
+# ---------------------------------------------------------------- the operator torch sees
+# Registered with torch.library: torch.compile then treats the scan as one opaque op (shapes from the fake
+# implementation, gradients from the registered backward) and compiles the layer around it without a graph break.
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_states: Tensor):
-        lam, initial_state, states = ctx.saved_tensors
-        need_lam = ctx.needs_input_grad[0]
-        grad_beta = torch.empty_like(states)
-        grad_lam = None if not need_lam else torch.zeros_like(lam) if lam.shape[0] == 1 else torch.empty_like(lam)
-        grad_initial = None if initial_state is None else torch.empty_like(initial_state)
-        for block in batch_blocks(states):
-            lam_rows = _rows(lam, block)
-            g_lam, grad_beta[block], g_initial = _chunked_scan_backward(
-                lam_rows, _rows(initial_state, block), states[block], grad_states[block], ctx.chunk_size, need_lam
-            )
-            if g_lam is not None:
-                if lam.shape[0] == 1:
-                    grad_lam += g_lam  # lam shared across the batch: its gradient sums over blocks
-                else:
-                    grad_lam[block] = g_lam
-            if g_initial is not None:
-                grad_initial[block] = g_initial
-        if not ctx.needs_input_grad[2]:
-            grad_initial = None
-        return grad_lam, grad_beta, grad_initial, None
+
+@torch.library.custom_op("ten::chunked_scan", mutates_args=())
+def chunked_scan_op(lam: Tensor, beta: Tensor, initial_state: Tensor | None, chunk_size: int) -> Tensor:
+    """All states, (B, T, K); lam is (B or 1, T or 1, K)."""
+    states = beta.new_empty(beta.shape, dtype=scan_dtype(lam, beta))
+    for block in batch_blocks(beta):
+        initial_rows = _rows(initial_state, block)
+        states[block] = chunked_scan_forward(_rows(lam, block), beta[block], initial_rows, chunk_size)
+    return states
+
+
+@chunked_scan_op.register_fake
+def _(lam: Tensor, beta: Tensor, initial_state: Tensor | None, chunk_size: int) -> Tensor:
+    return beta.new_empty(beta.shape, dtype=scan_dtype(lam, beta))
+
+
+@torch.library.custom_op("ten::chunked_scan_backward", mutates_args=())
+def chunked_scan_backward_op(
+    lam: Tensor, initial_state: Tensor | None, states: Tensor, grad_states: Tensor, chunk_size: int, need_lam: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad lam, grad beta, grad initial state); an unneeded or absent one is an empty tensor (an op returns
+    tensors, never None)."""
+    grad_beta = torch.empty_like(states)
+    grad_lam = torch.zeros_like(lam) if need_lam else lam.new_empty(0)
+    grad_initial = states.new_empty(0) if initial_state is None else torch.empty_like(initial_state)
+    for block in batch_blocks(states):
+        lam_rows = _rows(lam, block)
+        g_lam, grad_beta[block], g_initial = _chunked_scan_backward(
+            lam_rows, _rows(initial_state, block), states[block], grad_states[block], chunk_size, need_lam
+        )
+        if g_lam is not None:
+            if lam.shape[0] == 1:
+                grad_lam += g_lam  # lam shared across the batch: its gradient sums over blocks
+            else:
+                grad_lam[block] = g_lam
+        if g_initial is not None:
+            grad_initial[block] = g_initial
+    return grad_lam, grad_beta, grad_initial
+
+
+@chunked_scan_backward_op.register_fake
+def _(
+    lam: Tensor, initial_state: Tensor | None, states: Tensor, grad_states: Tensor, chunk_size: int, need_lam: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    grad_lam = torch.empty_like(lam) if need_lam else lam.new_empty(0)
+    grad_initial = states.new_empty(0) if initial_state is None else torch.empty_like(initial_state)
+    return grad_lam, torch.empty_like(states), grad_initial
+
+
+def _save(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    lam, _, initial_state, chunk_size = inputs
+    ctx.save_for_backward(lam, initial_state, output)
+    ctx.chunk_size = chunk_size
+
+
+def _backward(ctx: Any, grad_states: Tensor) -> tuple[Tensor | None, Tensor, Tensor | None, None]:
+    lam, initial_state, states = ctx.saved_tensors
+    need_lam, _, need_initial, _ = ctx.needs_input_grad
+    grad_lam, grad_beta, grad_initial = chunked_scan_backward_op(
+        lam, initial_state, states, grad_states, ctx.chunk_size, need_lam
+    )
+    return grad_lam if need_lam else None, grad_beta, grad_initial if need_initial else None, None
+
+
+chunked_scan_op.register_autograd(_backward, setup_context=_save)
 
 
 def scan_chunked(
@@ -163,4 +200,4 @@ def scan_chunked(
     check_scan_inputs(lam, beta, initial_state)
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be in [1, {MAX_CHUNK_SIZE}], got {chunk_size}")
-    return _ChunkedScan.apply(as_3d(lam), beta, initial_state, chunk_size)
+    return chunked_scan_op(as_3d(lam), beta, initial_state, chunk_size)

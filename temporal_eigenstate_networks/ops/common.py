@@ -51,3 +51,8 @@ def as_3d(lam: Tensor) -> Tensor:
     while lam.dim() < 3:
         lam = lam.unsqueeze(0)
     return lam
+
+
+def scan_dtype(lam: Tensor, beta: Tensor) -> torch.dtype:
+    """The states' dtype: lam and beta's common complex type."""
+    return torch.promote_types(lam.dtype, beta.dtype)

@@ -22,12 +22,12 @@ set before this module is imported), which is how the tests check them against `
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .common import as_3d, check_scan_inputs
 
@@ -202,39 +202,73 @@ def _incoming(lam: Tensor, x: Tensor, reverse: bool, initial: Tensor | None, chu
     return incoming.flip(1) if reverse else incoming
 
 
-class _TritonScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
-        lam, beta = lam.contiguous(), beta.contiguous()
-        batch, length, k_size = beta.shape
-        ctx.chunk = chunk_length(batch, k_size, length, beta.device)
-        carry = _incoming(lam, beta, False, initial_state, ctx.chunk)
-        states = _run(lam, beta, reverse=False, carry_in=carry, chunk_len=ctx.chunk)
-        ctx.save_for_backward(lam, initial_state, states)
-        ctx.beta_dtype = beta.dtype
-        return states
+# ---------------------------------------------------------------- the operator torch sees
+# Registered with torch.library, as the chunked backend's: one opaque op for torch.compile, no graph break.
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_states: Tensor):
-        lam, initial_state, states = ctx.saved_tensors
-        batch, length, k_size = states.shape
-        grad_states = grad_states.to(torch.complex64).contiguous()
-        per_step = lam.shape[1] == length and length > 1
-        n_chunks = triton.cdiv(length, ctx.chunk)
-        grad_lam = torch.empty(batch, length if per_step else n_chunks, k_size, dtype=torch.complex64,
-                               device=states.device)  # fmt: skip
-        carry = _incoming(lam, grad_states, True, None, ctx.chunk)
-        grad_beta = _run(lam, grad_states, reverse=True, carry_in=carry, chunk_len=ctx.chunk, prev=states,
-                         first=initial_state, grad_lam=grad_lam, lam_per_step=per_step)  # fmt: skip
-        grad_initial = None
-        if initial_state is not None and ctx.needs_input_grad[2]:  # d c(-1) = conj(lam(0)) G(0)
-            grad_initial = (lam[:, 0].conj() * grad_beta[:, 0]).to(initial_state.dtype)
-        if ctx.needs_input_grad[0]:
-            grad_lam = grad_lam.sum_to_size(lam.shape).to(lam.dtype)
-        else:
-            grad_lam = None
-        return grad_lam, grad_beta.to(ctx.beta_dtype), grad_initial
+
+@torch.library.custom_op("ten::triton_scan", mutates_args=())
+def triton_scan_op(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
+    """All states, (B, T, K) complex64."""
+    lam, beta = lam.contiguous(), beta.contiguous()
+    batch, length, k_size = beta.shape
+    chunk = chunk_length(batch, k_size, length, beta.device)
+    carry = _incoming(lam, beta, False, initial_state, chunk)
+    return _run(lam, beta, reverse=False, carry_in=carry, chunk_len=chunk)
+
+
+@triton_scan_op.register_fake
+def _(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
+    return beta.new_empty(beta.shape, dtype=torch.complex64)
+
+
+@torch.library.custom_op("ten::triton_scan_backward", mutates_args=())
+def triton_scan_backward_op(
+    lam: Tensor, initial_state: Tensor | None, states: Tensor, grad_states: Tensor, need_lam: bool, need_initial: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad lam, grad beta (complex64), grad initial state); an unneeded one is an empty tensor."""
+    lam = lam.contiguous()
+    batch, length, k_size = states.shape
+    chunk = chunk_length(batch, k_size, length, states.device)
+    grad_states = grad_states.to(torch.complex64).contiguous()
+    per_step = lam.shape[1] == length and length > 1
+    n_chunks = triton.cdiv(length, chunk)
+    grad_lam = torch.empty(batch, length if per_step else n_chunks, k_size, dtype=torch.complex64,
+                           device=states.device)  # fmt: skip
+    carry = _incoming(lam, grad_states, True, None, chunk)
+    grad_beta = _run(lam, grad_states, reverse=True, carry_in=carry, chunk_len=chunk, prev=states,
+                     first=initial_state, grad_lam=grad_lam, lam_per_step=per_step)  # fmt: skip
+    grad_initial = states.new_empty(0)
+    if initial_state is not None and need_initial:  # d c(-1) = conj(lam(0)) G(0)
+        grad_initial = (lam[:, 0].conj() * grad_beta[:, 0]).to(initial_state.dtype)
+    grad_lam = grad_lam.sum_to_size(lam.shape).to(lam.dtype) if need_lam else lam.new_empty(0)
+    return grad_lam, grad_beta, grad_initial
+
+
+@triton_scan_backward_op.register_fake
+def _(
+    lam: Tensor, initial_state: Tensor | None, states: Tensor, grad_states: Tensor, need_lam: bool, need_initial: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    grad_lam = torch.empty_like(lam) if need_lam else lam.new_empty(0)
+    needed = initial_state is not None and need_initial
+    return grad_lam, torch.empty_like(states), torch.empty_like(initial_state) if needed else states.new_empty(0)
+
+
+def _save(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    lam, beta, initial_state = inputs
+    ctx.save_for_backward(lam, initial_state, output)
+    ctx.beta_dtype = beta.dtype
+
+
+def _backward(ctx: Any, grad_states: Tensor) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    lam, initial_state, states = ctx.saved_tensors
+    need_lam, _, need_initial = ctx.needs_input_grad
+    grad_lam, grad_beta, grad_initial = triton_scan_backward_op(
+        lam, initial_state, states, grad_states, need_lam, need_initial and initial_state is not None
+    )
+    return grad_lam if need_lam else None, grad_beta.to(ctx.beta_dtype), grad_initial if need_initial else None
+
+
+triton_scan_op.register_autograd(_backward, setup_context=_save)
 
 
 def scan_triton(lam: Tensor, beta: Tensor, initial_state: Tensor | None = None) -> Tensor:
@@ -242,4 +276,4 @@ def scan_triton(lam: Tensor, beta: Tensor, initial_state: Tensor | None = None) 
     check_scan_inputs(lam, beta, initial_state)
     if beta.device.type != "cuda" and not INTERPRETED:
         raise ValueError("scan backend 'triton' needs CUDA tensors (TRITON_INTERPRET=1 runs it on the CPU, slowly)")
-    return _TritonScan.apply(as_3d(lam), beta, initial_state)
+    return triton_scan_op(as_3d(lam), beta, initial_state)

@@ -238,7 +238,7 @@ class Trainer:
             )
 
     def maybe_compile(self, module: nn.Module) -> nn.Module:
-        """torch.compile around the scan, which stays opaque (ops.scan is a graph break)."""
+        """torch.compile of the whole step: the scan is a custom operator (ops/chunked.py), one op in the graph."""
         wanted = self.device.type == "cuda" if self.args.compile is None else self.args.compile
         if not wanted or self.args.dry_run:
             return module
