@@ -16,8 +16,10 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from temporal_eigenstate_networks.experiments import compare
 from temporal_eigenstate_networks.runs import trackers as trackers_module
@@ -313,3 +315,10 @@ def test_a_tracker_that_fails_to_start_costs_one_warning_not_the_run(corpus, tmp
     assert result.status == "finished"
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "Broken failed while starting" in warnings[0] and "went away" in warnings[0]
+
+
+def test_train_records_carry_the_peak_gpu_memory_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**29)
+    on = SimpleNamespace(device=torch.device("cuda", 0))
+    assert Trainer.memory(on) == {"peak_memory_gib": 1.5}
+    assert Trainer.memory(SimpleNamespace(device=torch.device("cpu"))) == {}  # no allocator counts it

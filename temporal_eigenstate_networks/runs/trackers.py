@@ -18,7 +18,7 @@ import netrc
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -181,7 +181,7 @@ def json_block(values: dict[str, Any]) -> str:
     return "```\n" + json.dumps(values, indent=1, default=str) + "\n```"
 
 
-def wandb_logged_in(environ: dict[str, str] | os._Environ = os.environ) -> bool:
+def wandb_logged_in(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether W&B has credentials here: WANDB_API_KEY, an identity token file, or a .netrc entry for its host
     (what `wandb login` writes)."""
     if environ.get("WANDB_API_KEY") or environ.get("WANDB_IDENTITY_TOKEN_FILE"):
@@ -195,7 +195,7 @@ def wandb_logged_in(environ: dict[str, str] | os._Environ = os.environ) -> bool:
     return any(host in entries for host in hosts if host)
 
 
-def wandb_mode(environ: dict[str, str] | os._Environ = os.environ) -> str:
+def wandb_mode(environ: Mapping[str, str] = os.environ) -> str:
     """WANDB_MODE when the user set it; otherwise online if logged in, else offline (nothing is contacted)."""
     return environ.get("WANDB_MODE") or ("online" if wandb_logged_in(environ) else "offline")
 
@@ -220,8 +220,9 @@ class WandbTracker:
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
         if mode == "offline":
-            folder = Path(self.run.dir).parent  # .../wandb/offline-run-<time>-<id>/files
-            return f"W&B: offline run {self.run.id} in {folder}; upload it with: wandb sync {folder}"
+            folder = Path(self.run.dir).parent  # .../wandb/offline-run-<time>-<id>[-N]/files
+            parts = folder.parent / f"offline-run-*-{self.run.id}*"  # a resumed run's parts, in the order of time
+            return f"W&B: offline run {self.run.id} in {folder}; upload it with: wandb sync {parts}"
         return f"W&B: {getattr(self.run, 'url', None) or f'run {self.run.id} ({mode})'}"
 
     def log(self, record: dict[str, Any], step: int) -> None:
