@@ -9,7 +9,7 @@ fi
 # triton (the fused GPU kernel, tested here through its interpreter) has Linux wheels only.
 # -I: the installed package, not this folder (which would import from here without being installed).
 if ! .venv/bin/python -I -c "import sys, temporal_eigenstate_networks, pytest, ruff, tokenizers, transformers, lm_eval
-import accelerate, parameterized; sys.platform != 'linux' or __import__('triton')" 2>/dev/null; then
+import accelerate, parameterized, tensorboard, wandb, trackio; sys.platform != 'linux' or __import__('triton')" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch first and pinned: 2.13.0 is the build this project is tested with.
     .venv/bin/python -m pip install --quiet "torch==2.13.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -376,9 +377,11 @@ def test_torchrun_two_cpu_ranks_stay_in_step(corpus, tmp_path, model):
         pytest.importorskip("transformers", reason="mamba2 is transformers' Mamba2ForCausalLM (the hf extra)")
     output = tmp_path / "run"
     sizes = TINY if model == "ten" else [arg for arg in TINY if arg not in ("--num_eigenstates", "8")]
+    tracked = importlib.util.find_spec("tensorboard") is not None  # only rank 0 may log to a tracker
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "temporal_eigenstate_networks", "train", "--dataset", str(corpus), *sizes, "--model", model,
-               "--max_steps", "3", "--device", "cpu", "--output_dir", str(output)]  # fmt: skip
+               "--max_steps", "3", "--device", "cpu", "--output_dir", str(output),
+               *(["--report_to", "tensorboard"] if tracked else [])]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[:3000]
@@ -389,6 +392,8 @@ def test_torchrun_two_cpu_ranks_stay_in_step(corpus, tmp_path, model):
     assert end["fingerprints"][0] == end["fingerprints"][1] != start["fingerprint"]
     header = {"ten": "TemporalEigenstateNetwork:", "mamba2": "Mamba2 (transformers' Mamba2ForCausalLM"}[model]
     assert done.stdout.count(header) == 1  # only rank 0 prints
+    if tracked:
+        assert len(list((output / "tensorboard").iterdir())) == 1  # one writer: rank 0's
 
 
 # ---------------------------------------------------------------- user mistakes: exit 2, one line

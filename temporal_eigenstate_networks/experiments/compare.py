@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -300,7 +301,8 @@ def run_comparison(
             try:
                 # An interrupted comparison left this run a checkpoint: continue from it.
                 resume = any_in(output_dir / key / CHECKPOINTS)
-                trainer = Trainer(variant_arguments(base, name, output_dir, resume, seed, seeds))
+                trainer = Trainer(variant_arguments(base, name, output_dir, resume, seed, seeds),
+                                  tracker_group=tracker_group(output_dir))  # fmt: skip
                 write_record(rows, base, names, output_dir, seeds)  # --resume finds the comparison, even after a kill
                 rows.append({**run_variant(trainer, name), "seed": seed})
             except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer listens: stop now, keep the table
@@ -317,6 +319,12 @@ def run_comparison(
         raise
     write_plots(rows, output_dir, names, seeds)
     return rows
+
+
+def tracker_group(folder: Path) -> str:
+    """The group the --report_to trackers show a comparison's runs in: its folder's name, and a digest of where it
+    is, so that two runs/compare of different projects stay apart and a resumed comparison keeps its group."""
+    return f"{folder.name}-{hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:6]}"
 
 
 def run_variant(trainer: Trainer, name: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..atomic import overlap
 from .metrics_log import METRICS
+from .trackers import OUTPUTS as TRACKER_OUTPUTS
 
 CHECKPOINTS = "checkpoints"
 
@@ -47,7 +48,9 @@ ABANDONED = "abandoned-after-"  # + the step: the later checkpoints of a run res
 
 def claim_output_dir(folder: Path, overwrite: bool, reading: Iterable[Path] = ()) -> None:
     """An explicit --output_dir: refused when it holds a run (its checkpoints would be lost) unless --overwrite."""
-    earlier = [p for p in (folder / CHECKPOINTS, folder / METRICS) if p.is_file() or any_in(p)]
+    # A tracker's files too: a new run in the folder must not continue the old one's W&B run or TensorBoard steps.
+    kept = (CHECKPOINTS, METRICS, *TRACKER_OUTPUTS)
+    earlier = [p for p in (folder / name for name in kept) if p.is_file() or any_in(p)]
     earlier += sorted(folder.glob(f"{ABANDONED}*")) if folder.is_dir() else []  # checkpoints a resume set aside
     clear_earlier(folder, earlier, overwrite, reading=reading)
     check_writable(folder / CHECKPOINTS)

@@ -13,6 +13,7 @@ from ..config import PRESETS
 from ..flags import DEVICE_HELP, NON_NEGATIVE, POSITIVE, SEED, UNIT_INTERVAL, check_settings, flags_of, setting
 from ..lm import ARCHITECTURES, config_fields
 from ..ops import SCAN_BACKENDS
+from ..runs.trackers import TRACKERS, check_report_to
 
 # The flags' sections of --help, in order.
 MODEL = "model (a preset, then overrides)"
@@ -131,6 +132,13 @@ class TrainArguments:
                                         bound=NON_NEGATIVE, resumable=True)  # fmt: skip
     sample_tokens: int = setting(200, "tokens sampled at the end", group=OUTPUT, bound=NON_NEGATIVE, parse_bound=None,
                                  resumable=True)  # fmt: skip
+    # None or ["none"]: no tracker. A resumed run keeps its trackers unless given again.
+    report_to: list[str] | None = setting(
+        None, f"where else to watch the run, comma-separated: {', '.join(TRACKERS)} or none (default none). Each "
+        "gets every metrics.jsonl record at its step, the run plan and the model summary; each is an extra of "
+        "that name. W&B runs offline unless you are logged in; a resumed run continues the same tracker runs",
+        group=OUTPUT, resumable=True,
+    )  # fmt: skip
     # other modes
     dry_run: bool = setting(False, "summary and the loss of real windows; no training", group=MODES, resumable=True)
     dry_samples: int = setting(2, group=MODES, bound=POSITIVE, resumable=True)
@@ -148,6 +156,7 @@ class TrainArguments:
         """Raise ValueError naming the first setting a run cannot start with: a bound or choice its field declares
         (the parser checks the same), then the rules between settings."""
         check_settings(self)
+        check_report_to(self.report_to)
         contradictions = [
             (self.coupling is False and self.num_heads is not None,
              "--num_heads only partitions the coupling into heads: it means nothing with --no_coupling"),

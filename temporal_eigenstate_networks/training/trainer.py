@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from ..runs.folders import CHECKPOINTS, release_run_dir
 from ..runs.lock import release_lock
 from ..runs.lookup import FINAL, checkpoint_name, latest_checkpoint, prune_step_checkpoints, set_aside_abandoned_work
 from ..runs.metrics_log import append_record
+from ..runs.trackers import Trackers, open_trackers
 from ..units import duration_text, tokens_text
 from .arguments import TrainArguments
 from .budget import TimeBudget
@@ -153,11 +155,15 @@ class Trainer:
         run: TrainArguments | RunPlan,
         explicit: set[str] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        tracker_group: str | None = None,
     ) -> None:
         """`run`: a plan, or arguments to resolve one from (`explicit`: see resolve_run).
 
-        `clock` measures the time budget (tests pass a fake one).
+        `clock` measures the time budget (tests pass a fake one). `tracker_group`: the --report_to trackers show
+        the run among the others of this group (the variants of a `ten compare`).
         """
+        self.trackers = Trackers()
+        self.tracker_group = tracker_group
         started = clock()  # the time budget counts the set-up (data, model) too
         device_request = run.args.device if isinstance(run, RunPlan) else run.device
         self.context = DistributedContext.from_environment(device_request)
@@ -223,6 +229,10 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
         self.objective = self.maybe_compile(self.objective)
+        # Imported now, before training: a library that cannot be imported is a one-line error. Rank 0 alone
+        # logs, and only a run that writes metrics.jsonl (not --dry_run or --benchmark).
+        if self.context.is_main and plan.output_dir is not None:
+            self.trackers = open_trackers(args.report_to, warn=lambda line: tqdm.write(line, file=sys.stderr))
 
     def check_budget_left(self) -> None:
         """A resumed run whose time budget is spent (or whose budget-long schedule ended) has nothing to do."""
@@ -283,19 +293,55 @@ class Trainer:
             tqdm.write(message)
 
     def record(self, **values: Any) -> None:
-        """One line of output_dir/metrics.jsonl (rank 0 only)."""
+        """One line of output_dir/metrics.jsonl (rank 0 only), and the same record to the --report_to trackers:
+        this is where both are written, so they cannot disagree."""
         if self.context.is_main and self.output_dir is not None:
             append_record(self.output_dir, values)
+            self.trackers.log(values)
 
     def train(self) -> RunResult:
         with self.stop:  # from here to the exit, a signal ends the run with a checkpoint
             self.describe()
-            self.record(event="start", step=self.state.step, total_steps=self.total_steps,
-                        fingerprint=weights_fingerprint(self.model), world_size=self.context.world_size)  # fmt: skip
-            if self.plan.time_budget_s is not None:
-                self.evaluate()  # times the final evaluation the budget must leave room for; the curve's first point
-            status = self.loop(self.stop)
-            return self.finish(status)
+            self.start_trackers()
+            try:
+                result = self.run()
+            except BaseException as err:
+                self.trackers.finish("interrupted" if isinstance(err, KeyboardInterrupt) else "failed")
+                raise
+            self.trackers.finish(result.status)
+            return result
+
+    def run(self) -> RunResult:
+        """From the start record to the end: the steps, evaluations and checkpoints, then the final ones."""
+        self.record(event="start", step=self.state.step, total_steps=self.total_steps,
+                    fingerprint=weights_fingerprint(self.model), world_size=self.context.world_size)  # fmt: skip
+        if self.plan.time_budget_s is not None:
+            self.evaluate()  # times the final evaluation the budget must leave room for; the curve's first point
+        status = self.loop(self.stop)
+        return self.finish(status)
+
+    def start_trackers(self) -> None:
+        """Open the --report_to trackers' runs (a resumed run: the same ones, from its checkpoint's step)."""
+        if not self.trackers:
+            return
+        plan, model = self.plan, self.model
+        config = {
+            "args": self.args.to_dict(),
+            "model": {"architecture": model.architecture, **model.config.to_dict()},
+            "seq_len": plan.seq_len, "batch_size": plan.batch_size, "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps, "tokens_per_step": self.tokens_per_step,
+            "steps_per_epoch": self.steps_per_epoch, "world_size": self.context.world_size,
+            "device": str(self.device), "precision": self.precision.name, "data": self.data.description,
+            "resumed_from": None if plan.resume_from is None else str(plan.resume_from),
+        }  # fmt: skip
+        summary = {
+            "parameters": model.num_parameters(),
+            "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            "state_bytes": model.state_bytes(model.config.max_seq_len),  # one sequence's, at the training window
+        }
+        resumed = plan.resume_from is not None
+        self.trackers.start(self.output_dir, config, summary, resumed, self.state.step, self.tracker_group,
+                            say=self.log)  # fmt: skip
 
     def stop_requested(self) -> bool:
         """Whether a signal arrived on any rank (all ranks ask together, so all stop at the same point)."""
@@ -378,7 +424,7 @@ class Trainer:
             step = self.state.step
             if step % LOG_EVERY == 0 or step == 1:
                 self.record(event="train", step=step, tokens=self.state.tokens_seen, **metrics, tokens_per_s=rate,
-                            elapsed_s=self.state.elapsed_s)  # fmt: skip
+                            elapsed_s=self.state.elapsed_s, **self.memory())  # fmt: skip
             # The end evaluates and saves anyway: no periodic evaluation or checkpoint at the last step, nor
             # one that the time left cannot hold (decided by all ranks alike: a checkpoint waits for them all).
             more = self.total_steps is None or step < self.total_steps
@@ -388,6 +434,13 @@ class Trainer:
             if more and step % args.save_steps == 0 and self.all_ranks(budget.fits(budget.save_s)):
                 self.save(checkpoint_name(step))
         return status
+
+    def memory(self) -> dict[str, float]:
+        """The GPU memory the run has needed so far (peak allocated, GiB); nothing on a CPU, where no allocator
+        counts it."""
+        if self.device.type != "cuda":
+            return {}
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
 
     def all_ranks(self, flag: bool) -> bool:
         return not self.context.any(not flag, self.device)
@@ -536,8 +589,8 @@ class Trainer:
         """Tokens, time and speed of the run; its peak GPU memory and, with --hourly_rate, what it cost."""
         tokens, seconds = self.state.tokens_seen, max(self.state.elapsed_s, 1e-9)
         parts = [f"{tokens_text(tokens)} tokens in {duration_text(seconds)} ({tokens / seconds:,.0f} tokens/s)"]
-        if self.device.type == "cuda":
-            parts.append(f"peak memory {torch.cuda.max_memory_allocated(self.device) / 2**30:,.1f} GiB")
+        if memory := self.memory():
+            parts.append(f"peak memory {memory['peak_memory_gib']:,.1f} GiB")
         if self.args.hourly_rate is not None:
             cost = self.args.hourly_rate * seconds / 3600
             parts.append(f"${cost:,.2f} at ${self.args.hourly_rate:g}/hour, ${1e6 * cost / max(tokens, 1):,.3f} "
