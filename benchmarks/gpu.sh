@@ -4,7 +4,8 @@
 #   core.md/.json    the scan alone (triton vs chunked vs sequential, fwd and fwd+bwd, B=8, K=64,
 #                    T = 2k..64k, GB/s against the card's copy bandwidth), a 2-layer training step,
 #                    generation after 1k/8k/32k tokens
-#   bench/           TEN vs the SDPA transformer, d=1024, 12 layers, bf16, T = 512..32k (ten bench)
+#   compile.md       the compiled training step against eager (graph breaks, ms), d=1024, 12 layers, T=2048, bf16
+#   bench/           TEN vs the SDPA transformer and Mamba-2, d=1024, 12 layers, bf16, T = 512..32k (ten bench)
 #   train-large/     ten train --config large --use_hten, 200 steps (tokens/s, memory, cost)
 # Usage: bash benchmarks/gpu.sh          (PYTHON=... another environment, HOURLY_RATE=... $/hour, OUT=... folder)
 set -euo pipefail
@@ -18,10 +19,12 @@ mkdir -p "$OUT"
 
 "$PYTHON" benchmarks/gpu_check.py --json "$OUT/check.json"  # correctness first: stops here if a check fails
 "$PYTHON" benchmarks/bench_core.py --device cuda --size gpu --json "$OUT/core.json" --markdown "$OUT/core.md"
+"$PYTHON" benchmarks/compile_step.py --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --seq_len 2048 --batch 4 \
+    --repeats 5 | tee "$OUT/compile.md"
 "$PYTHON" -m temporal_eigenstate_networks bench --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --num_eigenstates 128 \
     --lengths 512,2048,8192,32768 --tokens_per_batch 32768 --contexts 1024,8192,32768 --decode_batches 1,16 \
     --output_dir "$OUT/bench"
 "$PYTHON" -m temporal_eigenstate_networks train --config large --use_hten --max_steps 200 --mixed_precision --hourly_rate "$RATE" \
     --eval_steps 1000 --save_steps 1000 --sample_tokens 0 --output_dir "$OUT/train-large" --overwrite \
     | tee "$OUT/train-large.log"
-echo "written: $OUT/core.md, $OUT/bench/bench.md, $OUT/train-large.log"
+echo "written: $OUT/core.md, $OUT/compile.md, $OUT/bench/bench.md, $OUT/train-large.log"
