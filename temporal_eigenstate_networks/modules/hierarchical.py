@@ -50,7 +50,9 @@ def pool_windows(u: Tensor, s: int) -> Tensor:
     n_windows = u.shape[1] // s
     if s == 1:
         return u  # a mean over one input is the input: spare the copy
-    return u[:, : n_windows * s].unflatten(1, (n_windows, s)).mean(2)
+    if n_windows * s != u.shape[1]:  # sliced only where needed: a slice's backward copies the whole gradient
+        u = u[:, : n_windows * s]
+    return u.unflatten(1, (n_windows, s)).mean(2)
 
 
 def has_row_counts(state: list[ScaleState] | None) -> bool:

@@ -20,6 +20,7 @@ rows each), in place of a scan, an eigenvalue computation, a readout and an upsa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import scan
@@ -33,6 +34,18 @@ def completes_window(scales: list[int], carried: list[int], length: int, per_sca
     s = torch.tensor(scales, device=device)
     held = torch.tensor(carried, device=device)
     return ((t + held + 1) % s == 0).repeat_interleave(per_scale, dim=1)
+
+
+def at_completions(x: Tensor, s: int, held: int, length: int) -> Tensor:
+    """(B, T, C): window j's x_j (B, n, C) at the position that completes it, zeros elsewhere. Built out of
+    place (padding, not writes into a zero tensor, whose backward would copy the whole tensor once per scale)."""
+    if s == 1:
+        return x  # every position completes a window
+    if not x.shape[1]:  # no window completes here
+        return x.new_zeros(x.shape[0], length, x.shape[2])
+    spread = F.pad(x.unsqueeze(2), (0, 0, s - 1, 0)).flatten(1, 2)  # frame position j s + s - 1 holds x_j
+    # The frame starts `held` inputs before position 0, and its incomplete last window is left as zeros.
+    return F.pad(spread, (0, 0, -held, length + held - spread.shape[1]))
 
 
 def fused_scales(
@@ -52,20 +65,18 @@ def fused_scales(
     """
     first = cores[0]  # the scales share every setting but their eigenstates and longest timescale
     per_scale, batch, device = first.num_eigenstates, windows[0].shape[0], windows[0].device
-    # Each scale's projections of its windows, placed at the positions that complete them; zero elsewhere.
-    # float32, as a core's beta and selection (the state accumulates in float32 under autocast).
-    beta_pairs = torch.zeros(batch, length, 2 * per_scale * len(cores), device=device, dtype=torch.float32)
+    # Each scale's projections of its windows at the positions that complete them, zero elsewhere; float32, as a
+    # core's beta and selection (the state accumulates in float32 under autocast).
+    beta_pairs = torch.cat([
+        at_completions(core.in_proj(z).float(), s, held, length)
+        for s, core, z, held in zip(scales, cores, windows, carried, strict=True)
+    ], -1)  # fmt: skip
     selection = None
     if first.selection is not None:
-        width = first.selection.out_features
-        selection = torch.zeros(batch, length, width * len(cores), device=device, dtype=torch.float32)
-    for i, (s, core, z, held) in enumerate(zip(scales, cores, windows, carried, strict=True)):
-        if not z.shape[1]:
-            continue
-        rows = slice(s - 1 - held, None, s)  # the n_i positions completing a window
-        beta_pairs[:, rows, 2 * i * per_scale : 2 * (i + 1) * per_scale] = core.in_proj(z)
-        if selection is not None:
-            selection[:, rows, i * width : (i + 1) * width] = core.selection(z)
+        selection = torch.cat([
+            at_completions(core.selection(z).float(), s, held, length)
+            for s, core, z, held in zip(scales, cores, windows, carried, strict=True)
+        ], -1)  # fmt: skip
 
     completes = completes_window(scales, carried, length, per_scale, device)
     lam = eigenvalues_of(
@@ -88,6 +99,6 @@ def fused_scales(
 
     # Each window's state once, in its scale's mean: weight 1 / (B n_s) where a window completes.
     windows_per_eigenstate = completes.sum(0).clamp(min=1)
-    power = torch.view_as_real(states).square().sum((0, -1))  # (T, K)
-    total_energy = (power * completes / (batch * windows_per_eigenstate)).sum()
+    weight = (completes / (batch * windows_per_eigenstate)).repeat_interleave(2, -1)  # (T, 2K): re and im
+    total_energy = (torch.view_as_real(states).square().flatten(1) @ weight.flatten()).sum()  # one contiguous pass
     return mixed, states, total_energy
