@@ -5,7 +5,7 @@ import torch
 
 from temporal_eigenstate_networks import TemporalEigenstateConfig
 from temporal_eigenstate_networks.modules import hierarchical_fused
-from temporal_eigenstate_networks.modules.hierarchical import HierarchicalEigenstateLayer, ScaleState
+from temporal_eigenstate_networks.modules.hierarchical import HierarchicalEigenstateLayer, ScaleState, scales_one_by_one
 
 SCALE_SETS = [[1, 2, 4], [1, 3], [2, 3], [1, 2, 4, 8], [5]]
 LENGTHS = [1, 2, 7, 37, 50]  # shorter than a window, and lengths no scale divides
@@ -155,3 +155,17 @@ def test_fused_under_bf16_autocast_is_close_to_the_loop():
     assert fused.y.dtype == reference.y.dtype
     assert fused.state[0].last_output.dtype == reference.state[0].last_output.dtype
     torch.testing.assert_close(fused.y, reference.y, rtol=0.05, atol=0.02)
+
+
+def test_scales_one_by_one_runs_the_cores_as_modules_for_hooks():
+    """The eigenstate analysis hooks each core for its input; the fused pass runs no core as a module."""
+    hten = layer([1, 2, 4])
+    seen = []
+    for core in hten.scale_cores:
+        core.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    u = torch.randn(2, 12, 16)
+    hten(u)
+    assert seen == []
+    with scales_one_by_one(torch.nn.Sequential(hten)):
+        torch.testing.assert_close(hten(u).y, hten.reference_forward(u).y, rtol=0, atol=0)
+    assert seen == [12, 6, 3] * 2 and hten.fused  # the model, then the reference

@@ -7,10 +7,15 @@
 
 A window's output is used only from the position that completes it: pooling windows that reach
 past t, or interpolating coarse outputs, would let position t see the future.
+
+``forward`` runs the scales fused, as one scan (hierarchical_fused.py); ``reference_forward`` is the
+loop over scales written as above, kept as the reference the fused pass is tested against.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,6 +68,9 @@ def has_row_counts(state: list[ScaleState] | None) -> bool:
 class HierarchicalEigenstateLayer(SequenceMixer):
     """The HTEN sequence mixer. State: one ScaleState per scale."""
 
+    # False: run reference_forward, whose cores run as modules (forward hooks on a core then see its inputs).
+    fused = True
+
     def __init__(self, config, residual_gain: float = 1.0) -> None:
         super().__init__()
         self.scales = list(config.hten_scales)
@@ -82,7 +90,7 @@ class HierarchicalEigenstateLayer(SequenceMixer):
         The scales run fused, as one scan (hierarchical_fused.py), except where that cannot apply: the fft
         backend (the fused eigenvalues vary in time), an empty input, and rows at different window positions
         (one token per call: ``_scale_step``). Those take ``reference_forward``, the loop over scales."""
-        if self.scale_cores[0].scan_backend == "fft" or u.shape[1] == 0 or has_row_counts(state):
+        if not self.fused or self.scale_cores[0].scan_backend == "fft" or u.shape[1] == 0 or has_row_counts(state):
             return self.reference_forward(u, state)
         scale_states = state if state is not None else [None] * len(self.scales)
         framed = [with_open_window(u, scale_state) for scale_state in scale_states]
@@ -233,3 +241,17 @@ class HierarchicalEigenstateLayer(SequenceMixer):
 
     def cores(self) -> list[tuple[int, EigenstateCore]]:
         return list(zip(self.scales, self.scale_cores, strict=True))
+
+
+@contextmanager
+def scales_one_by_one(model: nn.Module) -> Iterator[None]:
+    """Within: every HTEN layer of ``model`` runs its loop over scales (``fused = False``)."""
+    layers = [m for m in model.modules() if isinstance(m, HierarchicalEigenstateLayer)]
+    before = [layer.fused for layer in layers]
+    try:
+        for layer in layers:
+            layer.fused = False
+        yield
+    finally:
+        for layer, fused in zip(layers, before, strict=True):
+            layer.fused = fused

@@ -13,8 +13,9 @@ completed at or before t: the reference's upsampled state, exactly as causal (t 
 after t). The readout is linear, so sum_s w_s W_s R_s c_s(t) is one readout: the scales' W_s side by side,
 each times w_s, and R block-diagonal over the scales.
 
-Cost: TEN's scan and readout at the same total K, and one projection per scale of its pooled inputs (T / s
-rows each), in place of a scan, an eigenvalue computation, a readout and an upsampling gather per scale.
+Cost: TEN's scan, eigenvalues and readout at the same total K (and their activations: the coarse scales are
+held at full length), and one projection per scale of its pooled inputs (T / s rows each), in place of a scan,
+an eigenvalue computation, a readout and an upsampling gather per scale.
 """
 
 from __future__ import annotations
