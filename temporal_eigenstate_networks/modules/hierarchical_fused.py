@@ -28,7 +28,9 @@ from ..ops import scan
 from .eigenstate import EigenstateCore, eigenvalues_of, read_out
 
 
-def completes_window(scales: list[int], carried: list[int], length: int, per_scale: int, device) -> Tensor:
+def completes_window(
+    scales: list[int], carried: list[int], length: int, per_scale: int, device: torch.device
+) -> Tensor:
     """(T, K) bool: position t completes a window of eigenstate k's scale. A scale whose open window already
     holds c inputs completes its first window at t = s - 1 - c."""
     t = torch.arange(length, device=device).unsqueeze(1)
@@ -63,6 +65,8 @@ def fused_scales(
 
     ``windows[i]``: scale i's pooled inputs z (B, n_i, d), in the frame that starts ``carried[i]`` inputs before
     position 0 (``with_open_window``); ``initial_state``: every scale's eigenstates side by side, (B, K), or None.
+    Before a scale's first window here, its held carried eigenstates read out as the carried state's last_output:
+    that output is the readout of those eigenstates.
     """
     first = cores[0]  # the scales share every setting but their eigenstates and longest timescale
     per_scale, batch, device = first.num_eigenstates, windows[0].shape[0], windows[0].device
@@ -100,6 +104,6 @@ def fused_scales(
 
     # Each window's state once, in its scale's mean: weight 1 / (B n_s) where a window completes.
     windows_per_eigenstate = completes.sum(0).clamp(min=1)
-    weight = (completes / (batch * windows_per_eigenstate)).repeat_interleave(2, -1)  # (T, 2K): re and im
-    total_energy = (torch.view_as_real(states).square().flatten(1) @ weight.flatten()).sum()  # one contiguous pass
+    per_state = (completes.float() / (batch * windows_per_eigenstate)).repeat_interleave(2, -1)  # (T, 2K): re, im
+    total_energy = (torch.view_as_real(states).square().flatten(1) @ per_state.flatten()).sum()  # one contiguous pass
     return mixed, states, total_energy
