@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..atomic import atomic_write
 from ..modules.eigenstate import EigenstateCore, energy
+from ..modules.hierarchical import scales_one_by_one
 from ..runs.checkpoint import load_model
 from ..runs.lookup import find_checkpoint
 from .figures import png
@@ -80,7 +81,7 @@ def capture_core_inputs(model: torch.nn.Module, ids: Tensor) -> list[tuple[int, 
     hooks = [core.register_forward_hook(lambda m, args, out, i=i: captured.__setitem__(i, args[0].detach()))
              for i, (_, _, core) in enumerate(cores)]  # fmt: skip
     try:
-        with torch.no_grad():
+        with torch.no_grad(), scales_one_by_one(model):  # HTEN's fused pass runs no core as a module
             model(ids)
     finally:
         for hook in hooks:

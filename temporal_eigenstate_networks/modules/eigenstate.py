@@ -163,16 +163,8 @@ class EigenstateCore(nn.Module):
 
     def eigenvalues(self, u: Tensor | None = None) -> Tensor:
         """lam, complex64: (K,) from the parameters alone, or (B, T, K) for input u if selective."""
-        a, w = self.decay_logit.float(), self.frequency.float()
-        if self.selection is not None and u is not None:
-            delta = self.selective_range * torch.tanh(self.selection(u).float())
-            if self.real_eigenvalues:
-                a = a + delta
-            else:
-                da, dw = delta.unflatten(-1, (-1, 2)).unbind(-1)
-                a, w = a + da, w + dw
-        magnitude = MIN_DECAY + (1 - MIN_DECAY) * torch.sigmoid(a.clamp(max=MAX_DECAY_LOGIT))
-        return complex_exp_parts(magnitude, w)
+        selection = self.selection(u) if self.selection is not None and u is not None else None
+        return eigenvalues_of(self.decay_logit, self.frequency, selection, self.selective_range, self.real_eigenvalues)
 
     def coupling_matrix(self) -> Tensor:
         """R = I + eps M, block-diagonal over heads, (K, K); I where the coupling is off."""
@@ -195,19 +187,43 @@ class EigenstateCore(nn.Module):
         return self.readout(states), states
 
     def readout(self, states: Tensor) -> Tensor:
-        """h = W_out view_as_real(R c), applying the coupling R where it costs least. The states and R meet in
-        float32; the result enters W_out in the weights' dtype (bf16 weights: a bf16 matmul, as under autocast)."""
-        pairs = torch.view_as_real(states)  # (..., K, 2) float32: R is real, so it acts on re and im alike
-        dtype = self.out_proj.weight.dtype
-        if self.coupling is None:
-            return self.out_proj(pairs.flatten(-2).to(dtype))
-        coupling = self.coupling_matrix().float()
-        if states[..., 0].numel() < self.out_proj.out_features:
-            # Few positions (generation): couple the states, B T (2K)^2 work.
-            return self.out_proj(torch.einsum("jk,...kc->...jc", coupling, pairs).flatten(-2).to(dtype))
-        # Many positions: fold R into the weight, W_out (R (x) I_2), d (2K)^2 work once.
-        coupled = torch.kron(coupling, torch.eye(2, device=states.device, dtype=torch.float32))
-        return F.linear(pairs.flatten(-2).to(dtype), (self.out_proj.weight.float() @ coupled).to(dtype))
+        """h = W_out view_as_real(R c): see ``read_out``."""
+        coupling = None if self.coupling is None else self.coupling_matrix()
+        return read_out(states, coupling, self.out_proj.weight)
+
+
+def eigenvalues_of(
+    decay_logit: Tensor, frequency: Tensor, selection: Tensor | None, selective_range: float, real_eigenvalues: bool
+) -> Tensor:
+    """lam, complex64, from a_k, w_k (K,) and the selection projection W_sel u (..., K or 2K) or None:
+    shared by a core and HTEN's fused pass, which stacks every scale's eigenstates into one K."""
+    a, w = decay_logit.float(), frequency.float()
+    if selection is not None:
+        delta = selective_range * torch.tanh(selection.float())
+        if real_eigenvalues:
+            a = a + delta
+        else:
+            da, dw = delta.unflatten(-1, (-1, 2)).unbind(-1)
+            a, w = a + da, w + dw
+    magnitude = MIN_DECAY + (1 - MIN_DECAY) * torch.sigmoid(a.clamp(max=MAX_DECAY_LOGIT))
+    return complex_exp_parts(magnitude, w)
+
+
+def read_out(states: Tensor, coupling: Tensor | None, weight: Tensor) -> Tensor:
+    """h = W view_as_real(R c) for states (..., K), R (K, K) or None (no coupling), W (d, 2K), applying R where
+    it costs least. The states and R meet in float32; the result enters W in W's dtype (bf16 weights: a bf16
+    matmul, as under autocast)."""
+    pairs = torch.view_as_real(states)  # (..., K, 2) float32: R is real, so it acts on re and im alike
+    dtype = weight.dtype
+    if coupling is None:
+        return F.linear(pairs.flatten(-2).to(dtype), weight)
+    coupling = coupling.float()
+    if states[..., 0].numel() < weight.shape[0]:
+        # Few positions (generation): couple the states, B T (2K)^2 work.
+        return F.linear(torch.einsum("jk,...kc->...jc", coupling, pairs).flatten(-2).to(dtype), weight)
+    # Many positions: fold R into the weight, W (R (x) I_2), d (2K)^2 work once.
+    coupled = torch.kron(coupling, torch.eye(2, device=states.device, dtype=torch.float32))
+    return F.linear(pairs.flatten(-2).to(dtype), (weight.float() @ coupled).to(dtype))
 
 
 def energy(states: Tensor) -> Tensor:
