@@ -71,7 +71,7 @@ def test_on_a_cpu_the_largest_batch_within_the_free_memory_and_the_accumulation_
     measured = cpu_memory(monkeypatch, fixed_mib=100, per_sequence_mib=10, available_mib=1024)
     choice = choose_batch(tiny_model(), T, 200 * T, 1, torch.device("cpu"), FLOAT32, reserve_bytes=0)
     assert (choice.batch_size, choice.accumulation) == (67, 3)
-    assert "71 fit and 72 would need about 0.80 GiB at T = 32" in choice.reason
+    assert "71 fit and 72 would need about 820 MiB at T = 32, more than the 819 MiB this run may use" in choice.reason
     assert set(measured) <= {1, 4}  # a CPU step larger than batch 4 is estimated, never run
     line = choice.line(T, 1, 200 * T)
     assert line.startswith("batch 67 x accumulation 3 = 6,432 tokens per step, for 6,400 asked (auto: 71 fit")
@@ -100,8 +100,8 @@ def test_data_parallel_processes_share_the_target_and_a_machines_memory(monkeypa
 
 def test_a_model_that_does_not_fit_at_batch_1_on_a_cpu_is_one_line(monkeypatch):
     cpu_memory(monkeypatch, fixed_mib=100, per_sequence_mib=900, available_mib=1024)
-    with pytest.raises(ValueError, match=r"even at batch 1: a step at T = 32 needs about 0.98 GiB, more than the "
-                                         r"0.80 GiB this run may use \(80% of 1.0 GiB available\)"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"even at batch 1: a step at T = 32 needs about 1,000 MiB, more than the "
+                                         r"819 MiB this run may use \(80% of 1.00 GiB available\)"):  # fmt: skip
         choose_batch(tiny_model(), T, 200 * T, 1, torch.device("cpu"), FLOAT32, reserve_bytes=0)
 
 
@@ -147,7 +147,7 @@ def test_out_of_memory_while_trying_on_cuda_is_caught_and_bisected(monkeypatch):
 def test_out_of_memory_at_batch_1_on_cuda_is_one_line_naming_the_window_and_the_memory(monkeypatch):
     fake_cuda(monkeypatch, largest_that_fits=0)
     with pytest.raises(ValueError, match=r"even at batch 1: a step at T = 1,024 ran out of memory on cuda "
-                                         r"\(3.0 of 80.0 GiB free\)") as error:  # fmt: skip
+                                         r"\(3.00 GiB of 80.00 GiB free\)") as error:  # fmt: skip
         choose_batch(tiny_model(), 1024, 8 * 1024, 1, torch.device("cuda"), FLOAT32, reserve_bytes=0)
     assert "\n" not in str(error.value)
 

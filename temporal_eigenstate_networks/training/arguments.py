@@ -86,8 +86,8 @@ class TrainArguments:
     warmup_steps: int = setting(100, group=OPTIMISATION, bound=NON_NEGATIVE, parse_bound=None)
     batch_size: int | str | None = setting(
         None, "sequences per micro-batch (default: the preset's), or auto: the largest that fits in memory at the "
-        "window, found once by trying, with the accumulation that reaches --tokens_per_step", group=OPTIMISATION,
-        bound=POSITIVE, also=(AUTO_BATCH,),
+        "window, found once at the start (tried on CUDA, estimated on a CPU), with the accumulation that reaches "
+        "--tokens_per_step", group=OPTIMISATION, bound=POSITIVE, also=(AUTO_BATCH,),
     )  # fmt: skip
     gradient_accumulation: int = setting(1, group=OPTIMISATION, bound=POSITIVE)
     tokens_per_step: int | None = setting(

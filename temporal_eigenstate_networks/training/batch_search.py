@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..units import bytes_text
 from .precision import Precision
 
 CPU_SHARE = 0.8  # of the memory available: room for the page cache, evaluation batches and other processes
 MEASURED = (1, 4)  # the batch sizes whose steps a CPU measures (after a warm-up step at batch 1); 1 and 2 differ
 # too little: the noise of the resident size (+-20 MiB at nano) made the line 15% too shallow
-GIB = 2**30
 ADVICE = "give a smaller --max_seq_len, or --gradient_checkpointing or --mixed_precision, or a smaller model"
 
 
@@ -121,10 +121,12 @@ def _search_by_trying(
         return not ran_out
 
     largest, failed = search(fits, upper)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(device)  # the run's peak memory is its own, not the largest try's
     where = f"at T = {seq_len:,}"
     if largest == 0:
         raise ValueError(f"the model does not fit in memory even at batch 1: a step {where} ran out of memory on "
-                         f"{device} ({free / GIB:,.1f} of {total / GIB:,.1f} GiB free); {ADVICE}")  # fmt: skip
+                         f"{device} ({bytes_text(free)} of {bytes_text(total)} free); {ADVICE}")  # fmt: skip
     if failed is None:
         return largest, f"{largest} fit {where}, all the target needs"
     return largest, f"{largest} fit and {failed} ran out of memory {where}"
@@ -142,16 +144,15 @@ def _search_by_estimate(
     available = free_memory_bytes(device)
     budget = CPU_SHARE * available / processes_here
     shared = f", shared by {processes_here} processes" if processes_here > 1 else ""
-    room = (f"the {budget / GIB:,.2f} GiB this run may use ({CPU_SHARE:.0%} of {available / GIB:,.1f} GiB "
-            f"available{shared})")  # fmt: skip
+    room = f"the {bytes_text(budget)} this run may use ({CPU_SHARE:.0%} of {bytes_text(available)} available{shared})"
     gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     if gradients + reserve_bytes > budget:  # not even worth a measured step, which could be killed
         raise ValueError(f"the model does not fit in memory even at batch 1: its gradients and optimiser state alone "
-                         f"need {(gradients + reserve_bytes) / GIB:,.1f} GiB, more than {room}; {ADVICE}")  # fmt: skip
+                         f"need {bytes_text(gradients + reserve_bytes)}, more than {room}; {ADVICE}")  # fmt: skip
     estimate = step_memory_model(model, seq_len, min(upper, MEASURED[-1]), device, precision)
 
     def needs(batch: int) -> str:
-        return f"about {(estimate(batch) + reserve_bytes) / GIB:,.2f} GiB"
+        return f"about {bytes_text(estimate(batch) + reserve_bytes)}"
 
     largest, failed = search(lambda batch: estimate(batch) + reserve_bytes <= budget, upper)
     where = f"at T = {seq_len:,}"
