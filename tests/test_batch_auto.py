@@ -100,7 +100,7 @@ def test_data_parallel_processes_share_the_target_and_a_machines_memory(monkeypa
 
 def test_a_model_that_does_not_fit_at_batch_1_on_a_cpu_is_one_line(monkeypatch):
     cpu_memory(monkeypatch, fixed_mib=100, per_sequence_mib=900, available_mib=1024)
-    with pytest.raises(ValueError, match=r"even at batch 1: a step at T = 32 needs about 1,000 MiB, more than the "
+    with pytest.raises(ValueError, match=r"even at batch 1: a step at T = 32 would need about 1,000 MiB, more than the "
                                          r"819 MiB this run may use \(80% of 1.00 GiB available\)"):  # fmt: skip
         choose_batch(tiny_model(), T, 200 * T, 1, torch.device("cpu"), FLOAT32, reserve_bytes=0)
 
@@ -137,17 +137,19 @@ def test_out_of_memory_while_trying_on_cuda_is_caught_and_bisected(monkeypatch):
     tried = fake_cuda(monkeypatch, largest_that_fits=12)
     choice = choose_batch(tiny_model(), 1024, 100 * 1024, 1, torch.device("cuda"), FLOAT32, reserve_bytes=0)
     assert (choice.batch_size, choice.accumulation) == (12, 9)  # 9 micro-batches of 12 reach 100 windows
-    assert choice.reason == "12 fit and 13 ran out of memory at T = 1,024"
+    assert (
+        choice.reason
+        == "12 fit and 13 ran out of memory at T = 1,024 on cuda (3.00 GiB of 80.00 GiB free before the search)"
+    )
     assert tried == [1, 2, 4, 8, 16, 12, 14, 13]
     line = choice.line(1024, 1, 100 * 1024)
-    assert line == ("batch 12 x accumulation 9 = 110,592 tokens per step, for 102,400 asked "
-                    "(auto: 12 fit and 13 ran out of memory at T = 1,024)")  # fmt: skip
+    assert line == f"batch 12 x accumulation 9 = 110,592 tokens per step, for 102,400 asked (auto: {choice.reason})"
 
 
 def test_out_of_memory_at_batch_1_on_cuda_is_one_line_naming_the_window_and_the_memory(monkeypatch):
     fake_cuda(monkeypatch, largest_that_fits=0)
     with pytest.raises(ValueError, match=r"even at batch 1: a step at T = 1,024 ran out of memory on cuda "
-                                         r"\(3.00 GiB of 80.00 GiB free\)") as error:  # fmt: skip
+                                         r"\(3.00 GiB of 80.00 GiB free before the search\)") as error:  # fmt: skip
         choose_batch(tiny_model(), 1024, 8 * 1024, 1, torch.device("cuda"), FLOAT32, reserve_bytes=0)
     assert "\n" not in str(error.value)
 

@@ -69,6 +69,16 @@ def search(fits: Callable[[int], bool], upper: int) -> tuple[int, int | None]:
     return largest, failed
 
 
+@dataclass(frozen=True)
+class MemoryProbe:
+    """Whether a batch fits on a device, and the words that say why or why not."""
+
+    fits: Callable[[int], bool]
+    short_of: Callable[[int], str]  # what a size that does not fit did: "ran out of memory"
+    limit: str  # what it ran against: " on cuda:0 (3.00 GiB of 80.00 GiB free)"
+    used: Callable[[int], str] = lambda batch: ""  # what a size that fits takes, where known
+
+
 def choose_batch(
     model: nn.Module,
     seq_len: int,
@@ -89,14 +99,24 @@ def choose_batch(
     cuda = device.type == "cuda" and torch.cuda.is_available()
     with torch.random.fork_rng(devices=[device] if cuda else []):  # the run draws what it would have drawn
         if device.type == "cuda":
-            largest, reason = _search_by_trying(model, seq_len, upper, device, precision, reserve_bytes)
+            probe = _probe_by_trying(model, seq_len, device, precision, reserve_bytes)
         elif device.type == "cpu":
-            largest, reason = _search_by_estimate(model, seq_len, upper, device, precision, reserve_bytes,
-                                                  processes_here)  # fmt: skip
+            probe = _probe_by_estimate(model, seq_len, upper, device, precision, reserve_bytes, processes_here)
         else:
             raise ValueError(f"--batch_size auto measures memory on CUDA and CPUs, not {device.type}: give "
                              "--batch_size N")  # fmt: skip
+        largest, failed = search(probe.fits, upper)
     model.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)  # the run's peak memory is its own, not the largest try's
+    where = f"at T = {seq_len:,}"
+    if largest == 0:
+        raise ValueError(f"the model does not fit in memory even at batch 1: a step {where} {probe.short_of(1)}"
+                         f"{probe.limit}; {ADVICE}")  # fmt: skip
+    if failed is None:
+        reason = f"{largest} fit {where}, all the target needs{probe.used(largest)}"
+    else:
+        reason = f"{largest} fit and {failed} {probe.short_of(failed)} {where}{probe.limit}"
     accumulation = math.ceil(upper / largest)
     batch_size = math.ceil(upper / accumulation)  # as many micro-batches, evened out: no larger than needed
     if batch_size < largest:
@@ -104,9 +124,9 @@ def choose_batch(
     return BatchChoice(batch_size, accumulation, reason)
 
 
-def _search_by_trying(
-    model: nn.Module, seq_len: int, upper: int, device: torch.device, precision: Precision, reserve_bytes: int
-) -> tuple[int, str]:
+def _probe_by_trying(
+    model: nn.Module, seq_len: int, device: torch.device, precision: Precision, reserve_bytes: int
+) -> MemoryProbe:
     free, total = device_memory(device)
 
     def fits(batch: int) -> bool:
@@ -120,19 +140,11 @@ def _search_by_trying(
         release_memory(model, device)
         return not ran_out
 
-    largest, failed = search(fits, upper)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats(device)  # the run's peak memory is its own, not the largest try's
-    where = f"at T = {seq_len:,}"
-    if largest == 0:
-        raise ValueError(f"the model does not fit in memory even at batch 1: a step {where} ran out of memory on "
-                         f"{device} ({bytes_text(free)} of {bytes_text(total)} free); {ADVICE}")  # fmt: skip
-    if failed is None:
-        return largest, f"{largest} fit {where}, all the target needs"
-    return largest, f"{largest} fit and {failed} ran out of memory {where}"
+    limit = f" on {device} ({bytes_text(free)} of {bytes_text(total)} free before the search)"
+    return MemoryProbe(fits, lambda batch: "ran out of memory", limit)
 
 
-def _search_by_estimate(
+def _probe_by_estimate(
     model: nn.Module,
     seq_len: int,
     upper: int,
@@ -140,7 +152,7 @@ def _search_by_estimate(
     precision: Precision,
     reserve_bytes: int,
     processes_here: int,
-) -> tuple[int, str]:
+) -> MemoryProbe:
     available = free_memory_bytes(device)
     budget = CPU_SHARE * available / processes_here
     shared = f", shared by {processes_here} processes" if processes_here > 1 else ""
@@ -151,17 +163,15 @@ def _search_by_estimate(
                          f"need {bytes_text(gradients + reserve_bytes)}, more than {room}; {ADVICE}")  # fmt: skip
     estimate = step_memory_model(model, seq_len, min(upper, MEASURED[-1]), device, precision)
 
-    def needs(batch: int) -> str:
-        return f"about {bytes_text(estimate(batch) + reserve_bytes)}"
+    def needs(batch: int) -> float:
+        return estimate(batch) + reserve_bytes
 
-    largest, failed = search(lambda batch: estimate(batch) + reserve_bytes <= budget, upper)
-    where = f"at T = {seq_len:,}"
-    if largest == 0:
-        raise ValueError(f"the model does not fit in memory even at batch 1: a step {where} needs {needs(1)}, more "
-                         f"than {room}; {ADVICE}")  # fmt: skip
-    if failed is None:
-        return largest, f"{largest} fit {where}, all the target needs: {needs(largest)} of {room}"
-    return largest, f"{largest} fit and {failed} would need {needs(failed)} {where}, more than {room}"
+    return MemoryProbe(
+        fits=lambda batch: needs(batch) <= budget,
+        short_of=lambda batch: f"would need about {bytes_text(needs(batch))}",
+        limit=f", more than {room}",
+        used=lambda batch: f": about {bytes_text(needs(batch))} of {room}",
+    )
 
 
 def step_memory_model(
