@@ -196,7 +196,8 @@ def try_step(
     model: nn.Module, batch: int, seq_len: int, device: torch.device, precision: Precision, reserve_bytes: int = 0
 ) -> None:
     """A forward and backward of a training step at this batch (token 0 everywhere: memory does not depend on the
-    tokens), with `reserve_bytes` held aside meanwhile. The compiled step, where there is one, needs no more."""
+    tokens), with `reserve_bytes` held aside meanwhile. Eager, also for a run that compiles its step: compiling
+    each size would take minutes (what the compiled step needs instead is not measured here)."""
     reserve = torch.empty(reserve_bytes, dtype=torch.uint8, device=device) if reserve_bytes else None
     inputs = torch.zeros(batch, seq_len, dtype=torch.long, device=device)
     with precision.autocast():
