@@ -50,16 +50,20 @@ UNIT_INTERVAL = Bound(lambda v: 0 <= v <= 1, "in [0, 1]", "in [0, 1]")
 SEED = Bound(lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**64 - 1]", "an integer in [0, 2**64 - 1]", "an integer")
 
 
-def bounded(kind: type, bound: Bound) -> Callable[[str], Any]:
-    """A parser type: `kind` read from the text, refused at parse time when out of `bound`."""
+def bounded(kind: type, bound: Bound, also: tuple[str, ...] = ()) -> Callable[[str], Any]:
+    """A parser type: `kind` read from the text, refused at parse time when out of `bound`; the words in `also`
+    are taken as they are (--batch_size auto)."""
+    alternatives = "".join(f" or {word}" for word in also)
 
     def parse(text: str) -> Any:
+        if text in also:
+            return text
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {bound.not_a_number}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {bound.not_a_number}{alternatives}, got {text!r}") from None
         if not bound.holds(value):
-            raise argparse.ArgumentTypeError(f"must be {bound.parsed}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {bound.parsed}{alternatives}, got {text!r}")
         return value
 
     parse.__name__ = f"bounded {kind.__name__}"
@@ -116,6 +120,7 @@ class Flag:
     # flags whose errors were always the library's words ("--lengths: 16 given more than once", exit code 2),
     # which argparse's "argument --lengths: ..." would change.
     read: Callable[[str, str], Any] | None = None
+    also: tuple[str, ...] = ()  # words a number's flag takes besides numbers: --batch_size auto
 
 
 def setting(default: Any = dataclasses.MISSING, help: str | None = None, **flag: Any) -> Any:
@@ -151,10 +156,21 @@ def check_settings(values: Any) -> None:
         value = getattr(values, name)
         if value is None:
             continue
-        if flag.bound is not None and not flag.bound.holds(value):
-            raise ValueError(f"--{name} must be {flag.bound.stated}, got {value}")
+        if value in flag.also:
+            continue
+        if flag.bound is not None and not _holds(flag.bound, value):
+            alternatives = "".join(f" or {word}" for word in flag.also)
+            raise ValueError(f"--{name} must be {flag.bound.stated}{alternatives}, got {value}")
         if flag.choices and value not in flag.choices:
             raise ValueError(f"--{name} must be {_words(flag.choices)}, got {value!r}")
+
+
+def _holds(bound: Bound, value: Any) -> bool:
+    """Whether `value` is in `bound`; a value that is no number is not (a library caller's --batch_size "foo")."""
+    try:
+        return bool(bound.holds(value))
+    except TypeError:
+        return False
 
 
 # ---------------------------------------------------------------- the parser, and the flags back out
@@ -171,7 +187,7 @@ def _parser_type(kind: Any, flag: Flag) -> Callable[[str], Any] | None:
         return COMMA_LISTS[typing.get_args(kind)[0]]
     if kind in (int, float):
         bound = flag.bound if flag.parse_bound is True else flag.parse_bound
-        return bounded(kind, bound) if bound is not None else kind
+        return bounded(kind, bound, flag.also) if bound is not None else kind
     return None  # a string
 
 

@@ -21,3 +21,8 @@ def spread_text(spread: Mapping[str, float], count: int) -> str:
     if count < 2:
         return f"{spread['mean']:.4f}"
     return f"{spread['mean']:.4f} ± {spread['std']:.4f} ({spread['min']:.4f}..{spread['max']:.4f})"
+
+
+def bytes_text(count: float) -> str:
+    """GiB with two decimals from 1 GiB on (17.58 GiB), else whole MiB (820 MiB), never "0.00 GiB"."""
+    return f"{count / 2**30:,.2f} GiB" if count >= 2**30 else f"{count / 2**20:,.0f} MiB"

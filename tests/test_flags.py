@@ -52,7 +52,7 @@ def test_aliases_switches_and_bare_flags():
 
 @pytest.mark.parametrize(
     "name, value, words, at_parse",
-    [("learning_rate", 0.0, "a positive number", True), ("batch_size", -2, "a positive number", True),
+    [("learning_rate", 0.0, "a positive number", True), ("batch_size", -2, "a positive number or auto", True),
      ("weight_decay", -1.0, ">= 0", True), ("warmup_steps", -1, ">= 0", False),
      ("min_lr_ratio", 2.0, r"in \[0, 1\]", False), ("seed", -1, r"an integer in \[0, 2\*\*64 - 1\]", True),
      ("hourly_rate", -1.0, ">= 0", True)],

@@ -32,8 +32,8 @@ from ..runs.folders import (
 from ..runs.lock import release_lock, take_lock
 from ..runs.metrics_log import read_records
 from ..training import TrainArguments, Trainer
-from ..training.arguments import MODEL_FIELDS
-from ..training.plan import batch_shape, local_data, merge_resumed_arguments, model_plan
+from ..training.arguments import AUTO_BATCH, MODEL_FIELDS
+from ..training.plan import batch_shape, local_data, merge_resumed_arguments, model_plan, step_arguments
 from ..units import duration_text, tokens_text
 from . import spread
 from .figures import png
@@ -227,6 +227,11 @@ def run_command(args: TrainArguments, variants: str, tokens: int | None, seeds: 
     """`ten compare`: a new comparison, or the one --resume names (where only the flags in `typed`, those the user
     gave, may change it); run it, then print its table and what was written."""
     settings_typed = typed & set(flags_of(TrainArguments))
+    if args.batch_size == AUTO_BATCH:  # each variant would find its own: a comparison trains them all on one batch
+        raise ValueError(
+            "--batch_size auto is for ten train: the variants of a comparison differ in memory and train on one "
+            "batch; give --batch_size N (and --tokens_per_step for the accumulation)"
+        )
     if args.resume is not None:
         asked = variants if "variants" in typed else None
         more = seeds if "seeds" in typed else None  # more seeds: the comparison grows
@@ -428,5 +433,7 @@ def write_plots(rows: list[dict[str, Any]], output_dir: Path, names: list[str], 
 
 def token_budget_steps(tokens: int, base: TrainArguments) -> int:
     """--tokens as optimiser steps for the run's window and batch (the same for every variant)."""
-    seq_len, batch_size = batch_shape(base, model_plan(base))
-    return max(1, math.ceil(tokens / (seq_len * batch_size * base.gradient_accumulation)))
+    model = model_plan(base)
+    args = step_arguments(base, model, set(), world_size=1)  # the accumulation --tokens_per_step sets
+    seq_len, batch_size = batch_shape(args, model)
+    return max(1, math.ceil(tokens / (seq_len * batch_size * args.gradient_accumulation)))

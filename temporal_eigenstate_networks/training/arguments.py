@@ -24,6 +24,7 @@ OPTIMISATION = "optimisation"
 DATA = "data"
 OUTPUT = "output"
 MODES = "other modes"  # not offered by `ten compare`, which trains
+AUTO_BATCH = "auto"  # --batch_size auto: found on the device (training/batch_search.py)
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,16 @@ class TrainArguments:
                                   parse_bound=NON_NEGATIVE)  # fmt: skip
     weight_decay: float = setting(0.1, group=OPTIMISATION, bound=NON_NEGATIVE)
     warmup_steps: int = setting(100, group=OPTIMISATION, bound=NON_NEGATIVE, parse_bound=None)
-    batch_size: int | None = setting(None, "sequences per micro-batch (default: the preset's)", group=OPTIMISATION,
-                                     bound=POSITIVE)  # fmt: skip
+    batch_size: int | str | None = setting(
+        None, "sequences per micro-batch (default: the preset's), or auto: the largest that fits in memory at the "
+        "window, found once at the start (tried on CUDA, estimated on a CPU), with the accumulation that reaches "
+        "--tokens_per_step", group=OPTIMISATION, bound=POSITIVE, also=(AUTO_BATCH,),
+    )  # fmt: skip
     gradient_accumulation: int = setting(1, group=OPTIMISATION, bound=POSITIVE)
+    tokens_per_step: int | None = setting(
+        None, "tokens per optimiser step (all processes): sets --gradient_accumulation (default with --batch_size "
+        "auto: the preset's)", group=OPTIMISATION, bound=POSITIVE,
+    )  # fmt: skip
     grad_clip: float = setting(1.0, "0 turns clipping off", group=OPTIMISATION, bound=NON_NEGATIVE)
     mixed_precision: str = setting(
         "no", "bf16 autocast where supported, else fp16 + scaler on GPUs (flag alone: auto)", group=OPTIMISATION,

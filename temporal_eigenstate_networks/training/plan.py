@@ -22,7 +22,7 @@ from ..lm import CONFIG_FILE, LanguageModel, config_fields, load_config
 from ..runs.folders import CHECKPOINTS, check_writable, claim_output_dir, claim_run_dir, latest_run_dir, run_dir_of
 from ..runs.lock import take_lock
 from ..runs.lookup import find_checkpoint, passed_over, recover_interrupted_saves
-from .arguments import MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
+from .arguments import AUTO_BATCH, MODEL_FIELDS, RESUMABLE_OVERRIDES, TrainArguments
 from .checkpoint import read_trainer_state
 from .distributed import DistributedContext
 from .presets import TRAINING_PRESETS
@@ -61,7 +61,7 @@ class RunPlan:
     args: TrainArguments  # every setting, resolved: no None left where a preset supplies the value
     model: ModelPlan
     seq_len: int  # training window T
-    batch_size: int  # sequences per micro-batch
+    batch_size: int | None  # sequences per micro-batch; None: --batch_size auto, until the trainer finds it
     max_steps: int | None  # a length in optimiser steps ...
     epochs: float | None  # ... or in passes over the training split; both None: the time budget decides
     time_budget_s: float | None  # the run's whole wall time, evaluations and checkpoints included
@@ -128,17 +128,61 @@ def check_eigenstate_flags(config: Any, overrides: dict[str, Any]) -> None:
                          f"{', '.join(ignored)} would change nothing")  # fmt: skip
 
 
-def batch_shape(args: TrainArguments, model: ModelPlan) -> tuple[int, int]:
-    """(window T, batch size): the command line's, else the model's training window and the preset's batch."""
+def batch_shape(args: TrainArguments, model: ModelPlan) -> tuple[int, int | None]:
+    """(window T, batch size): the command line's, else the model's training window and the preset's batch; a
+    batch of None is --batch_size auto, which the trainer finds on the device (batch_search.py)."""
+    if args.batch_size == AUTO_BATCH:
+        return model.config.max_seq_len, None
     return model.config.max_seq_len, args.batch_size or TRAINING_PRESETS[args.config].batch_size
+
+
+def target_tokens(args: TrainArguments) -> int:
+    """The tokens per optimiser step --batch_size auto aims at: --tokens_per_step, else the preset's."""
+    return args.tokens_per_step or TRAINING_PRESETS[args.config].tokens_per_step
+
+
+def accumulation_for(tokens: int, batch_size: int, seq_len: int, world_size: int) -> int:
+    """The micro-batches per step that reach `tokens` per optimiser step (at least: a step is whole batches)."""
+    return max(1, math.ceil(tokens / (batch_size * seq_len * world_size)))
+
+
+def step_arguments(args: TrainArguments, model: ModelPlan, explicit: set[str], world_size: int) -> TrainArguments:
+    """A new run's --tokens_per_step as a gradient accumulation, worked out once: a resumed run keeps the saved
+    one. For --batch_size auto the trainer works out both on the device; here only what can be refused before."""
+    auto = args.batch_size == AUTO_BATCH
+    if args.tokens_per_step is None and not auto:
+        return args  # as before: --gradient_accumulation, 1 by default
+    if "gradient_accumulation" in explicit:
+        given = "--tokens_per_step" if args.tokens_per_step is not None else "--batch_size auto"
+        raise ValueError(f"{given} works out --gradient_accumulation to reach the tokens per step: give "
+                         "--tokens_per_step instead of --gradient_accumulation")  # fmt: skip
+    seq_len, batch_size = batch_shape(args, model)
+    tokens = target_tokens(args)
+    if tokens < seq_len * world_size:
+        where = f" in each of {world_size} processes" if world_size > 1 else ""
+        raise ValueError(f"--tokens_per_step {tokens:,} is less than one window of {seq_len:,} tokens{where}: give "
+                         f"at least {seq_len * world_size:,}, or a smaller --max_seq_len")  # fmt: skip
+    if batch_size is None:
+        return args
+    return dataclasses.replace(args, gradient_accumulation=accumulation_for(tokens, batch_size, seq_len, world_size))
+
+
+def with_batch(plan: RunPlan, batch_size: int, accumulation: int) -> RunPlan:
+    """The plan with the micro-batch and accumulation --batch_size auto found, written into its arguments too, so
+    the saved run says what it ran with and a resumed run takes them without searching again."""
+    args = dataclasses.replace(plan.args, batch_size=batch_size, gradient_accumulation=accumulation)
+    return dataclasses.replace(plan, args=args, batch_size=batch_size)
 
 
 def resolved_arguments(args: TrainArguments, model: ModelPlan, output_dir: Path | None) -> TrainArguments:
     """The arguments with every preset-supplied value written in, so a saved run says what it ran with."""
     config = model.config
     model_values = {name: getattr(config, name) for name in MODEL_FIELDS if hasattr(config, name)}
+    batch_size = batch_shape(args, model)[1]
+    auto = batch_size is None
     return dataclasses.replace(
-        args, **model_values, batch_size=batch_shape(args, model)[1],
+        args, **model_values, batch_size=AUTO_BATCH if auto else batch_size,
+        tokens_per_step=target_tokens(args) if auto else args.tokens_per_step,
         learning_rate=args.learning_rate or TRAINING_PRESETS[args.config].learning_rate,
         output_dir=None if output_dir is None else str(output_dir),
     )  # fmt: skip
@@ -157,6 +201,8 @@ def merge_resumed_arguments(
     changes = {}
     for name in explicit:
         value, before = getattr(args, name), getattr(in_use, name)
+        if name == "batch_size" and value == AUTO_BATCH:
+            continue  # the batch the run found (or was given): a resumed run does not search again
         if name in RESUMABLE_OVERRIDES or lowers_learning_rate(name, value, before):
             changes[name] = value
         elif value != before:
@@ -188,6 +234,7 @@ def resolve_run(
     if args.resume is not None:
         return _resume_plan(args, set(explicit), context)
     model = model_plan(args)
+    args = step_arguments(args, model, set(explicit), context.world_size)
     writes = not (args.dry_run or args.benchmark)
     output_dir = None
     notes: tuple[str, ...] = ()
@@ -238,6 +285,9 @@ def _resume_plan(args: TrainArguments, explicit: set[str], context: DistributedC
     architecture, config = load_config(checkpoint / CONFIG_FILE)
     model = ModelPlan(architecture, config, from_checkpoint=True)
     merged = merge_resumed_arguments(state["args"], args, explicit, model)
+    if args.batch_size == AUTO_BATCH and "batch_size" in explicit:
+        notes += (f"--batch_size auto: the run continues with its batch {merged.batch_size} x accumulation "
+                  f"{merged.gradient_accumulation} (a resumed run does not search again)",)  # fmt: skip
     if "allow_data_change" not in explicit:  # once: a later resume checks the data again
         merged = dataclasses.replace(merged, allow_data_change=False)
     merged.validate()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
 import time
@@ -35,11 +36,12 @@ from ..runs.metrics_log import append_record
 from ..runs.trackers import Trackers, open_trackers
 from ..units import duration_text, tokens_text
 from .arguments import TrainArguments
+from .batch_search import BatchChoice, choose_batch
 from .budget import TimeBudget
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, weights_fingerprint
 from .optimizer import build_optimizer
-from .plan import MAX_WARMUP_FRACTION, RunPlan, resolve_run
+from .plan import MAX_WARMUP_FRACTION, RunPlan, resolve_run, target_tokens, with_batch
 from .precision import Precision, resolve_precision
 from .schedule import learning_rate_at, learning_rate_at_fraction
 
@@ -194,6 +196,10 @@ class Trainer:
         self.model.gradient_checkpointing = args.gradient_checkpointing
         self.precision = resolve_precision(args.mixed_precision, self.device)
         self.scaler = self.precision.grad_scaler()
+        self.batch_note: str | None = None  # --batch_size auto's choice and its reason, for the run header
+        if plan.batch_size is None:
+            self.find_batch()
+            plan, args = self.plan, self.args
         self.optimizer = build_optimizer(self.model, plan.learning_rate, args.weight_decay, args.use_8bit_optim)
         identity = self.data.identity.to_dict()
         self.state = TrainerState(args=args.to_dict(), data=identity)
@@ -233,6 +239,34 @@ class Trainer:
         # logs, and only a run that writes metrics.jsonl (not --dry_run or --benchmark).
         if self.context.is_main and plan.output_dir is not None:
             self.trackers = open_trackers(args.report_to, warn=lambda line: tqdm.write(line, file=sys.stderr))
+
+    def find_batch(self) -> None:
+        """--batch_size auto: rank 0 finds the micro-batch and accumulation on its device, every rank takes them,
+        and they join the run's arguments (what a resumed run continues with)."""
+        plan, world = self.plan, self.context.world_size
+        choice: BatchChoice | str | None = None
+        failure: Exception | None = None
+        if self.context.is_main:
+            weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            reserve = 2 * weight_bytes + (weight_bytes if self.context.enabled else 0)  # AdamW's moments, DDP's buckets
+            processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.context.enabled else 1
+            try:
+                choice = choose_batch(self.model, plan.seq_len, target_tokens(plan.args), world, self.device,
+                                      self.precision, reserve, processes_here)  # fmt: skip
+            except ValueError as err:
+                choice = str(err)  # every rank raises it, not only this one
+            except Exception as err:  # noqa: BLE001  (re-raised below, once the other ranks know to stop)
+                failure = err
+        choice = self.context.broadcast(choice)
+        if failure is not None:
+            raise failure
+        if choice is None:
+            raise RuntimeError("rank 0 failed while finding the --batch_size auto (its error says why)")
+        if isinstance(choice, str):
+            raise ValueError(choice)
+        self.plan = with_batch(plan, choice.batch_size, choice.accumulation)
+        self.args = self.plan.args
+        self.batch_note = choice.line(plan.seq_len, world, target_tokens(plan.args))
 
     def check_budget_left(self) -> None:
         """A resumed run whose time budget is spent (or whose budget-long schedule ended) has nothing to do."""
@@ -278,6 +312,8 @@ class Trainer:
             f"x accumulation {args.gradient_accumulation}{world}; "
             f"lr {plan.learning_rate:g}, warm-up {self.warmup_steps}, cosine to {args.min_lr_ratio:g} x lr"
         )
+        if self.batch_note:
+            self.log(self.batch_note)
         if plan.output_dir is not None:
             self.log(f"output: {plan.output_dir}")
         if plan.resume_from is not None:
