@@ -37,11 +37,11 @@ from temporal_eigenstate_networks.ops import (
     scan_triton,
     triton_available,
 )
-from temporal_eigenstate_networks.plausible import BUSY, Yardstick, settle
+from temporal_eigenstate_networks.plausible import Yardstick, settle
 from temporal_eigenstate_networks.timing import machine_description, median_seconds, sync
 
 Table = tuple[str, list[str], list[list[str]]]  # title, headers, rows
-# A yardstick measured again where a figure read against it exceeds it (plausible.settle): given the figures.
+# A yardstick measured again until it is settled against the figures read against it (plausible.settle).
 Settle = Callable[[Sequence[float]], Yardstick]
 # fmt: off
 SIZES: dict[str, dict[str, Any]] = {
@@ -119,14 +119,17 @@ def recurrence_row(sz: dict[str, Any], length: int, selective: bool, device: tor
     return row
 
 
-def copy_contradiction(moved: float, copy: float, tries: int) -> str:
-    return (f"a scan moved {moved:.1f} GB/s, above the copy bandwidth (at best {copy:.1f} GB/s in {tries} "
-            f"measurements): {BUSY}")  # fmt: skip
+def gbps_text(gbps: float) -> str:
+    return f"{gbps:.1f} GB/s"
 
 
-def peak_contradiction(step: float, peak: float, tries: int) -> str:
-    return (f"a training step counted {step:.1f} GFLOP/s, above the matmul peak (at best {peak:.1f} GFLOP/s in "
-            f"{tries} measurements): {BUSY}")  # fmt: skip
+def gflops_text(gflops: float) -> str:
+    return f"{gflops:.1f} GFLOP/s"
+
+
+# how plausible.settle names the figures and the yardstick in a reason
+COPY: dict[str, Any] = dict(figure="a scan moved", what="the copy bandwidth", text=gbps_text)
+MATMUL: dict[str, Any] = dict(figure="a training step counted", what="the matmul peak", text=gflops_text)
 
 
 def percent(share: float | None) -> str:
@@ -317,12 +320,12 @@ def main() -> None:
     machine = machine_description(device)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()) + "\n", flush=True)
 
-    # The yardsticks first, on a machine not yet warmed by the sections; measured again only where a section's
-    # figures exceed them (another job had the CPU while they were measured).
+    # The yardsticks first, then again after the section that reads figures against them: a busy spell seldom
+    # covers both, and a figure above them or two measurements far apart are measured again (plausible.settle).
     measure_copy = functools.partial(copy_gb_per_s, device, sz["copy_mib"], sz["reps"])
     measure_matmul = functools.partial(matmul_gflop_per_s, device, sz["reps"], args.quick)
-    copy = functools.partial(settle, measure_copy, describe=copy_contradiction, first=measure_copy())
-    matmul = functools.partial(settle, measure_matmul, describe=peak_contradiction, first=measure_matmul())
+    copy = functools.partial(settle, measure_copy, **COPY, first=measure_copy())
+    matmul = functools.partial(settle, measure_matmul, **MATMUL, first=measure_matmul())
     results: dict[str, Any] = dict(machine=machine, sizes=sz)
     tables: list[Table] = []
     for name, section in (

@@ -3,9 +3,10 @@
 
 A share of a peak is only as good as the peak: on a shared machine another job can take the CPU while
 the large matmul (or the plain read, or the copy) is timed, and a training step then "reaches" 163% of
-it. Such a figure is impossible, so it is never reported: the yardstick is measured again (a peak is
-the best the machine does, so the best measurement counts), and where the contradiction stays, the
-figures read against it are marked unreliable with the reason.
+it. Such a figure is impossible, so it is never reported; and a peak measured low makes every share
+of it too high, so a peak is measured until two measurements agree (a peak is the best the machine
+does, so the best counts). Where they do not settle it, the figures read against it are marked
+unreliable with the reason.
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-TRIES = 3  # measurements of a yardstick at most: the first and two more where a figure contradicts it
+TRIES = 3  # measurements of a yardstick at most
+AGREE = 1.25  # two measurements of one peak further apart than this: at least one was taken on a busy machine
 BUSY = "something else likely had the machine while one of them was measured"
 
 
 @dataclass(frozen=True)
 class Yardstick:
-    """A peak figures are read against: its best measurement, how many were taken and, where a figure read against
-    it still exceeds it, why those figures are unreliable."""
+    """A peak figures are read against: its best measurement, the measurements in the order taken and, where they
+    did not settle it, why the figures read against it are unreliable."""
 
     value: float
-    tries: int = 1
+    measured: tuple[float, ...] = ()
     unreliable: str | None = None
+
+    @property
+    def tries(self) -> int:
+        return len(self.measured)
 
     def share(self, achieved: float, margin: float = 1.0) -> float | None:
         """`achieved` as a fraction of the peak; None where it cannot be trusted (the yardstick is unreliable, or
@@ -40,26 +46,46 @@ def excess(peak: float, achieved: Sequence[float], margin: float = 1.0) -> float
     return max(above) if above else None
 
 
+def agreeing(values: Sequence[float], agree: float = AGREE) -> bool:
+    """Whether the best of several measurements of a peak is confirmed: another is within `agree` of it."""
+    best, *others = sorted(values, reverse=True)
+    return bool(others) and best <= agree * others[0]
+
+
+def above(figure: str, value: float, what: str, peak: float, tries: int, text: Callable[[float], str]) -> str:
+    """Why figures read against a peak are unreliable: one of them is above it."""
+    measurements = "one measurement" if tries == 1 else f"{tries} measurements"
+    return f"{figure} {text(value)}, above {what} (at best {text(peak)} in {measurements}): {BUSY}"
+
+
 def settle(
     measure: Callable[[], float],
     achieved: Sequence[float],
-    describe: Callable[[float, float, int], str],
+    figure: str,
+    what: str,
+    text: Callable[[float], str],
     first: float | None = None,
     margin: float = 1.0,
     tries: int = TRIES,
 ) -> Yardstick:
-    """The peak that `measure` returns (`first` where it was measured already), measured again while a figure in
-    `achieved` exceeds `margin` times the best measurement so far, up to `tries` measurements in all.
+    """The peak that `measure` returns (`first` where it was measured already, best at another moment of the run):
+    measured until two measurements agree (see agreeing) and no figure in `achieved` exceeds `margin` times the
+    best, up to `tries` measurements in all. The best counts: a busy machine only ever slows a measurement.
 
-    describe(figure, peak, tries) says why, where a figure still exceeds it: the Yardstick is then unreliable.
+    Where they did not settle it, the Yardstick is unreliable, saying why in words: `figure` names the achieved
+    figures ("a training step counted"), `what` the peak ("the float32 matmul peak"), `text` writes a value.
     """
-    best = measure() if first is None else first
-    count = 1
-    while excess(best, achieved, margin) is not None and count < tries:
-        best = max(best, measure())
-        count += 1
-    worst = excess(best, achieved, margin)
-    return Yardstick(best, count, None if worst is None else describe(worst, best, count))
+    values = [measure() if first is None else first]
+    while len(values) < tries and not (agreeing(values) and excess(max(values), achieved, margin) is None):
+        values.append(measure())
+    best = max(values)
+    if (worst := excess(best, achieved, margin)) is not None:
+        reason: str | None = above(figure, worst, what, best, len(values), text)
+    elif not agreeing(values):
+        reason = f"{what} measured {text(min(values))} to {text(best)} in {len(values)} measurements: {BUSY}"
+    else:
+        reason = None
+    return Yardstick(best, tuple(values), reason)
 
 
 def overhead_bound(call_s: float, empty_call_s: float, share: float = 0.25) -> bool:

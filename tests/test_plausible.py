@@ -25,21 +25,26 @@ def measurements(*values: float):
     return lambda: queue.pop(0)
 
 
-def describe(figure: float, peak: float, tries: int) -> str:
-    return f"{figure} above {peak} after {tries}"
+def settled(measure, achieved: list[float], first: float | None = None) -> Yardstick:
+    return settle(measure, achieved, "a step counted", "the peak", lambda value: f"{value:g}", first=first)
 
 
-def test_a_peak_measured_while_busy_is_measured_again_and_the_best_counts():
-    yardstick = settle(measurements(40.0, 100.0), [60.0, 80.0], describe, first=30.0)
-    assert yardstick == Yardstick(100.0, tries=3, unreliable=None)
-    assert yardstick.share(80.0) == 0.8
-    assert settle(measurements(), [60.0], describe, first=90.0) == Yardstick(90.0)  # no contradiction: measured once
+def test_a_peak_measured_while_busy_is_measured_again_until_two_agree_and_the_best_counts():
+    assert settled(measurements(95.0, 100.0), [60.0, 80.0], first=30.0) == Yardstick(100.0, (30.0, 95.0, 100.0))
+    assert settled(measurements(85.0), [60.0], first=90.0) == Yardstick(90.0, (90.0, 85.0))  # agreeing at once
+    assert Yardstick(100.0).share(80.0) == 0.8
 
 
-def test_a_peak_that_stays_below_a_figure_makes_the_figures_unreliable_never_above_100_percent():
-    yardstick = settle(measurements(50.0, 30.0, 40.0), [163.0, 90.0], describe)
-    assert yardstick.value == 50.0 and yardstick.tries == 3 and yardstick.unreliable == "163.0 above 50.0 after 3"
-    assert yardstick.share(40.0) is None  # the peak itself is in doubt: no share of it is given
+def test_a_peak_that_does_not_settle_makes_the_figures_unreliable_never_above_100_percent():
+    below_a_step = settled(measurements(50.0, 30.0, 48.0), [163.0, 90.0])
+    assert below_a_step.value == 50.0 and below_a_step.measured == (50.0, 30.0, 48.0)
+    assert below_a_step.unreliable == (
+        "a step counted 163, above the peak (at best 50 in 3 measurements): something else likely had the machine "
+        "while one of them was measured"
+    )
+    assert below_a_step.share(40.0) is None  # the peak itself is in doubt: no share of it is given
+    apart = settled(measurements(60.0, 100.0), [20.0], first=30.0)
+    assert apart.unreliable.startswith("the peak measured 30 to 100 in 3 measurements: something else")
     assert Yardstick(100.0).share(163.0) is None  # an impossible share is never given, whatever the reason
 
 
@@ -63,11 +68,12 @@ def mfu_cells(table: str) -> list[str]:
 
 def test_bench_measures_the_matmul_peak_again_when_a_step_beats_it(tmp_path, monkeypatch, capsys):
     fake_bench(monkeypatch, {"ten": 64, "transformer": 64}, MemoryError())
-    busy_peak(monkeypatch, 6e-4, 2e-3)  # the first while another job had the CPU: a step would be at 167%
+    busy_peak(monkeypatch, 2e-3, 6e-4, 1.9e-3)  # the second while another job had the CPU: a step would be at 167%
     results, table, printed = run_tiny_bench(tmp_path, capsys)
-    assert results["matmul_peak_tflops"] == 2e-3 and results["matmul_peak_tries"] == 2
+    assert results["matmul_peak_tflops"] == 2e-3 and results["matmul_peak_measured"] == [2e-3, 6e-4, 1.9e-3]
     assert mfu_cells(table) == ["50%"] * 4
-    assert "2.00 GFLOP/s in the same run (the best of 2 measurements" in table and table in printed
+    assert "2.00 GFLOP/s in the same run (the best of 2.00 GFLOP/s, 0.600 GFLOP/s, 1.90 GFLOP/s)." in table
+    assert table in printed
 
 
 def test_bench_marks_mfu_unreliable_when_the_peak_stays_below_a_step(tmp_path, monkeypatch, capsys):
@@ -81,7 +87,7 @@ def test_bench_marks_mfu_unreliable_when_the_peak_stays_below_a_step(tmp_path, m
     assert results["matmul_peak_unreliable"].startswith(reason) and f"MFU: unreliable, not given: {reason}" in table
     # a bench.json written before the check, with a step above its peak, is not shown as 1000% either
     old = {**results, "matmul_peak_tflops": 1e-4}
-    del old["matmul_peak_unreliable"], old["matmul_peak_tries"]
+    del old["matmul_peak_unreliable"], old["matmul_peak_measured"]
     assert mfu_cells(markdown(old)) == ["unreliable"] * 4 and "MFU: unreliable" in markdown(old)
 
 
@@ -98,17 +104,17 @@ def line(figures: dict, d_model: int = 512, weight_mib: float = 41.0) -> str:
 
 def test_a_plain_read_slower_than_the_matmuls_is_measured_again_then_marked():
     # 128 MiB in 32 matrices: the matmuls at 10.7 GB/s; the read first at 0.5 GB/s (busy), then 26.8 GB/s
-    settled = weight_read_figures(seconds(matvec=0.0125, empty=1e-4, read=[0.27, 0.005]), 128 * MIB, 32)
-    assert settled["read_tries"] == 2 and settled["unreliable"] is None
-    assert line(settled).startswith(
+    figures = weight_read_figures(seconds(matvec=0.0125, empty=1e-4, read=[0.27, 0.005, 0.0051]), 128 * MIB, 32)
+    assert len(figures["read_measured"]) == 3 and figures["unreliable"] is None
+    assert line(figures).startswith(
         "batch-1 matmuls read weights at 10.7 GB/s (a plain read of one 128 MiB buffer: "
         "26.8 GB/s); reading every weight once per token takes 4.00 ms for TEN (41.0 MiB)"
     )
     busy = weight_read_figures(seconds(matvec=0.0125, empty=1e-4, read=0.27), 128 * MIB, 32)
-    assert busy["read_tries"] == 3
+    assert len(busy["read_measured"]) == 3
     assert line(busy) == (
-        "batch-1 matmul weight reads: unreliable, batch-1 matmuls read weights at 10.7 GB/s, faster "
-        "than a plain read of the same bytes (at best 0.497 GB/s in 3 measurements): something else "
+        "batch-1 matmul weight reads: unreliable, batch-1 matmuls read weights at 10.7 GB/s, above "
+        "a plain read of the same bytes (at best 0.497 GB/s in 3 measurements): something else "
         "likely had the machine while one of them was measured; no per-token floor is given"
     )
 
@@ -179,15 +185,15 @@ def test_bench_core_never_prints_a_share_above_its_yardstick():
     spec.loader.exec_module(core)
     row = {"mode": "selective", "T": 64, "sequential_s": None, "chunked_s": 1e-3, "fft_s": None,
            "chunked_fwd_s": 1e-4, "chunked_fwd_gb_per_s": 30.0}  # fmt: skip
-    busy = settle(measurements(20.0, 25.0), [30.0], core.copy_contradiction, first=18.0)  # copy timed while busy
+    busy = settle(measurements(20.0, 25.0), [30.0], **core.COPY, first=18.0)  # the copy timed while busy
     assert core.recurrence_cells(row, busy)["pct"] == "unreliable"
     assert core.yardstick_words("copy bandwidth", "GB/s", busy) == (
         "copy bandwidth 25.0 GB/s; shares of it unreliable, not given: a scan moved 30.0 GB/s, above the copy "
         "bandwidth (at best 25.0 GB/s in 3 measurements): something else likely had the machine while one of them "
         "was measured"
     )
-    settled = settle(measurements(40.0), [30.0], core.copy_contradiction, first=18.0)
-    assert core.recurrence_cells(row, settled)["pct"] == "75%"
-    assert core.yardstick_words("copy bandwidth", "GB/s", settled) == (
-        "copy bandwidth 40.0 GB/s, the best of 2 measurements"
+    copy = settle(measurements(40.0, 39.0), [30.0], **core.COPY, first=18.0)
+    assert core.recurrence_cells(row, copy)["pct"] == "75%"
+    assert core.yardstick_words("copy bandwidth", "GB/s", copy) == (
+        "copy bandwidth 40.0 GB/s, the best of 3 measurements"
     )

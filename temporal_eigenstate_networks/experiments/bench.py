@@ -29,7 +29,7 @@ from ..config import DEFAULT_ATTENTION_WINDOW, TemporalEigenstateConfig
 from ..distribution import install_hint
 from ..flags import POSITIVE, check_settings, comma_list, setting
 from ..lm import LanguageModel
-from ..plausible import BUSY, Yardstick, excess, overhead_bound, settle
+from ..plausible import Yardstick, above, excess, overhead_bound, settle
 from ..runs.folders import check_writable
 from ..timing import machine_description, median_seconds
 from ..units import bytes_text, flop_rate_text, signed_text, significant_text
@@ -333,21 +333,27 @@ def weight_read_rates(settings: BenchSettings, device: torch.device) -> dict[str
 def weight_read_figures(seconds: Callable[[str], float], total_bytes: int, count: int) -> dict[str, Any]:
     """The weight-read figures from seconds("matvec") (`count` batch-1 matmuls over `total_bytes` of weights),
     seconds("empty") (as many calls on 1 element) and seconds("read") (one plain read of the same bytes), measured
-    again while the matmuls read faster than the plain read (see plausible.settle)."""
+    until two agree and the matmuls read no faster than it (see plausible.settle)."""
     gigabytes = total_bytes / 1e9
     matvec_s = seconds("matvec")
     figures: dict[str, Any] = {"matvec_gbps": gigabytes / matvec_s, "matrix_bytes": total_bytes // count,
                                "call_us": 1e6 * matvec_s / count, "empty_call_us": 1e6 * seconds("empty") / count,
                                "read_bytes": total_bytes}  # fmt: skip
-    read = settle(lambda: gigabytes / seconds("read"), [figures["matvec_gbps"]], weight_read_contradiction,
+    read = settle(lambda: gigabytes / seconds("read"), [figures["matvec_gbps"]], MATVEC, PLAIN_READ, gbps_text,
                   margin=READ_MARGIN)  # fmt: skip
-    figures.update(read_gbps=read.value, read_tries=read.tries, unreliable=read.unreliable)
+    figures.update(read_gbps=read.value, read_measured=read.measured, unreliable=read.unreliable)
     return figures
 
 
-def weight_read_contradiction(matvec_gbps: float, read_gbps: float, tries: int) -> str:
-    return (f"batch-1 matmuls read weights at {significant_text(matvec_gbps)} GB/s, faster than a plain read of the "
-            f"same bytes (at best {significant_text(read_gbps)} GB/s in {tries} measurements): {BUSY}")  # fmt: skip
+MATVEC, PLAIN_READ = "batch-1 matmuls read weights at", "a plain read of the same bytes"  # in the reasons
+
+
+def gbps_text(gbps: float) -> str:
+    return f"{significant_text(gbps)} GB/s"
+
+
+def tflops_text(tflops: float) -> str:
+    return flop_rate_text(1e12 * tflops)
 
 
 OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
@@ -400,6 +406,7 @@ def run_bench(
     if "mamba2" in models:
         results["mamba2_sizes"] = {key: getattr(models["mamba2"].config, key) for key in MAMBA2_SIZES}
     log(parameters_line(results))
+    first_peak = matmul_peak_tflops(settings, device)  # the MFU's yardstick, measured again at the end
     active, warm = set(names), set()
     for length in settings.lengths:
         row: dict[str, Any] = {"T": length, "batch": max(1, settings.tokens_per_batch // length), "out_of_memory": []}
@@ -434,9 +441,11 @@ def run_bench(
             results["generation"].append(row)
             log(f"generation after {context:,} tokens, batch {batch}: "
                 + ", ".join(f"{name} {ms_per_step(row, name)}" for name in names))  # fmt: skip
-    peak = settle(lambda: matmul_peak_tflops(settings, device), step_tflops(results),
-                  functools.partial(peak_contradiction, settings.dtype))  # fmt: skip
-    results.update(matmul_peak_tflops=peak.value, matmul_peak_tries=peak.tries, matmul_peak_unreliable=peak.unreliable)
+    # measured again here, at another moment than at the start: a busy spell seldom covers both
+    peak = settle(lambda: matmul_peak_tflops(settings, device), step_tflops(results), STEP, f"the {settings.dtype} "
+                  f"matmul peak", tflops_text, first=first_peak)  # fmt: skip
+    results.update(matmul_peak_tflops=peak.value, matmul_peak_measured=peak.measured,
+                   matmul_peak_unreliable=peak.unreliable)  # fmt: skip
     results["weight_reads"] = weight_read_rates(settings, device)
     log(weight_read_line(results))
     return results
@@ -448,9 +457,7 @@ def step_tflops(results: dict[str, Any]) -> list[float]:
     return [row[name]["train_tflops"] for row in rows for name in MODELS if name in row and "train_tflops" in row[name]]
 
 
-def peak_contradiction(dtype: str, step: float, peak: float, tries: int) -> str:
-    return (f"a training step counted {flop_rate_text(1e12 * step)}, above the {dtype} matmul peak (at best "
-            f"{flop_rate_text(1e12 * peak)} in {tries} measurements): {BUSY}")  # fmt: skip
+STEP = "a training step counted"  # in the reasons
 
 
 def mfu_unreliable(results: dict[str, Any]) -> str | None:
@@ -460,7 +467,8 @@ def mfu_unreliable(results: dict[str, Any]) -> str | None:
         return reason
     peak = results.get("matmul_peak_tflops")
     if peak and (step := excess(peak, step_tflops(results))) is not None:
-        return peak_contradiction(results["settings"]["dtype"], step, peak, results.get("matmul_peak_tries", 1))
+        what, tries = f"the {results['settings']['dtype']} matmul peak", len(results.get("matmul_peak_measured", [0]))
+        return above(STEP, step, what, peak, tries, tflops_text)
     return None
 
 
@@ -501,7 +509,8 @@ def weight_read_line(results: dict[str, Any]) -> str:
     read += f": {significant_text(rates['read_gbps'])} GB/s"
     unreliable = rates.get("unreliable")
     if not unreliable and excess(rates["read_gbps"], [rates["matvec_gbps"]], READ_MARGIN) is not None:
-        unreliable = weight_read_contradiction(rates["matvec_gbps"], rates["read_gbps"], rates.get("read_tries", 1))
+        tries = len(rates.get("read_measured", [0]))
+        unreliable = above(MATVEC, rates["matvec_gbps"], PLAIN_READ, rates["read_gbps"], tries, gbps_text)
     if unreliable:
         return f"batch-1 matmul weight reads: unreliable, {unreliable}; no per-token floor is given"
     if "call_us" in rates and overhead_bound(rates["call_us"], rates["empty_call_us"]):
@@ -651,10 +660,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def mfu_note(results: dict[str, Any], peak: float) -> str:
-    dtype, tries = results["settings"]["dtype"], results.get("matmul_peak_tries", 1)
     if reason := mfu_unreliable(results):
         return f"MFU: unreliable, not given: {reason}."
-    best = f" (the best of {tries} measurements: a step's rate was above the first)" if tries > 1 else ""
+    dtype, measured = results["settings"]["dtype"], results.get("matmul_peak_measured", [])
+    best = f" (the best of {', '.join(map(tflops_text, measured))})" if len(measured) > 1 else ""
     return (f"MFU: FLOPs counted by torch's FlopCounterMode per training step, against a {dtype} matmul measured "
             f"at {flop_rate_text(1e12 * peak)} in the same run{best}.")  # fmt: skip
 
