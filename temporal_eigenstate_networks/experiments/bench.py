@@ -45,6 +45,9 @@ EMULATED = 4.0  # a dtype's CPU matmul this many times slower than float32's is 
 # A gemv and a sum both stream the bytes once; a matmul reading faster than the plain read by more than this
 # contradicts it (the two ops differ a little in how well they use the memory system, hence not 1.0).
 READ_MARGIN = 1.25
+# how the reasons a figure is unreliable name it and its yardstick (plausible.above)
+STEP = "a training step counted"
+MATVEC, PLAIN_READ = "batch-1 matmuls read weights at", "a plain read of the same bytes"
 
 
 def parse_lengths(text: str, flag: str = "--lengths") -> tuple[int, ...]:
@@ -345,9 +348,6 @@ def weight_read_figures(seconds: Callable[[str], float], total_bytes: int, count
     return figures
 
 
-MATVEC, PLAIN_READ = "batch-1 matmuls read weights at", "a plain read of the same bytes"  # in the reasons
-
-
 def gbps_text(gbps: float) -> str:
     return f"{significant_text(gbps)} GB/s"
 
@@ -457,9 +457,6 @@ def step_tflops(results: dict[str, Any]) -> list[float]:
     return [row[name]["train_tflops"] for row in rows for name in MODELS if name in row and "train_tflops" in row[name]]
 
 
-STEP = "a training step counted"  # in the reasons
-
-
 def mfu_unreliable(results: dict[str, Any]) -> str | None:
     """Why the MFU column is not given: as the run found it, or (a bench.json written before the check) a step
     above the peak it was read against."""
@@ -467,8 +464,8 @@ def mfu_unreliable(results: dict[str, Any]) -> str | None:
         return reason
     peak = results.get("matmul_peak_tflops")
     if peak and (step := excess(peak, step_tflops(results))) is not None:
-        what, tries = f"the {results['settings']['dtype']} matmul peak", len(results.get("matmul_peak_measured", [0]))
-        return above(STEP, step, what, peak, tries, tflops_text)
+        tries = len(results.get("matmul_peak_measured", ())) or 1
+        return above(STEP, step, f"the {results['settings']['dtype']} matmul peak", peak, tries, tflops_text)
     return None
 
 
@@ -509,7 +506,7 @@ def weight_read_line(results: dict[str, Any]) -> str:
     read += f": {significant_text(rates['read_gbps'])} GB/s"
     unreliable = rates.get("unreliable")
     if not unreliable and excess(rates["read_gbps"], [rates["matvec_gbps"]], READ_MARGIN) is not None:
-        tries = len(rates.get("read_measured", [0]))
+        tries = len(rates.get("read_measured", ())) or 1
         unreliable = above(MATVEC, rates["matvec_gbps"], PLAIN_READ, rates["read_gbps"], tries, gbps_text)
     if unreliable:
         return f"batch-1 matmul weight reads: unreliable, {unreliable}; no per-token floor is given"
@@ -648,7 +645,7 @@ def markdown(results: dict[str, Any]) -> str:
     for name, why in results["stopped"].items():
         lines.append(f"\n{name}: stopped, {why}.")
     if interrupted := results.get("interrupted"):
-        lines.append(f"\nInterrupted {interrupted}: what follows it was not measured.")
+        lines.append(f"\n{interrupted_note(results, interrupted)}")
     if "parameters" in results:
         lines.append(f"\n{parameters_line(results)}.")
     if left_out := results.get("left_out"):
@@ -657,6 +654,15 @@ def markdown(results: dict[str, Any]) -> str:
         window = results["settings"].get("attention_window") or DEFAULT_ATTENTION_WINDOW
         lines.append(f"\nTEN is the hybrid {pattern} (w layers over {window:,} tokens).")
     return "\n".join(lines) + "\n"
+
+
+def interrupted_note(results: dict[str, Any], interrupted: str) -> str:
+    """What an interrupted run did not measure (the lengths after the last one it kept, and what comes after)."""
+    parts = {"the longer lengths": results["lengths"][-1]["T"] == max(results["settings"]["lengths"]),
+             "generation": results["generation"], "the matmul peak (MFU)": results.get("matmul_peak_tflops"),
+             "the weight reads": results.get("weight_reads")}  # fmt: skip
+    missing = ", ".join(what for what, measured in parts.items() if not measured)
+    return f"Interrupted {interrupted}" + (f": not measured: {missing}." if missing else ".")
 
 
 def mfu_note(results: dict[str, Any], peak: float) -> str:
