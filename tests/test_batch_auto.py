@@ -139,7 +139,7 @@ def test_out_of_memory_while_trying_on_cuda_is_caught_and_bisected(monkeypatch):
     assert (choice.batch_size, choice.accumulation) == (12, 9)  # 9 micro-batches of 12 reach 100 windows
     assert (
         choice.reason
-        == "12 fit and 13 ran out of memory at T = 1,024 on cuda (3.00 GiB of 80.00 GiB free before the search)"
+        == "12 fit and 13 ran out of memory at T = 1,024 on cuda (3.00 GiB of 80.0 GiB free before the search)"
     )
     assert tried == [1, 2, 4, 8, 16, 12, 14, 13]
     line = choice.line(1024, 1, 100 * 1024)
@@ -149,7 +149,7 @@ def test_out_of_memory_while_trying_on_cuda_is_caught_and_bisected(monkeypatch):
 def test_out_of_memory_at_batch_1_on_cuda_is_one_line_naming_the_window_and_the_memory(monkeypatch):
     fake_cuda(monkeypatch, largest_that_fits=0)
     with pytest.raises(ValueError, match=r"even at batch 1: a step at T = 1,024 ran out of memory on cuda "
-                                         r"\(3.00 GiB of 80.00 GiB free before the search\)") as error:  # fmt: skip
+                                         r"\(3.00 GiB of 80.0 GiB free before the search\)") as error:  # fmt: skip
         choose_batch(tiny_model(), 1024, 8 * 1024, 1, torch.device("cuda"), FLOAT32, reserve_bytes=0)
     assert "\n" not in str(error.value)
 

@@ -9,9 +9,11 @@ sequence carries there. Every ratio compares two measurements taken in the same 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,10 @@ from ..config import DEFAULT_ATTENTION_WINDOW, TemporalEigenstateConfig
 from ..distribution import install_hint
 from ..flags import POSITIVE, check_settings, comma_list, setting
 from ..lm import LanguageModel
+from ..plausible import Yardstick, above, excess, overhead_bound, settle
 from ..runs.folders import check_writable
 from ..timing import machine_description, median_seconds
+from ..units import bytes_text, flop_rate_text, signed_text, significant_text
 from .figures import png
 
 MODELS = ("ten", "transformer", "mamba2")  # what bench measures, in the order of the tables' columns
@@ -36,6 +40,14 @@ LABELS = {"ten": "TEN", "transformer": "attn", "mamba2": "Mamba-2"}  # the table
 NAMES = {"ten": "TEN", "transformer": "transformer", "mamba2": "Mamba-2"}  # in sentences and the plot
 MAMBA2_SIZES = ("expand", "state_size", "head_dim")  # what Mamba-2's sizing rule chose (the rest is TEN's)
 SLOW_S = 5.0  # a call slower than this is timed once (its warm-up): a 16k-token attention step would take minutes
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EMULATED = 4.0  # a dtype's CPU matmul this many times slower than float32's is emulated, not native, there
+# A gemv and a sum both stream the bytes once; a matmul reading faster than the plain read by more than this
+# contradicts it (the two ops differ a little in how well they use the memory system, hence not 1.0).
+READ_MARGIN = 1.25
+# how the reasons a figure is unreliable name it and its yardstick (plausible.above)
+STEP = "a training step counted"
+MATVEC, PLAIN_READ = "batch-1 matmuls read weights at", "a plain read of the same bytes"
 
 
 def parse_lengths(text: str, flag: str = "--lengths") -> tuple[int, ...]:
@@ -188,7 +200,7 @@ def build(name: str, settings: BenchSettings, max_len: int, device: torch.device
 
 
 def autocast(settings: BenchSettings, device: torch.device):
-    dtype = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.dtype]
+    dtype = None if settings.dtype == "float32" else DTYPES[settings.dtype]
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -229,12 +241,36 @@ def counted_tflop(step: Callable[[], None]) -> float:
     return counter.get_total_flops() / 1e12
 
 
+def matmul_flops(dtype: str, device: torch.device, n: int, reps: int) -> float:
+    """FLOP/s of an n x n matmul in `dtype` (a name of DTYPES)."""
+    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[dtype]) for _ in range(2))
+    return 2 * n**3 / median_seconds(lambda: a @ b, device, reps)
+
+
 def matmul_peak_tflops(settings: BenchSettings, device: torch.device) -> float:
     """What a large square matmul reaches here in the bench's dtype: the yardstick of the MFU column."""
-    n = 8192 if device.type == "cuda" else 2048
-    dtype = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.dtype]
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    return 2 * n**3 / median_seconds(lambda: a @ b, device, settings.reps) / 1e12
+    return matmul_flops(settings.dtype, device, 8192 if device.type == "cuda" else 2048, settings.reps) / 1e12
+
+
+def emulated_dtype(dtype: str, rate: float, float32_rate: float) -> str | None:
+    """Why bench refuses `dtype` on a CPU whose matmuls in it run at `rate` FLOP/s against float32's (most CPUs
+    have no float16 matmul: PyTorch falls back to a loop 30x slower, and every figure would time that); None where
+    it is fast enough to measure."""
+    if rate * EMULATED >= float32_rate:
+        return None
+    return (f"--dtype {dtype}: this CPU's {dtype} matmuls run at {flop_rate_text(rate)}, {float32_rate / rate:.0f} "
+            f"times slower than in float32 ({flop_rate_text(float32_rate)}): not native here, so bench would time "
+            f"their emulation; use --dtype float32 (or bf16 where the CPU has it), or a GPU")  # fmt: skip
+
+
+def check_dtype(settings: BenchSettings, device: torch.device) -> None:
+    """On a CPU, a one-line ValueError where the autocast dtype's matmuls are emulated (a quick probe, both dtypes
+    one after the other); a GPU runs both natively."""
+    if device.type != "cpu" or settings.dtype == "float32":
+        return
+    rates = {dtype: matmul_flops(dtype, device, 256, 3) for dtype in (settings.dtype, "float32")}
+    if reason := emulated_dtype(settings.dtype, rates[settings.dtype], rates["float32"]):
+        raise ValueError(reason)
 
 
 def measure_length(model: LanguageModel, length: int, settings: BenchSettings, device: torch.device) -> dict:
@@ -272,28 +308,52 @@ def measure_generation(
         return 1e3 * median_seconds(decode, device, settings.reps, SLOW_S) / settings.new_tokens
 
 
-def weight_read_rates(settings: BenchSettings, device: torch.device) -> dict[str, float]:
-    """GB/s at which a batch-1 matmul reads its weights, beside a plain read of the same bytes.
+def weight_read_rates(settings: BenchSettings, device: torch.device) -> dict[str, Any]:
+    """GB/s at which batch-1 matmuls read d_model-wide weight matrices (4d x d, an MLP's), beside a plain read of
+    the same bytes as one buffer, and what a call of the matmul costs at any size (one of 1 element).
 
     Generating one token reads every weight once, through matrix-vector products; on a CPU
-    that is the floor of the time per token.
+    that is the floor of the time per token, where the matrices are large enough for the reads to dominate.
     """
     d = settings.d_model
     count = max(1, settings.weight_read_mib * 2**20 // (4 * d * 4 * d))
-    weights = [torch.randn(4 * d, d, device=device) for _ in range(count)]
-    x = torch.randn(1, d, device=device)
-    gigabytes = count * weights[0].numel() * 4 / 1e9
+    buffer = torch.randn(count, 4 * d, d, device=device)  # the matrices are its slices: one read covers them all
+    weights = buffer.unbind(0)
+    x, one = torch.randn(1, d, device=device), torch.randn(1, 1, device=device)
 
     def matvec() -> None:
         for w in weights:
             torch.nn.functional.linear(x, w)
 
-    def read() -> None:
-        for w in weights:
-            w.sum()
+    def empty() -> None:
+        for _ in range(count):
+            torch.nn.functional.linear(one, one)
 
-    return {"matvec_gbps": gigabytes / median_seconds(matvec, device, 5, SLOW_S),
-            "read_gbps": gigabytes / median_seconds(read, device, 5, SLOW_S)}  # fmt: skip
+    timed = {"matvec": matvec, "empty": empty, "read": buffer.sum}
+    return weight_read_figures(lambda what: median_seconds(timed[what], device, 5, SLOW_S), buffer.numel() * 4, count)
+
+
+def weight_read_figures(seconds: Callable[[str], float], total_bytes: int, count: int) -> dict[str, Any]:
+    """The weight-read figures from seconds("matvec") (`count` batch-1 matmuls over `total_bytes` of weights),
+    seconds("empty") (as many calls on 1 element) and seconds("read") (one plain read of the same bytes), measured
+    until two agree and the matmuls read no faster than it (see plausible.settle)."""
+    gigabytes = total_bytes / 1e9
+    matvec_s = seconds("matvec")
+    figures: dict[str, Any] = {"matvec_gbps": gigabytes / matvec_s, "matrix_bytes": total_bytes // count,
+                               "call_us": 1e6 * matvec_s / count, "empty_call_us": 1e6 * seconds("empty") / count,
+                               "read_bytes": total_bytes}  # fmt: skip
+    read = settle(lambda: gigabytes / seconds("read"), [figures["matvec_gbps"]], MATVEC, PLAIN_READ, gbps_text,
+                  margin=READ_MARGIN)  # fmt: skip
+    figures.update(read_gbps=read.value, read_measured=read.measured, unreliable=read.unreliable)
+    return figures
+
+
+def gbps_text(gbps: float) -> str:
+    return f"{significant_text(gbps)} GB/s"
+
+
+def tflops_text(tflops: float) -> str:
+    return flop_rate_text(1e12 * tflops)
 
 
 OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
@@ -324,22 +384,29 @@ def chosen_models(settings: BenchSettings) -> tuple[list[str], str | None]:
     return [name for name in MODELS if name != "mamba2"], left_out
 
 
-def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_bench(
+    settings: BenchSettings, log: Callable[[str], None] = print, into: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Measures each length for each model; a model that runs out of memory (or time) at a length gets an
-    out-of-memory (or stopped) entry there and is not measured at longer ones."""
+    out-of-memory (or stopped) entry there and is not measured at longer ones.
+
+    The results fill `into` as they are measured (a finished length at a time), so that an interrupted run's
+    caller still holds what was measured."""
     device = torch.device(settings.device)
     torch.manual_seed(0)
     names, left_out = chosen_models(settings)
     if left_out:
         log(left_out)
-    results: dict[str, Any] = {"settings": settings.__dict__, "machine": machine_description(device),
-                               "models": names, "left_out": left_out, "lengths": [], "generation": [],
-                               "stopped": {}}  # fmt: skip
+    results = {} if into is None else into
+    results.update({"settings": settings.__dict__, "machine": machine_description(device), "models": names,
+                    "left_out": left_out, "lengths": [], "generation": [], "stopped": {}})  # fmt: skip
     models = {name: build(name, settings, max(settings.lengths), device) for name in names}
     results["parameters"] = {name: model.num_parameters() for name, model in models.items()}
+    results["weight_mib"] = {name: model.num_parameters() * 4 / 2**20 for name, model in models.items()}
     if "mamba2" in models:
         results["mamba2_sizes"] = {key: getattr(models["mamba2"].config, key) for key in MAMBA2_SIZES}
     log(parameters_line(results))
+    first_peak = matmul_peak_tflops(settings, device)  # the MFU's yardstick, measured again at the end
     active, warm = set(names), set()
     for length in settings.lengths:
         row: dict[str, Any] = {"T": length, "batch": max(1, settings.tokens_per_batch // length), "out_of_memory": []}
@@ -374,11 +441,32 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             results["generation"].append(row)
             log(f"generation after {context:,} tokens, batch {batch}: "
                 + ", ".join(f"{name} {ms_per_step(row, name)}" for name in names))  # fmt: skip
-    results["matmul_peak_tflops"] = matmul_peak_tflops(settings, device)
+    # measured again here, at another moment than at the start: a busy spell seldom covers both
+    peak = settle(lambda: matmul_peak_tflops(settings, device), step_tflops(results), STEP, f"the {settings.dtype} "
+                  f"matmul peak", tflops_text, first=first_peak)  # fmt: skip
+    results.update(matmul_peak_tflops=peak.value, matmul_peak_measured=peak.measured,
+                   matmul_peak_unreliable=peak.unreliable)  # fmt: skip
     results["weight_reads"] = weight_read_rates(settings, device)
-    results["weight_mib"] = {name: model.num_parameters() * 4 / 2**20 for name, model in models.items()}
     log(weight_read_line(results))
     return results
+
+
+def step_tflops(results: dict[str, Any]) -> list[float]:
+    """The counted TFLOP/s of every training step measured: none may exceed the matmul peak."""
+    rows = results["lengths"]
+    return [row[name]["train_tflops"] for row in rows for name in MODELS if name in row and "train_tflops" in row[name]]
+
+
+def mfu_unreliable(results: dict[str, Any]) -> str | None:
+    """Why the MFU column is not given: as the run found it, or (a bench.json written before the check) a step
+    above the peak it was read against."""
+    if reason := results.get("matmul_peak_unreliable"):
+        return reason
+    peak = results.get("matmul_peak_tflops")
+    if peak and (step := excess(peak, step_tflops(results))) is not None:
+        tries = len(results.get("matmul_peak_measured", ())) or 1
+        return above(STEP, step, f"the {results['settings']['dtype']} matmul peak", peak, tries, tflops_text)
+    return None
 
 
 def generation_row(
@@ -410,13 +498,30 @@ def parameters_line(results: dict[str, Any]) -> str:
 
 
 def weight_read_line(results: dict[str, Any]) -> str:
+    """The weight-read rate and each model's per-token floor from it; where the matmuls contradict the plain read,
+    or time the cost of a call rather than its reads (narrow models), why neither is given."""
     rates, mib = results["weight_reads"], results["weight_mib"]
+    # a bench.json from before the one-buffer read: its plain read was of the same matrices, one at a time
+    read = f"a plain read of one {bytes_text(rates['read_bytes'])} buffer" if "read_bytes" in rates else "a plain read"
+    read += f": {significant_text(rates['read_gbps'])} GB/s"
+    unreliable = rates.get("unreliable")
+    if not unreliable and excess(rates["read_gbps"], [rates["matvec_gbps"]], READ_MARGIN) is not None:
+        tries = len(rates.get("read_measured", ())) or 1
+        unreliable = above(MATVEC, rates["matvec_gbps"], PLAIN_READ, rates["read_gbps"], tries, gbps_text)
+    if unreliable:
+        return f"batch-1 matmul weight reads: unreliable, {unreliable}; no per-token floor is given"
+    if "call_us" in rates and overhead_bound(rates["call_us"], rates["empty_call_us"]):
+        width = results["settings"]["d_model"]
+        return (f"batch-1 matmuls on d_model {width}'s {bytes_text(rates['matrix_bytes'])} weight matrices take "
+                f"{significant_text(rates['call_us'])} us a call, of which at least "
+                f"{significant_text(rates['empty_call_us'])} us is the cost of any call (one on 1 element): they time "
+                f"call overhead as much as weight reads, so at this width no read rate or per-token floor is given "
+                f"({read})")  # fmt: skip
     floor = {name: 2**20 * size / 1e9 / rates["matvec_gbps"] * 1e3 for name, size in mib.items()}
-    each = ", ".join(f"{floor[name]:.2f} ms for {NAMES[name]} ({mib[name]:.0f} MiB)" for name in mib)
-    return (
-        f"batch-1 matmuls read weights at {rates['matvec_gbps']:.1f} GB/s "
-        f"(a plain read: {rates['read_gbps']:.1f} GB/s); reading every weight once per token takes {each}"
-    )
+    each = ", ".join(f"{significant_text(floor[name])} ms for {NAMES[name]} ({bytes_text(2**20 * mib[name])})"
+                     for name in mib)  # fmt: skip
+    rate = significant_text(rates["matvec_gbps"])
+    return f"batch-1 matmuls read weights at {rate} GB/s ({read}); reading every weight once per token takes {each}"
 
 
 # ---------------------------------------------------------------- reporting
@@ -454,7 +559,10 @@ def format_length_row(row: dict[str, Any]) -> str:
 
 
 def _mib(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+    """Whole MiB from 10 on, 2 significant digits below (a tiny model's 0.31 MiB is not "0")."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 9.95 or value == 0 else f"{value:.2g}"
 
 
 def length_cell(row: dict[str, Any], name: str, key: str, fmt: str = "{:,.1f}") -> str:
@@ -474,12 +582,14 @@ def length_table(results: dict[str, Any], names: list[str]) -> list[str]:
     beside its times."""
     others = [name for name in names if name != "ten"] if "ten" in names else []
     peak = results.get("matmul_peak_tflops")
+    yardstick = Yardstick(peak or 0.0, unreliable=mfu_unreliable(results))
 
     def mfu(model: dict | None) -> str:
-        """Counted FLOP/s of the training step as a share of the measured matmul peak."""
+        """Counted FLOP/s of the training step as a share of the measured matmul peak; never one above 100%."""
         if model is None or not peak or "train_tflops" not in model:
             return "-"
-        return f"{100 * model['train_tflops'] / peak:.0f}%"
+        share = yardstick.share(model["train_tflops"])
+        return "unreliable" if share is None else f"{100 * share:.0f}%"
 
     header = ["T", "batch"]
     for key, words in (("fwd", "fwd ms"), ("step", "step ms")):
@@ -525,16 +635,17 @@ def generation_table(results: dict[str, Any], names: list[str]) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     names = measured_models(results)
-    lines = [*length_table(results, names), "", *generation_table(results, names)]
+    lines = length_table(results, names)
+    if results["generation"]:  # none where a run was interrupted before it
+        lines += ["", *generation_table(results, names)]
     if peak := results.get("matmul_peak_tflops"):
-        lines.append(
-            f"\nMFU: FLOPs counted by torch's FlopCounterMode per training step, against a "
-            f"{results['settings']['dtype']} matmul measured at {peak:,.2f} TFLOP/s in the same run."
-        )
+        lines.append(f"\n{mfu_note(results, peak)}")
     if "weight_reads" in results:
         lines.append(f"\n{weight_read_line(results)}.")
     for name, why in results["stopped"].items():
         lines.append(f"\n{name}: stopped, {why}.")
+    if interrupted := results.get("interrupted"):
+        lines.append(f"\n{interrupted_note(results, interrupted)}")
     if "parameters" in results:
         lines.append(f"\n{parameters_line(results)}.")
     if left_out := results.get("left_out"):
@@ -543,6 +654,24 @@ def markdown(results: dict[str, Any]) -> str:
         window = results["settings"].get("attention_window") or DEFAULT_ATTENTION_WINDOW
         lines.append(f"\nTEN is the hybrid {pattern} (w layers over {window:,} tokens).")
     return "\n".join(lines) + "\n"
+
+
+def interrupted_note(results: dict[str, Any], interrupted: str) -> str:
+    """What an interrupted run did not measure (the lengths after the last one it kept, and what comes after)."""
+    parts = {"the longer lengths": results["lengths"][-1]["T"] == max(results["settings"]["lengths"]),
+             "generation": results["generation"], "the matmul peak (MFU)": results.get("matmul_peak_tflops"),
+             "the weight reads": results.get("weight_reads")}  # fmt: skip
+    missing = ", ".join(what for what, measured in parts.items() if not measured)
+    return f"Interrupted {interrupted}" + (f": not measured: {missing}." if missing else ".")
+
+
+def mfu_note(results: dict[str, Any], peak: float) -> str:
+    if reason := mfu_unreliable(results):
+        return f"MFU: unreliable, not given: {reason}."
+    dtype, measured = results["settings"]["dtype"], results.get("matmul_peak_measured", [])
+    best = f" (the best of {', '.join(map(tflops_text, measured))})" if len(measured) > 1 else ""
+    return (f"MFU: FLOPs counted by torch's FlopCounterMode per training step, against a {dtype} matmul measured "
+            f"at {flop_rate_text(1e12 * peak)} in the same run{best}.")  # fmt: skip
 
 
 def plot(results: dict[str, Any], output_dir: Path) -> list[Path]:
@@ -578,15 +707,37 @@ def write_outputs(results: dict[str, Any], output_dir: Path) -> None:
 
 
 def run_command(settings: BenchSettings, output_dir: Path) -> None:
-    """`ten bench`: measure, write bench.md, bench.json and bench_scaling.png, print the table and memory growth."""
+    """`ten bench`: measure, write bench.md, bench.json and bench_scaling.png, print the table and memory growth.
+    Interrupted (Ctrl-C), it writes the lengths measured so far and stops as the command's interruption does."""
+    check_dtype(settings, torch.device(settings.device))  # before the folder: a refused command leaves none
     check_writable(output_dir)  # before any measuring: a folder that cannot be written would lose it all
-    results = run_bench(settings)
+    results: dict[str, Any] = {}
+    try:
+        run_bench(settings, into=results)
+    except KeyboardInterrupt:
+        keep_interrupted(results, output_dir)
+        raise
     write_outputs(results, output_dir)
     exponents = {name: growth(results, name, "forward_peak_mib_b1") for name in results["models"]}
     print("\n" + markdown(results))
-    if measured := [f"{n} p = {e:.2f}" for n, e in exponents.items() if e is not None]:  # two lengths or more
+    if measured := [f"{n} p = {signed_text(e)}" for n, e in exponents.items() if e is not None]:  # two lengths or more
         print("forward peak memory ~ T^p: " + ", ".join(measured))
     print(f"written: {output_dir}/bench.md, bench.json, bench_scaling.png")
+
+
+def keep_interrupted(results: dict[str, Any], output_dir: Path) -> None:
+    """After a Ctrl-C: the lengths (and generation rows) measured so far, written as a finished run's are and
+    marked interrupted; nothing measured yet, the empty folder is removed."""
+    if not results.get("lengths"):
+        with contextlib.suppress(OSError):
+            output_dir.rmdir()  # only if empty
+        return
+    lengths = [row["T"] for row in results["lengths"]]
+    results["interrupted"] = f"after T = {lengths[-1]:,}"
+    write_outputs(results, output_dir)
+    kept = ", ".join(f"{t:,}" for t in lengths)
+    print(f"interrupted: kept the lengths measured (T = {kept}) in {output_dir}/bench.md and bench.json",
+          file=sys.stderr)  # fmt: skip
 
 
 def growth(results: dict[str, Any], name: str, key: str) -> float | None:

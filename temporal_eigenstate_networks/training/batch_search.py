@@ -75,7 +75,7 @@ class MemoryProbe:
 
     fits: Callable[[int], bool]
     short_of: Callable[[int], str]  # what a size that does not fit did: "ran out of memory"
-    limit: str  # what it ran against: " on cuda:0 (3.00 GiB of 80.00 GiB free)"
+    limit: str  # what it ran against: " on cuda:0 (3.00 GiB of 80.0 GiB free)"
     used: Callable[[int], str] = lambda batch: ""  # what a size that fits takes, where known
 
 
