@@ -35,7 +35,7 @@ from ..lm import LossTerms
 from ..model import TemporalEigenstateNetwork
 from ..modules.block import Block
 from ..stack import HiddenOutput
-from . import register
+from . import register  # export: omit (transformers registers an export's classes from auto_map)
 from .cache import TenCache, concat_rows, left_padded, select_rows
 from .configuration import TenConfig
 
@@ -317,4 +317,4 @@ register_checkpoint_conversion_mapping(
     TenConfig.model_type, [WeightRenaming(r"^(?!network\.)(.+)", r"network.\1")], overwrite=True
 )
 IMPORTED = True  # register() reads it: before this line, this module is still being imported
-register()  # the Auto classes, where importing this module was what imported transformers
+register()  # export: omit. The Auto classes, where importing this module was what imported transformers
