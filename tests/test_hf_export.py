@@ -25,6 +25,7 @@ from transformers.dynamic_module_utils import (  # noqa: E402
 from temporal_eigenstate_networks import LanguageModel, TemporalEigenstateNetwork  # noqa: E402
 from temporal_eigenstate_networks.cli import main  # noqa: E402
 from temporal_eigenstate_networks.hf.standalone import OMIT, flat_modules, source_path  # noqa: E402
+from temporal_eigenstate_networks.ops import triton_available  # noqa: E402
 from temporal_eigenstate_networks.ops.common import OP_NAMESPACE  # noqa: E402
 
 from .test_hf import OFFLINE, checkpoint_of, tiny_config  # noqa: E402
@@ -106,6 +107,10 @@ def test_the_export_loaded_beside_the_package_gives_its_logits_and_keeps_its_ope
     common = sys.modules[type(model).__module__.rsplit(".", 1)[0] + ".ten_ops_common"]
     assert OP_NAMESPACE == "ten" and common.OP_NAMESPACE.startswith("ten_")  # its own, not the package's
     assert hasattr(getattr(torch.ops, common.OP_NAMESPACE), "chunked_scan") and hasattr(torch.ops.ten, "chunked_scan")
+    if triton_available():  # the export's copy of the fused kernel (on the CPU under Triton's interpreter)
+        fused = type(model).from_pretrained(export, scan_backend="triton").eval()
+        torch.testing.assert_close(fused(ids).logits, network(ids), rtol=1e-4, atol=1e-4)
+        assert hasattr(getattr(torch.ops, common.OP_NAMESPACE), "triton_scan")
 
 
 def test_the_exported_modules_are_the_packages_own_but_for_their_relative_imports(exported):

@@ -312,7 +312,7 @@ def weighted_aux_loss(outputs: list[HiddenOutput], groups: list[tuple[int, Tenso
 
 # Checkpoints keep the network's own keys (what `LanguageModel.from_pretrained` reads): "network." is added to
 # each key when transformers loads one and removed when it saves, for models loaded or built alike. Registered by
-# model_type, which also covers the exported folders' trust_remote_code classes (they import this one).
+# model_type: an export's copy of this module (its trust_remote_code classes) registers the same mapping.
 register_checkpoint_conversion_mapping(
     TenConfig.model_type, [WeightRenaming(r"^(?!network\.)(.+)", r"network.\1")], overwrite=True
 )

@@ -126,26 +126,20 @@ def _header(module: str) -> str:
 
 def flat_modules() -> list[FlatModule]:
     """Every module an export holds: the roots and what they import, each once, in a fixed order."""
-    modules = _closure("ten")
-    digest = hashlib.sha256()
-    for module in modules:  # the package's own sources: the same code, the same namespace
-        digest.update(module.encode() + b"\0" + source_path(module).read_bytes() + b"\0")
-    namespace = f"ten_{digest.hexdigest()[:12]}"
-    written = [flat_module(module, namespace) for module in modules]
-    if not any(m.sets_namespace for m in written):  # the copy would register its operators over the package's
-        raise ValueError(f"no exported module sets {NAMESPACE_CONSTANT}")
-    return written
-
-
-def _closure(namespace: str) -> list[str]:
-    found: set[str] = set()
+    found: dict[str, FlatModule] = {}
     pending = list(ROOTS)
     while pending:
         module = pending.pop()
         if module not in found:
-            found.add(module)
-            pending += flat_module(module, namespace).imports
-    return sorted(found)
+            found[module] = flat_module(module, "ten")
+            pending += found[module].imports
+    digest = hashlib.sha256()
+    for module in sorted(found):  # the package's own sources: the same code, the same namespace
+        digest.update(module.encode() + b"\0" + source_path(module).read_bytes() + b"\0")
+    namespace = f"ten_{digest.hexdigest()[:12]}"
+    if not any(m.sets_namespace for m in found.values()):  # the copy would register its operators over the package's
+        raise ValueError(f"no exported module sets {NAMESPACE_CONSTANT}")
+    return [flat_module(name, namespace) if found[name].sets_namespace else found[name] for name in sorted(found)]
 
 
 def write_code(folder: Path) -> list[str]:
