@@ -264,10 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
     settings_command(commands, "bench", "TEN vs the transformer baseline and Mamba-2: time, memory, generation",
                      BenchSettings, cmd_bench, "runs/bench")  # fmt: skip
 
+    export_help = ("a folder transformers loads without this package (TEN: its code copied in, trust_remote_code; "
+                   "Mamba-2: transformers' own class)")  # fmt: skip
     export = commands.add_parser(
-        "export", help="a folder transformers loads on its own (TEN: trust_remote_code; Mamba-2: its own class)"
+        "export",
+        help=export_help,
+        description=f"Write {export_help}. A TEN folder holds the package's own modules the model needs, copied at "
+        "export time; it loads, generates and saves with torch and transformers alone, and ten's commands read it "
+        "as a checkpoint.",
     )
-    export.add_argument("--checkpoint", required=True, help="a checkpoint folder or a run's --output_dir")
+    export.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint folder, a run's --output_dir, or a save_pretrained or exported folder (a byte model's "
+        "needs no tokenizer files)",
+    )
     export.add_argument("--hf", required=True, metavar="DIR", help="the folder to write")
     export.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
     export.set_defaults(run=cmd_export)

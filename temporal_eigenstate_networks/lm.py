@@ -31,6 +31,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ARCHITECTURES: dict[str, type[LanguageModel]] = {}  # filled by each subclass's `architecture`
 MODEL_TYPE = "ten"  # config.json's "model_type", by which transformers' AutoConfig finds ten's (hf)
+# Keys that only transformers writes into a config.json (or `ten export` for it): a config with one holds other
+# settings of transformers' beside the model's own.
+TRANSFORMERS_KEYS = frozenset({"transformers_version", "architectures", "auto_map"})
 
 
 def config_fields(architecture: str) -> set[str]:
@@ -91,8 +94,8 @@ def map_tensors(state: Any, fn: Callable[[Tensor], Tensor]) -> Any:
 def load_config(path: Path) -> tuple[str, Any]:
     """(architecture, config) from a config.json; files without the key are TEN's (the first format).
 
-    A config that transformers wrote (it has "model_type") also holds transformers' own settings: only the
-    architecture's fields are read from it.
+    A config that transformers wrote, or `ten export` (it has one of TRANSFORMERS_KEYS), also holds transformers'
+    own settings: only the architecture's fields are read from it.
     """
     try:
         values = json.loads(Path(path).read_text())
@@ -106,7 +109,7 @@ def load_config(path: Path) -> tuple[str, Any]:
     architecture = values.pop("architecture", "ten")
     if architecture not in ARCHITECTURES:
         raise ValueError(f"{path}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-    if "transformers_version" in values:
+    if TRANSFORMERS_KEYS & values.keys():
         values = {k: v for k, v in values.items() if k in config_fields(architecture)}
     config_class = ARCHITECTURES[architecture].config_class
     missing = sorted(config_fields(architecture) - set(values) - config_class.added_later)

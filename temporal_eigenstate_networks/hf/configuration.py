@@ -9,14 +9,16 @@ config builds with no argument).
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from ..config import TemporalEigenstateConfig
-from ..lm import MODEL_TYPE, config_fields
-from . import register
+from ..lm import MODEL_TYPE
+from . import register  # export: omit (transformers registers an export's classes from auto_map)
 
 
 @strict
@@ -45,6 +47,17 @@ class TenConfig(PreTrainedConfig):
     def from_ten(cls, config: TemporalEigenstateConfig, **kwargs: Any) -> TenConfig:
         return cls(architecture="ten", **config.to_dict(), **kwargs)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:  # export: omit
+        """transformers' save; and where this config names ten's code (its auto_map: it was read from an export by
+        this package's class), that code beside it, so that the folder still loads without this package. (An
+        export's own classes need nothing: transformers copies their code.) A model's save_pretrained calls this."""
+        from .standalone import ROOTS, write_code  # noqa: PLC0415  (not a module an export holds)
+
+        super().save_pretrained(save_directory, *args, **kwargs)
+        auto_map = getattr(self, "auto_map", None) or {}
+        if any(str(reference).split(".")[0] in ROOTS.values() for reference in auto_map.values()):
+            write_code(Path(save_directory))
+
     def to_ten(self) -> TemporalEigenstateConfig:
         """The network's config; a folder of the transformer baseline (or of no ten model) is refused in one line."""
         if self.architecture != "ten":
@@ -56,10 +69,11 @@ class TenConfig(PreTrainedConfig):
                 f"this config is of ten's {self.architecture!r} baseline; the transformers integration serves TEN and "
                 f"HTEN models (architecture 'ten'){export}"
             )
-        return TemporalEigenstateConfig.from_dict(
-            {name: getattr(self, name) for name in config_fields("ten") if hasattr(self, name)}
-        )
+        # The dataclass's own fields, not lm.config_fields("ten"): that registry is filled only once model.py is
+        # imported, which an export's configuration_ten.py does not do.
+        names = [field.name for field in dataclasses.fields(TemporalEigenstateConfig)]
+        return TemporalEigenstateConfig.from_dict({name: getattr(self, name) for name in names if hasattr(self, name)})
 
 
 IMPORTED = True  # register() reads it: before this line, this module is still being imported
-register()  # the Auto classes, where importing this module was what imported transformers
+register()  # export: omit. The Auto classes, where importing this module was what imported transformers

@@ -1,9 +1,11 @@
-"""`ten export --hf DIR`: a folder transformers loads on its own.
+"""`ten export --hf DIR`: a folder transformers loads without this package.
 
-For TEN (and HTEN, the hybrids), with `trust_remote_code=True`: it holds what every checkpoint holds (config.json,
-model.safetensors, the tokenizer's files) plus `auto_map` in config.json and two small modules that import ten's
-classes. They import, not copy: the folder needs this package (`temporal-eigenstate-networks`) where it is loaded,
-and there is one network, ten's.
+For TEN (and HTEN, the hybrids), with `trust_remote_code=True`: what every checkpoint holds (config.json,
+model.safetensors, the tokenizer's files), `auto_map` in config.json, and the modeling code: configuration_ten.py,
+modeling_ten.py and the package modules they import, copied from this installed package at export time with their
+imports made flat (hf/standalone.py). It loads, generates and saves where only torch and transformers are
+installed; a `save_pretrained` copy of it does too (transformers copies the code along). ten's own commands read
+it as a checkpoint.
 
 For Mamba-2, which is transformers' own Mamba2ForCausalLM: that model's own `save_pretrained` folder (model_type
 "mamba2") and the tokenizer's files, which load with neither this package nor trust_remote_code.
@@ -20,37 +22,17 @@ from typing import Any
 from safetensors import SafetensorError
 
 from ..atomic import WriteError, atomic_folder, recover_interrupted_swaps, refuse_overlap, write_failure
-from ..data import load_tokenizer, save_tokenizer
+from ..data import model_tokenizer, save_tokenizer
 from ..data.jsonfile import write_json
-from ..distribution import DISTRIBUTION, install_hint
 from ..lm import CONFIG_FILE, LanguageModel
+from .standalone import ROOTS, write_code
 
-CODE_FILES = {
-    "configuration_ten.py": ("configuration", ["TenConfig"]),
-    "modeling_ten.py": ("modeling", ["TenModel", "TenForCausalLM"]),
-}
 AUTO_MAP = {
     "AutoConfig": "configuration_ten.TenConfig",
     "AutoModel": "modeling_ten.TenModel",
     "AutoModelForCausalLM": "modeling_ten.TenForCausalLM",
 }
 GENERATION_CONFIG_FILE = "generation_config.json"
-PACKAGE = __name__.split(".")[0]  # the import name, temporal_eigenstate_networks
-
-
-def _code(module: str, class_names: list[str]) -> str:
-    names = ", ".join(class_names)
-    quoted = ", ".join(f'"{name}"' for name in class_names)
-    return (
-        f'"""{names} for transformers\' trust_remote_code: the code is the installed package '
-        f'{DISTRIBUTION!r} (import name {PACKAGE}), not a copy."""\n\n'
-        "try:\n"
-        f"    from {PACKAGE}.hf.{module} import {names}\n"
-        "except ModuleNotFoundError as error:\n"
-        f'    raise ImportError("this model\'s code is the package {DISTRIBUTION!r}: "\n'
-        f'                      "{install_hint("hf")}") from error\n\n'
-        f"__all__ = [{quoted}]\n"
-    )
 
 
 def export_hf(checkpoint: Path, destination: Path, overwrite: bool = False) -> Path:
@@ -63,7 +45,8 @@ def export_hf(checkpoint: Path, destination: Path, overwrite: bool = False) -> P
     if model.architecture not in WRITERS:
         raise ValueError(f"{checkpoint} holds ten's {model.architecture!r} baseline; TEN, HTEN and Mamba-2 models "
                          "export")  # fmt: skip
-    tokenizer = load_tokenizer(checkpoint)
+    # A bare save_pretrained folder has no tokenizer files: the byte tokenizer needs none, another is named as missing.
+    tokenizer = model_tokenizer(checkpoint, model.config.vocab_size)
     destination = Path(destination).expanduser()
     recover_interrupted_swaps(destination.parent, destination.name)  # first: a killed export may have set it aside
     if destination.exists() and any(destination.iterdir()) and not overwrite:
@@ -82,8 +65,7 @@ def _write_ten(folder: Path, model: LanguageModel, tokenizer: Any) -> None:
     config = json.loads((folder / CONFIG_FILE).read_text())
     write_json(folder / CONFIG_FILE, {**config, "architectures": ["TenForCausalLM"], "auto_map": AUTO_MAP})
     _write_generation_config(folder, tokenizer)
-    for name, (module, class_names) in CODE_FILES.items():
-        (folder / name).write_text(_code(module, class_names))
+    write_code(folder)
 
 
 def _write_mamba2(folder: Path, model: LanguageModel, tokenizer: Any) -> None:
@@ -128,5 +110,5 @@ def _no_progress_bars() -> Iterator[None]:
 
 def loading_code(destination: Path) -> str:
     """How transformers loads an export: TEN's needs trust_remote_code (its auto_map), Mamba-2's does not."""
-    remote = ", trust_remote_code=True" if (destination / next(iter(CODE_FILES))).is_file() else ""
+    remote = ", trust_remote_code=True" if (destination / f"{ROOTS['hf.configuration']}.py").is_file() else ""
     return f"AutoModelForCausalLM.from_pretrained({str(destination)!r}{remote})"

@@ -35,7 +35,7 @@ from ..lm import LossTerms
 from ..model import TemporalEigenstateNetwork
 from ..modules.block import Block
 from ..stack import HiddenOutput
-from . import register
+from . import register  # export: omit (transformers registers an export's classes from auto_map)
 from .cache import TenCache, concat_rows, left_padded, select_rows
 from .configuration import TenConfig
 
@@ -312,9 +312,9 @@ def weighted_aux_loss(outputs: list[HiddenOutput], groups: list[tuple[int, Tenso
 
 # Checkpoints keep the network's own keys (what `LanguageModel.from_pretrained` reads): "network." is added to
 # each key when transformers loads one and removed when it saves, for models loaded or built alike. Registered by
-# model_type, which also covers the exported folders' trust_remote_code classes (they import this one).
+# model_type: an export's copy of this module (its trust_remote_code classes) registers the same mapping.
 register_checkpoint_conversion_mapping(
     TenConfig.model_type, [WeightRenaming(r"^(?!network\.)(.+)", r"network.\1")], overwrite=True
 )
 IMPORTED = True  # register() reads it: before this line, this module is still being imported
-register()  # the Auto classes, where importing this module was what imported transformers
+register()  # export: omit. The Auto classes, where importing this module was what imported transformers

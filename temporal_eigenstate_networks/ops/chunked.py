@@ -25,6 +25,7 @@ from torch import Tensor
 from .common import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
+    OP_NAMESPACE,
     as_3d,
     check_scan_inputs,
     is_time_invariant,
@@ -124,7 +125,7 @@ def _rows(tensor: Tensor | None, block: slice) -> Tensor | None:
 # implementation, gradients from the registered backward) and compiles the layer around it without a graph break.
 
 
-@torch.library.custom_op("ten::chunked_scan", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::chunked_scan", mutates_args=())
 def chunked_scan_op(lam: Tensor, beta: Tensor, initial_state: Tensor | None, chunk_size: int) -> Tensor:
     """All states, (B, T, K); lam is (B or 1, T or 1, K)."""
     states = beta.new_empty(beta.shape, dtype=scan_dtype(lam, beta))
@@ -139,7 +140,7 @@ def _(lam: Tensor, beta: Tensor, initial_state: Tensor | None, chunk_size: int) 
     return beta.new_empty(beta.shape, dtype=scan_dtype(lam, beta))
 
 
-@torch.library.custom_op("ten::chunked_scan_backward", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::chunked_scan_backward", mutates_args=())
 def chunked_scan_backward_op(
     lam: Tensor, initial_state: Tensor | None, states: Tensor, grad_states: Tensor, chunk_size: int, need_lam: bool
 ) -> tuple[Tensor, Tensor, Tensor]:

@@ -21,6 +21,9 @@ MIN_DECAY = 0.25
 DEFAULT_CHUNK_SIZE = 32
 # 0.25 ** -32 = 1.8e19: room for |beta| up to 1e18 below float32's 3.4e38.
 MAX_CHUNK_SIZE = 32
+# The torch operators' namespace (ten::chunked_scan ...). An exported model's copy of this code gets its own
+# (hf/standalone.py), so that loading it beside this package never replaces the package's operators.
+OP_NAMESPACE = "ten"
 
 
 def check_scan_inputs(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> None:

@@ -25,11 +25,18 @@ import os
 from typing import Any
 
 import torch
-import triton
-import triton.language as tl
 from torch import Tensor
 
-from .common import as_3d, check_scan_inputs
+from .common import OP_NAMESPACE, as_3d, check_scan_inputs
+
+# This module is imported only where triton is installed (ops.triton_available). The try changes nothing here; it
+# keeps transformers' check of an exported model's code (which skips imports inside a try) from requiring triton
+# of every machine that loads the model.
+try:
+    import triton
+    import triton.language as tl
+except ModuleNotFoundError:
+    raise
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Steps per chunk: long enough that the summaries are small, short enough for many programs. The
@@ -206,7 +213,7 @@ def _incoming(lam: Tensor, x: Tensor, reverse: bool, initial: Tensor | None, chu
 # Registered with torch.library, as the chunked backend's: one opaque op for torch.compile, no graph break.
 
 
-@torch.library.custom_op("ten::triton_scan", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::triton_scan", mutates_args=())
 def triton_scan_op(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
     """All states, (B, T, K) complex64."""
     lam, beta = lam.contiguous(), beta.contiguous()
@@ -221,7 +228,7 @@ def _(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
     return beta.new_empty(beta.shape, dtype=torch.complex64)
 
 
-@torch.library.custom_op("ten::triton_scan_backward", mutates_args=())
+@torch.library.custom_op(f"{OP_NAMESPACE}::triton_scan_backward", mutates_args=())
 def triton_scan_backward_op(
     lam: Tensor, initial_state: Tensor | None, states: Tensor, grad_states: Tensor, need_lam: bool, need_initial: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
