@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import as_3d, check_scan_inputs
+from .common import as_3d, check_scan_inputs, needs_operator
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Steps per chunk: long enough that the summaries are small, short enough for many programs. The
@@ -206,14 +206,19 @@ def _incoming(lam: Tensor, x: Tensor, reverse: bool, initial: Tensor | None, chu
 # Registered with torch.library, as the chunked backend's: one opaque op for torch.compile, no graph break.
 
 
-@torch.library.custom_op("ten::triton_scan", mutates_args=())
-def triton_scan_op(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
-    """All states, (B, T, K) complex64."""
+def triton_states(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
+    """All states, (B, T, K) complex64: the operator's computation, also called without it (common.needs_operator)."""
     lam, beta = lam.contiguous(), beta.contiguous()
     batch, length, k_size = beta.shape
     chunk = chunk_length(batch, k_size, length, beta.device)
     carry = _incoming(lam, beta, False, initial_state, chunk)
     return _run(lam, beta, reverse=False, carry_in=carry, chunk_len=chunk)
+
+
+@torch.library.custom_op("ten::triton_scan", mutates_args=())
+def triton_scan_op(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
+    """All states, (B, T, K) complex64."""
+    return triton_states(lam, beta, initial_state)
 
 
 @triton_scan_op.register_fake
@@ -276,4 +281,6 @@ def scan_triton(lam: Tensor, beta: Tensor, initial_state: Tensor | None = None) 
     check_scan_inputs(lam, beta, initial_state)
     if beta.device.type != "cuda" and not INTERPRETED:
         raise ValueError("scan backend 'triton' needs CUDA tensors (TRITON_INTERPRET=1 runs it on the CPU, slowly)")
-    return triton_scan_op(as_3d(lam), beta, initial_state)
+    if needs_operator(lam, beta, initial_state):
+        return triton_scan_op(as_3d(lam), beta, initial_state)
+    return triton_states(as_3d(lam), beta, initial_state)
