@@ -197,16 +197,16 @@ def longest_answer(model: Any, task: Any, limit: int | float | None) -> int:
     return longest
 
 
-def check_tasks(model: Any, tasks: dict[str, Any], limit: int | float | None) -> None:
+def check_tasks(model: Any, tasks: dict[str, Any], limit: int | float | None, window: str) -> None:
     """Every task's needs against the model, before any task is evaluated: a failure found half-way would cost
-    the tasks evaluated before it."""
+    the tasks evaluated before it. `window`: where the context window comes from, for the message."""
     for name, task in tasks.items():
         needed = longest_answer(model, task, limit)
         if needed > model.max_length:
             raise EvaluationError(
                 f"task {name} scores answers of up to {needed} tokens, longer than the context window "
-                f"({model.max_length} tokens, the model's max_seq_len unless given): pass --max_length {needed} or "
-                "more (a ten model reads any length)"
+                f"({model.max_length} tokens, {window}): pass --max_length {needed} or more (a ten model reads any "
+                "length)"
             )
 
 
@@ -260,7 +260,8 @@ def evaluate(
         model = load_harness_model(folder, batch_size=batch_size, device=device, max_length=max_length,
                                    trust_remote_code=trust_remote_code)  # fmt: skip
         manager = TaskManager(include_path=str(task_dir()), include_defaults=False)
-        check_tasks(model, {name: load_task(manager, name) for name in names}, limit)
+        window = "--max_length" if max_length else "the model's max_seq_len"
+        check_tasks(model, {name: load_task(manager, name) for name in names}, limit, window)
         results: dict[str, Any] = {}
         for name in names:
             try:
