@@ -25,6 +25,10 @@ class UserError(Exception):
     """A mistake in what the user asked for: reported in one line, exit code 2."""
 
 
+class CommandFailed(Exception):
+    """The work failed, not the request (a crash half-way, after the checks): reported in one line, exit code 1."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the usage text is one `--help` away), and no abbreviations.
 
@@ -196,16 +200,30 @@ def cmd_analyze(args: argparse.Namespace, explicit: set[str]) -> None:
 
 def cmd_eval(args: argparse.Namespace, explicit: set[str]) -> None:
     from .hf import evaluate as harness
+    from .runs.folders import check_output_file
     from .runs.lookup import find_checkpoint
 
-    tasks = harness.parse_tasks(args.tasks)  # before anything slow: a misspelt task fails at once
+    # Every check before anything slow: a misspelt task or an unwritable --output fails at once, not after hours.
+    tasks = harness.parse_tasks(args.tasks)
     checkpoint = find_checkpoint(Path(args.checkpoint))
-    results = harness.evaluate(checkpoint, tasks, limit=args.limit, batch_size=args.batch_size, device=args.device,
-                               max_length=args.max_length)  # fmt: skip
+    output = args.output and check_output_file(args.output, args.overwrite, [(checkpoint, "checkpoint")])
+
+    def save(results: dict[str, Any]) -> None:  # after each task: a later task's failure keeps the finished ones
+        if output:
+            harness.write_results(results, output)
+
+    try:
+        results = harness.evaluate(checkpoint, tasks, limit=args.limit, batch_size=args.batch_size,
+                                   device=args.device, max_length=args.max_length, on_task=save)  # fmt: skip
+    except harness.TaskFailed as failed:
+        if not failed.done:
+            raise CommandFailed(str(failed)) from failed
+        print(harness.report(checkpoint, failed.finished, args.limit))
+        kept = f"written: {output}" if output else "printed above"
+        raise CommandFailed(f"{failed} (the results of {', '.join(failed.done)}, which finished: {kept})") from failed
     print(harness.report(checkpoint, results, args.limit))
-    if args.output:
-        harness.write_results(results, Path(args.output))
-        print(f"written: {args.output}")
+    if output:
+        print(f"written: {output}")
 
 
 # ---------------------------------------------------------------- the parser and main
@@ -300,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--max_length", type=positive(int), help="the harness's context window (default: the model config's)"
     )
-    evaluate.add_argument("--output", help="write lm-eval's results as JSON to this file")
+    evaluate.add_argument("--output", help="write lm-eval's results as JSON to this file (after each task)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     evaluate.set_defaults(run=cmd_eval)
 
     settings_command(commands, "synthetic", "recall tasks (MQAR, selective copying, induction heads)", GridSettings,
@@ -361,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{prefix}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    except (TrainingDiverged, WriteError) as err:  # not the user's mistake: exit code 1
+    except (TrainingDiverged, WriteError, CommandFailed) as err:  # not the user's mistake: exit code 1
         if os.environ.get("TEN_DEBUG"):
             raise
         print(f"{prefix}: error: {' '.join(str(err).split())}", file=sys.stderr)

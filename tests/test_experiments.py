@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import signal
@@ -14,6 +15,7 @@ from temporal_eigenstate_networks.experiments import bench, compare
 from temporal_eigenstate_networks.experiments.bench import BenchSettings, growth, markdown, run_bench, write_outputs
 from temporal_eigenstate_networks.experiments.compare import parse_variants, run_comparison
 from temporal_eigenstate_networks.training import TrainArguments, Trainer
+from temporal_eigenstate_networks.training import checkpoint as checkpoint_module
 
 
 def test_compare_trains_each_variant_on_the_same_budget_and_tabulates(tmp_path):
@@ -106,8 +108,11 @@ def test_an_interrupted_comparison_keeps_its_table_and_resumes(corpus, tmp_path,
     command = ["compare", "--dataset", str(corpus), *TINY_COMPARE, "--output_dir", str(output),
                "--variants", "ten,transformer,ten-nonselective"]  # fmt: skip
     assert main(command) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.splitlines()[-1] == f"the comparison was interrupted; continue it with: ten compare --resume {output}"
+    # Only the comparison's hint: the variant's run says where it saved, not how to continue it on its own.
+    assert f"checkpoint: {output / 'transformer' / 'checkpoints' / 'step-0000001'}\n" in out
+    assert "ten train" not in out + err and (out + err).count("continue") == 1
     table = (output / "results.md").read_text()
     assert "| transformer | 0.02 M | interrupted at step 1 |" in table and "| ten | 0.02 M | 5." in table
     assert "ten-nonselective" not in table and not (output / "ten-nonselective").exists()  # the rest did not run
@@ -127,6 +132,24 @@ def test_an_interrupted_comparison_keeps_its_table_and_resumes(corpus, tmp_path,
     assert "--d_model 64 differs" in capsys.readouterr().err
     assert main(["compare", "--resume", str(output), "--seeds", "2"]) == 2  # its folders carry no seed
     assert "a comparison of one seed names its runs without it" in capsys.readouterr().err
+
+
+def test_a_variant_that_cannot_save_names_the_comparison_s_resume(corpus, tmp_path, monkeypatch, capsys):
+    real_save_file = checkpoint_module.save_file
+
+    def full_disk_for_the_transformer(tensors, path, *args, **kwargs):  # at its end: it has a `best` by then
+        if "transformer" in str(path) and "final" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save_file(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", full_disk_for_the_transformer)
+    output = tmp_path / "cmp"
+    command = ["compare", "--dataset", str(corpus), *TINY_COMPARE, "--output_dir", str(output),
+               "--variants", "ten,transformer"]  # fmt: skip
+    assert main(command) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("ten compare: error: ") and "No space left on device" in last
+    assert last.endswith(f"continue with: ten compare --resume {output}") and "ten train" not in last
 
 
 def test_compare_flags_that_do_not_apply_are_one_line(corpus, capsys):

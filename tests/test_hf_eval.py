@@ -312,3 +312,87 @@ def test_ten_eval_bad_input(tiny_model, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if lm-eval were not installed
     err = one_line_error(capsys, ["eval", "--checkpoint", str(tiny_model), "--device", "cpu"])
     assert "pip install 'temporal-eigenstate-networks[hf]'" in err
+
+
+# ---------------------------------------------------------------- `ten eval`: every check first, finished tasks kept
+
+
+@pytest.fixture
+def evaluations(monkeypatch):
+    """lm-eval's simple_evaluate, counted: the tasks it was asked to evaluate, in order (it still runs)."""
+    lm_eval = pytest.importorskip("lm_eval")
+    asked, real = [], lm_eval.simple_evaluate
+
+    def counted(*args, **kwargs):
+        asked.append(list(kwargs["tasks"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", counted)
+    return asked
+
+
+def refused(capsys, argv) -> str:
+    """The last stderr line of a `ten eval` refused with exit code 2 (libraries may log lines above it)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("ten eval: error: "), err
+    return err
+
+
+def test_ten_eval_checks_its_output_before_evaluating(tiny_model, tmp_path, capsys, evaluations):
+    eval_argv = ["eval", "--checkpoint", str(tiny_model), "--limit", "1", "--device", "cpu"]
+    earlier = tmp_path / "results.json"
+    earlier.write_text("earlier results\n")
+    err = refused(capsys, [*eval_argv, "--output", str(earlier)])
+    assert f"--output {earlier} exists" in err and "--overwrite" in err
+    assert earlier.read_text() == "earlier results\n"
+
+    assert "is a folder" in refused(capsys, [*eval_argv, "--output", str(tmp_path)])
+    inside = tiny_model / "results.json"
+    assert "lies inside the checkpoint" in refused(capsys, [*eval_argv, "--output", str(inside)])
+    assert not inside.exists()
+    (tmp_path / "a-file").write_text("")
+    err = refused(capsys, [*eval_argv, "--output", str(tmp_path / "a-file" / "results.json")])
+    assert "cannot be written" in err
+    assert evaluations == []  # nothing was evaluated
+
+    assert main([*eval_argv, "--tasks", "ten_shakespeare_ppl", "--output", str(earlier), "--overwrite"]) == 0
+    assert list(json.loads(earlier.read_text())["results"]) == ["ten_shakespeare_ppl"]
+
+
+def test_ten_eval_checks_every_task_before_evaluating_any(tiny_model, tmp_path, capsys, evaluations, monkeypatch):
+    argv = ["eval", "--checkpoint", str(tiny_model), "--limit", "2", "--device", "cpu"]
+    # The first task (rolling perplexity) reads any length; the second's answers need more than 8 tokens.
+    err = refused(capsys, [*argv, "--max_length", "8"])
+    assert "task ten_shakespeare_mc scores answers of up to" in err and "pass --max_length" in err
+    assert evaluations == []
+
+    tasks = tmp_path / "tasks"  # the tasks, the second's data missing
+    shutil.copytree(harness.task_dir(), tasks)
+    (tasks / "ten_shakespeare_mc.jsonl").unlink()
+    monkeypatch.setattr(harness, "task_dir", lambda: tasks)
+    err = refused(capsys, [*argv, "--output", str(tmp_path / "results.json")])
+    assert "task ten_shakespeare_mc cannot read its data" in err
+    assert evaluations == [] and not (tmp_path / "results.json").exists()
+
+
+def test_ten_eval_keeps_the_finished_tasks_when_a_later_one_fails(tiny_model, tmp_path, capsys, monkeypatch):
+    lm_eval = pytest.importorskip("lm_eval")
+    real = lm_eval.simple_evaluate
+
+    def second_fails(*args, **kwargs):
+        if kwargs["tasks"] == ["ten_shakespeare_mc"]:
+            raise RuntimeError("out of memory\nmore detail")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", second_fails)
+    output = tmp_path / "results.json"
+    argv = ["eval", "--checkpoint", str(tiny_model), "--limit", "2", "--device", "cpu", "--output", str(output)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()[-1]
+    assert err == (f"ten eval: error: task ten_shakespeare_mc failed: RuntimeError: out of memory (the results of "
+                   f"ten_shakespeare_ppl, which finished: written: {output})")  # fmt: skip
+    assert "ten_shakespeare_ppl  bits_per_byte" in captured.out  # the finished task's table
+    results = json.loads(output.read_text())["results"]
+    assert list(results) == ["ten_shakespeare_ppl"] and finite(results["ten_shakespeare_ppl"]["bits_per_byte,none"])

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from temporal_eigenstate_networks import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork
+from temporal_eigenstate_networks import PRESETS, TemporalEigenstateConfig, TemporalEigenstateNetwork, lm
 from temporal_eigenstate_networks.cli import main
 from temporal_eigenstate_networks.config import MAX_PARAMETERS
 from temporal_eigenstate_networks.modules.block import is_no_weight_decay
@@ -304,17 +304,26 @@ def test_loading_checks_the_weights_shapes_before_building(tmp_path, monkeypatch
     with pytest.raises(ValueError, match=r"the weights hold blocks.0.mlp.down.weight, which the config has no place"):
         TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
 
-    # Loading initialises nothing: every parameter comes from the file, and the no-weight-decay tags survive.
+    # A large model (here: any) is built on the meta device, initialising nothing; a small one is built as usual.
+    # Either way every parameter comes from the file, the no-weight-decay tags survive, and the random state is
+    # as it was.
     values.pop("selective_range")  # a field added later: older configs lack it and keep its default
     config_file.write_text(json.dumps(values))
-    initialised = []
-    monkeypatch.setattr(EigenstateCore, "reset_parameters", lambda core: initialised.append(core.frequency.device))
-    loaded = TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
-    assert initialised and all(device.type == "meta" for device in initialised)
+    real_reset = EigenstateCore.reset_parameters
     ids = torch.randint(0, 64, (2, 9))
-    assert torch.equal(loaded.eval()(ids), model(ids)) and loaded.config.selective_range == 0.1
     tagged = [name for name, p in model.named_parameters() if is_no_weight_decay(p)]
-    assert tagged and tagged == [name for name, p in loaded.named_parameters() if is_no_weight_decay(p)]
+    initialised = []
+    monkeypatch.setattr(EigenstateCore, "reset_parameters",
+                        lambda core: initialised.append(core.frequency.device) or real_reset(core))  # fmt: skip
+    for limit, built_on in ((0, "meta"), (lm.EAGER_BUILD_LIMIT, "cpu")):
+        monkeypatch.setattr(lm, "EAGER_BUILD_LIMIT", limit)
+        initialised.clear()
+        random_state = torch.random.get_rng_state()
+        loaded = TemporalEigenstateNetwork.from_pretrained(tmp_path / "m")
+        assert torch.equal(torch.random.get_rng_state(), random_state)
+        assert initialised and all(device.type == built_on for device in initialised)
+        assert torch.equal(loaded.eval()(ids), model(ids)) and loaded.config.selective_range == 0.1
+        assert tagged and tagged == [name for name, p in loaded.named_parameters() if is_no_weight_decay(p)]
 
 
 @pytest.mark.parametrize("field", ["norm_eps", "selective", "hten_scales"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import importlib.util
 import multiprocessing
 import shutil
 import signal
@@ -400,6 +401,35 @@ def test_generate_never_picks_an_older_checkpoint_past_one_a_save_set_aside(corp
     assert code == 2 and "a save of final was interrupted" in err and err.count("\n") == 1
     assert run_cli(["train", "--resume", str(output), "--max_steps", "2"], capsys)[0] == 0  # resume puts it back
     assert (checkpoints / "final").is_dir() and not (checkpoints / ".old-final-4242").exists()
+
+
+def test_commands_that_never_compile_do_not_import_dynamo(tmp_path):
+    """`ten --help`, generate and export never compile: importing torch._dynamo (~1 s) is not theirs to pay. (It
+    comes with a meta-device build or a torch custom operator's first call; see lm.from_pretrained, ops.common.)"""
+    from temporal_eigenstate_networks import TemporalEigenstateConfig, TemporalEigenstateNetwork
+    from temporal_eigenstate_networks.data import ByteTokenizer, save_tokenizer
+
+    config = TemporalEigenstateConfig(d_model=32, n_layers=2, num_eigenstates=8, num_heads=2, max_seq_len=32)
+    TemporalEigenstateNetwork(config).save_pretrained(tmp_path / "model")
+    save_tokenizer(ByteTokenizer(), tmp_path / "model")
+    model, exported = tmp_path / "model", tmp_path / "exported"
+    exports = importlib.util.find_spec("transformers") is not None
+    code = f"""
+import contextlib, sys
+from temporal_eigenstate_networks.cli import main
+with contextlib.suppress(SystemExit):
+    main(["--help"])
+main(["generate", "--checkpoint", {str(model)!r}, "--prompt", "To be", "--max_new_tokens", "3", "--device", "cpu"])
+if "transformers" in sys.modules:  # it imports torch._dynamo itself; ten's own paths do not import it
+    raise SystemExit("transformers was imported")
+if {exports}:  # export checks that transformers is installed, and needs no import of it
+    main(["export", "--checkpoint", {str(model)!r}, "--hf", {str(exported)!r}])
+print("dynamo imported:", "torch._dynamo" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "dynamo imported: False"
+    assert (exported / "config.json").is_file() == exports
 
 
 def test_finding_and_loading_a_checkpoint_does_not_import_training():

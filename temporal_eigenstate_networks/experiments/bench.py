@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..architectures import build_model
 from ..atomic import atomic_write
@@ -236,6 +235,9 @@ def warm_up(model: LanguageModel, length: int, settings: BenchSettings, device: 
 
 def counted_tflop(step: Callable[[], None]) -> float:
     """Matmul and attention FLOPs of one call of `step` (torch's FlopCounterMode), in TFLOP."""
+    # Imported here: it imports triton (~0.2 s), which `ten` pays at every start if BenchSettings' module does.
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops() / 1e12

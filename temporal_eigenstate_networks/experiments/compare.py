@@ -270,8 +270,12 @@ def read_record(folder: Path) -> dict[str, Any]:
     return record
 
 
+def resume_command(folder: Path) -> str:
+    return f"ten compare --resume {folder}"
+
+
 def resume_hint(folder: Path) -> str:
-    return f"the comparison was interrupted; continue it with: ten compare --resume {folder}"
+    return f"the comparison was interrupted; continue it with: {resume_command(folder)}"
 
 
 # ---------------------------------------------------------------- running
@@ -307,7 +311,8 @@ def run_comparison(
                 # An interrupted comparison left this run a checkpoint: continue from it.
                 resume = any_in(output_dir / key / CHECKPOINTS)
                 trainer = Trainer(variant_arguments(base, name, output_dir, resume, seed, seeds),
-                                  tracker_group=tracker_group(output_dir))  # fmt: skip
+                                  tracker_group=tracker_group(output_dir),
+                                  continued_by=resume_command(output_dir))  # fmt: skip
                 write_record(rows, base, names, output_dir, seeds)  # --resume finds the comparison, even after a kill
                 rows.append({**run_variant(trainer, name), "seed": seed})
             except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer listens: stop now, keep the table

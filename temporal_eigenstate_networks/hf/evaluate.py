@@ -19,7 +19,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +150,80 @@ def load_harness_model(
         ) from None
 
 
+class TaskFailed(RuntimeError):
+    """A task that failed while it was evaluated, after the checks before any evaluation passed (so not a mistake
+    in the request). `finished`: the results of the tasks that finished before it, as `evaluate` returns them."""
+
+    def __init__(self, task: str, finished: dict[str, Any], cause: BaseException) -> None:
+        self.task, self.finished = task, finished
+        self.done = list(finished.get("results", {}))
+        reason = _one_line(cause)
+        reason = reason if reason == type(cause).__name__ else f"{type(cause).__name__}: {reason}"
+        super().__init__(f"task {task} failed: {reason}")
+
+
+def load_task(manager: Any, name: str) -> Any:
+    """lm-eval's Task object of `name`, its data read (local files, offline), or one line naming the task."""
+    try:
+        if hasattr(manager, "load"):  # lm-eval 0.4.12 on; get_task_dict, deprecated there, before
+            loaded = manager.load([name])["tasks"]
+        else:
+            from lm_eval.tasks import get_task_dict  # noqa: PLC0415
+
+            loaded = get_task_dict([name], manager)
+    except Exception as err:  # datasets and lm-eval fail in many ways; each is this one line
+        raise EvaluationError(f"task {name} cannot read its data (offline, beside its YAML): {_one_line(err)}") from err
+    return loaded[name]
+
+
+def longest_answer(model: Any, task: Any, limit: int | float | None) -> int:
+    """The most tokens any answer (the continuation of a loglikelihood request) of `task` takes, encoded as lm-eval's
+    HFLM encodes it; it must fit the harness's context window, which lm-eval asserts only when it scores it."""
+    docs = list(task.eval_docs)
+    if limit is not None:  # lm-eval's reading: at most that many documents, a float below 1 a fraction of them
+        docs = docs[: int(math.ceil(len(docs) * limit)) if limit < 1 else int(limit)]
+    longest = 0
+    for doc_id, doc in enumerate(docs):
+        context = task.fewshot_context(doc, task.config.num_fewshot or 0)
+        requests = task.construct_requests(doc=doc, ctx=context, metadata=(task.config.task, doc_id, 1))
+        for request in requests if isinstance(requests, list) else [requests]:
+            if request.request_type != "loglikelihood":  # rolling perplexity windows any length; others truncate
+                continue
+            context, continuation = request.arguments[:2]
+            # lm-eval's own split of a (context, continuation) pair (private, but the same through 0.4.x); an
+            # empty context is scored after a prefix token, the continuation encoded alone.
+            tokens = model._encode_pair(context, continuation)[1] if context else model.tok_encode(continuation)
+            longest = max(longest, len(tokens))
+    return longest
+
+
+def check_tasks(model: Any, tasks: dict[str, Any], limit: int | float | None, window: str) -> None:
+    """Every task's needs against the model, before any task is evaluated: a failure found half-way would cost
+    the tasks evaluated before it. `window`: where the context window comes from, for the message."""
+    for name, task in tasks.items():
+        needed = longest_answer(model, task, limit)
+        if needed > model.max_length:
+            raise EvaluationError(
+                f"task {name} scores answers of up to {needed} tokens, longer than the context window "
+                f"({model.max_length} tokens, {window}): pass --max_length {needed} or more (a ten model reads any "
+                "length)"
+            )
+
+
+def merge_results(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """One results dict of two lm-eval runs on different tasks: their per-task tables joined, the rest the newer's
+    (the same model and settings), the evaluation times added."""
+    merged = dict(earlier)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(earlier.get(key), dict):
+            merged[key] = {**earlier[key], **value}
+        elif key == "total_evaluation_time_seconds" and key in earlier:
+            merged[key] = str(float(earlier[key]) + float(value))
+        else:
+            merged[key] = value
+    return merged
+
+
 def evaluate(
     model_dir: Path | str,
     tasks: str | Sequence[str] = DEFAULT_TASKS,
@@ -161,6 +235,7 @@ def evaluate(
     trust_remote_code: bool = False,
     log_samples: bool = False,
     bootstrap_iters: int = 1000,
+    on_task: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval's simple_evaluate on the model folder with the local tasks, offline; its results dict. A ten
     checkpoint of Mamba-2 is evaluated as its export (`harness_folder`).
@@ -169,6 +244,10 @@ def evaluate(
     this many documents per task (a float below 1: that fraction). `max_length`: the context window of the
     harness (default: the model config's n_positions / max_position_embeddings, else the tokenizer's
     model_max_length). `device`: auto, cpu, cuda or cuda:N.
+
+    Every task is loaded and checked against the model (its data readable, its answers within the context window)
+    before the first is evaluated; then they run one at a time, `on_task` called with the results so far after
+    each (to save them), and a task that fails raises TaskFailed holding the finished ones.
     """
     from ..device import resolve_device  # noqa: PLC0415
 
@@ -181,15 +260,19 @@ def evaluate(
         model = load_harness_model(folder, batch_size=batch_size, device=device, max_length=max_length,
                                    trust_remote_code=trust_remote_code)  # fmt: skip
         manager = TaskManager(include_path=str(task_dir()), include_defaults=False)
-        try:
-            return lm_eval.simple_evaluate(model=model, tasks=names, task_manager=manager, limit=limit,
-                                           log_samples=log_samples, bootstrap_iters=bootstrap_iters)  # fmt: skip
-        except AssertionError:
-            # lm-eval asserts that each answer fits its context window (the training window by default).
-            raise EvaluationError(
-                f"an answer of these tasks is longer than the context window ({model.max_length} tokens, the "
-                "model's max_seq_len unless given): pass a larger --max_length (a ten model reads any length)"
-            ) from None
+        window = "--max_length" if max_length else "the model's max_seq_len"
+        check_tasks(model, {name: load_task(manager, name) for name in names}, limit, window)
+        results: dict[str, Any] = {}
+        for name in names:
+            try:
+                done = lm_eval.simple_evaluate(model=model, tasks=[name], task_manager=manager, limit=limit,
+                                               log_samples=log_samples, bootstrap_iters=bootstrap_iters)  # fmt: skip
+            except Exception as err:  # any failure inside lm-eval or the model: the finished tasks are kept
+                raise TaskFailed(name, results, err) from err
+            results = merge_results(results, done)
+            if on_task is not None:
+                on_task(results)
+        return results
 
 
 @dataclass

@@ -29,6 +29,7 @@ from .common import (
     as_3d,
     check_scan_inputs,
     is_time_invariant,
+    needs_operator,
     scan_dtype,
 )
 
@@ -125,14 +126,20 @@ def _rows(tensor: Tensor | None, block: slice) -> Tensor | None:
 # implementation, gradients from the registered backward) and compiles the layer around it without a graph break.
 
 
-@torch.library.custom_op(f"{OP_NAMESPACE}::chunked_scan", mutates_args=())
-def chunked_scan_op(lam: Tensor, beta: Tensor, initial_state: Tensor | None, chunk_size: int) -> Tensor:
-    """All states, (B, T, K); lam is (B or 1, T or 1, K)."""
+def chunked_states(lam: Tensor, beta: Tensor, initial_state: Tensor | None, chunk_size: int) -> Tensor:
+    """All states, (B, T, K); lam is (B or 1, T or 1, K): the operator's computation, also called without it
+    (common.needs_operator)."""
     states = beta.new_empty(beta.shape, dtype=scan_dtype(lam, beta))
     for block in batch_blocks(beta):
         initial_rows = _rows(initial_state, block)
         states[block] = chunked_scan_forward(_rows(lam, block), beta[block], initial_rows, chunk_size)
     return states
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::chunked_scan", mutates_args=())
+def chunked_scan_op(lam: Tensor, beta: Tensor, initial_state: Tensor | None, chunk_size: int) -> Tensor:
+    """All states, (B, T, K); lam is (B or 1, T or 1, K)."""
+    return chunked_states(lam, beta, initial_state, chunk_size)
 
 
 @chunked_scan_op.register_fake
@@ -201,4 +208,6 @@ def scan_chunked(
     check_scan_inputs(lam, beta, initial_state)
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be in [1, {MAX_CHUNK_SIZE}], got {chunk_size}")
-    return chunked_scan_op(as_3d(lam), beta, initial_state, chunk_size)
+    if needs_operator(lam, beta, initial_state):
+        return chunked_scan_op(as_3d(lam), beta, initial_state, chunk_size)
+    return chunked_states(as_3d(lam), beta, initial_state, chunk_size)

@@ -45,6 +45,16 @@ def check_scan_inputs(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -
         )
 
 
+def needs_operator(*tensors: Tensor | None) -> bool:
+    """Whether a scan goes through its torch custom operator: under torch.compile (one opaque op, no graph break)
+    or when a gradient flows (the operator's registered backward). Otherwise the operator's own function computes
+    the same states directly: torch's operator dispatch imports torch._dynamo on its first call (~1.1 s on a
+    2-core CPU), which generation and evaluation, never compiled, need not pay."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def is_time_invariant(lam: Tensor) -> bool:
     return lam.dim() < 2 or lam.shape[-2] == 1
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .common import OP_NAMESPACE, as_3d, check_scan_inputs
+from .common import OP_NAMESPACE, as_3d, check_scan_inputs, needs_operator
 
 # This module is imported only where triton is installed (ops.triton_available). The try changes nothing here; it
 # keeps transformers' check of an exported model's code (which skips imports inside a try) from requiring triton
@@ -213,14 +213,19 @@ def _incoming(lam: Tensor, x: Tensor, reverse: bool, initial: Tensor | None, chu
 # Registered with torch.library, as the chunked backend's: one opaque op for torch.compile, no graph break.
 
 
-@torch.library.custom_op(f"{OP_NAMESPACE}::triton_scan", mutates_args=())
-def triton_scan_op(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
-    """All states, (B, T, K) complex64."""
+def triton_states(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
+    """All states, (B, T, K) complex64: the operator's computation, also called without it (common.needs_operator)."""
     lam, beta = lam.contiguous(), beta.contiguous()
     batch, length, k_size = beta.shape
     chunk = chunk_length(batch, k_size, length, beta.device)
     carry = _incoming(lam, beta, False, initial_state, chunk)
     return _run(lam, beta, reverse=False, carry_in=carry, chunk_len=chunk)
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::triton_scan", mutates_args=())
+def triton_scan_op(lam: Tensor, beta: Tensor, initial_state: Tensor | None) -> Tensor:
+    """All states, (B, T, K) complex64."""
+    return triton_states(lam, beta, initial_state)
 
 
 @triton_scan_op.register_fake
@@ -283,4 +288,6 @@ def scan_triton(lam: Tensor, beta: Tensor, initial_state: Tensor | None = None) 
     check_scan_inputs(lam, beta, initial_state)
     if beta.device.type != "cuda" and not INTERPRETED:
         raise ValueError("scan backend 'triton' needs CUDA tensors (TRITON_INTERPRET=1 runs it on the CPU, slowly)")
-    return triton_scan_op(as_3d(lam), beta, initial_state)
+    if needs_operator(lam, beta, initial_state):
+        return triton_scan_op(as_3d(lam), beta, initial_state)
+    return triton_states(as_3d(lam), beta, initial_state)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..atomic import overlap
+from ..atomic import overlap, refuse_overlap
 from .metrics_log import METRICS
 from .trackers import OUTPUTS as TRACKER_OUTPUTS
 
@@ -33,14 +33,14 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else None
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, flag: str = "--output_dir") -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise ValueError(f"--output_dir {folder} cannot be written: {err.strerror or err}") from None
+        raise ValueError(f"{flag} {folder} cannot be written: {err.strerror or err}") from None
 
 
 ABANDONED = "abandoned-after-"  # + the step: the later checkpoints of a run resumed from an older one
@@ -95,6 +95,23 @@ def claim_results_dir(given: str | Path | None, default: Path, outputs: tuple[st
                          "with --overwrite")  # fmt: skip
     check_writable(folder)
     return folder
+
+
+def check_output_file(
+    given: str | Path, overwrite: bool, reading: Iterable[tuple[Path, str]] = (), flag: str = "--output"
+) -> Path:
+    """A file a command writes after its work (`ten eval --output`), checked before that work starts: not a folder,
+    apart from what the command reads (`reading`: (path, what it is)), an existing file replaced only with
+    --overwrite, and its folder writable (created if missing, as the write would)."""
+    path = Path(given).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: name a file, e.g. {path / 'results.json'}")
+    for read, what in reading:
+        refuse_overlap(path, read, flag, what)
+    if path.exists() and not overwrite:
+        raise ValueError(f"{flag} {path} exists: choose another file, or replace it with --overwrite")
+    check_writable(path.parent, flag)
+    return path
 
 
 @contextmanager

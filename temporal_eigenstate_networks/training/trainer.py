@@ -158,14 +158,19 @@ class Trainer:
         explicit: set[str] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         tracker_group: str | None = None,
+        continued_by: str | None = None,
     ) -> None:
         """`run`: a plan, or arguments to resolve one from (`explicit`: see resolve_run).
 
         `clock` measures the time budget (tests pass a fake one). `tracker_group`: the --report_to trackers show
-        the run among the others of this group (the variants of a `ten compare`).
+        the run among the others of this group (the variants of a `ten compare`). `continued_by`: the command
+        that continues the run when it stops early, where a caller runs it (`ten compare --resume DIR`); that
+        caller says so itself, so the run's end line does not, and a failed save names it. Default: the run's
+        own `ten train --resume`.
         """
         self.trackers = Trackers()
         self.tracker_group = tracker_group
+        self.continued_by = continued_by
         started = clock()  # the time budget counts the set-up (data, model) too
         device_request = run.args.device if isinstance(run, RunPlan) else run.device
         self.context = DistributedContext.from_environment(device_request)
@@ -595,10 +600,11 @@ class Trainer:
             last = None
         if last is None:
             return "no checkpoint of this run was saved"
-        return (
-            f"the last good checkpoint is {last}; when there is room again, continue with: "
-            f"ten train {command_line(TrainArguments, resume=str(self.output_dir))}"
-        )
+        return f"the last good checkpoint is {last}; when there is room again, continue with: {self.resume_command()}"
+
+    def resume_command(self) -> str:
+        """The command that continues this run: its own `ten train --resume`, or the caller's (`continued_by`)."""
+        return self.continued_by or f"ten train {command_line(TrainArguments, resume=str(self.output_dir))}"
 
     def finish(self, status: str) -> RunResult:
         """Evaluate and save the end of the run; after a signal (in the loop or in this evaluation), only save."""
@@ -616,9 +622,8 @@ class Trainer:
         sample = self.sample() if wanted else ""  # a signal during the save: the checkpoint is there, exit now
         self.log(self.throughput_line())
         if path is not None:
-            again = command_line(TrainArguments, resume=str(self.output_dir))
-            resume = "" if status == "finished" else f"; continue with: ten train {again}"
-            self.log(f"checkpoint: {path}{resume}")
+            own_hint = status != "finished" and self.continued_by is None  # else the caller gives its own
+            self.log(f"checkpoint: {path}" + (f"; continue with: {self.resume_command()}" if own_hint else ""))
         return RunResult(status, self.state.step, path, metrics, sample)
 
     def throughput_line(self) -> str:
