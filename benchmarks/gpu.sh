@@ -6,7 +6,9 @@
 #                    generation after 1k/8k/32k tokens
 #   compile.md       the compiled training step against eager (graph breaks, ms), d=1024, 12 layers, T=2048, bf16
 #   bench/           TEN vs the SDPA transformer and Mamba-2, d=1024, 12 layers, bf16, T = 512..32k (ten bench)
-#   train-large/     ten train --config large --use_hten, 200 steps (tokens/s, memory, cost)
+#   train-large/     ten train --config large --use_hten --batch_size auto, 90 s; train-large-mfu.txt: tokens/s,
+#                    MFU, peak memory, $ per million tokens (benchmarks/train_mfu.py)
+#   train-medium/    the same for --config medium
 # Usage: bash benchmarks/gpu.sh          (PYTHON=... another environment, HOURLY_RATE=... $/hour, OUT=... folder)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,7 +26,14 @@ mkdir -p "$OUT"
 "$PYTHON" -m temporal_eigenstate_networks bench --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --num_eigenstates 128 \
     --lengths 512,2048,8192,32768 --tokens_per_batch 32768 --contexts 1024,8192,32768 --decode_batches 1,16 \
     --output_dir "$OUT/bench"
-"$PYTHON" -m temporal_eigenstate_networks train --config large --use_hten --max_steps 200 --mixed_precision --hourly_rate "$RATE" \
-    --eval_steps 1000 --save_steps 1000 --sample_tokens 0 --output_dir "$OUT/train-large" --overwrite \
-    | tee "$OUT/train-large.log"
-echo "written: $OUT/core.md, $OUT/compile.md, $OUT/bench/bench.md, $OUT/train-large.log"
+# The presets as a user runs them: the micro-batch that fits the card, accumulation to the preset's tokens per step;
+# 90 s of training each (the step is the same at any length of run), then the run's MFU and cost per token.
+for preset in "large --use_hten" medium; do
+    name=train-${preset%% *}
+    # shellcheck disable=SC2086  # the preset's flags split on purpose
+    "$PYTHON" -m temporal_eigenstate_networks train --config $preset --batch_size auto --time_budget 1.5 \
+        --mixed_precision --hourly_rate "$RATE" --eval_steps 100000 --save_steps 100000 --sample_tokens 0 \
+        --output_dir "$OUT/$name" --overwrite | tee "$OUT/$name.log"
+    "$PYTHON" benchmarks/train_mfu.py "$OUT/$name" --hourly_rate "$RATE" | tee "$OUT/$name-mfu.txt"
+done
+echo "written: $OUT/core.md, $OUT/compile.md, $OUT/bench/bench.md, $OUT/train-{large,medium}{.log,-mfu.txt}"

@@ -56,8 +56,10 @@ def test_bench_measures_both_models_side_by_side(tmp_path):
     assert "step TEN/attn" in markdown(results) and "batch-1 matmuls" in markdown(results)
     assert "Mamba-2" not in markdown(results)  # not asked for: no column, no note
     assert all(first[m]["train_tflop"] > 0 and first[m]["train_tflops"] > 0 for m in ("ten", "transformer"))
-    assert results["matmul_peak_tflops"] > 0 and "TEN MFU" in markdown(results) and "MFU: FLOPs counted" in markdown(
-        results)
+    assert results["matmul_peak_tflops"] > 0 and "TEN MFU" in markdown(results)
+    # on a quiet machine the note says how MFU is read; on a busy one the peak may not settle, and it says why not
+    note = "MFU: unreliable, not given: " if results.get("matmul_peak_unreliable") else "MFU: FLOPs counted"
+    assert note in markdown(results)
     write_outputs(results, tmp_path)
     assert (tmp_path / "bench_scaling.png").stat().st_size > 1000 and (tmp_path / "bench.json").is_file()
 
