@@ -270,7 +270,10 @@ def check_dtype(settings: BenchSettings, device: torch.device) -> None:
     one after the other); a GPU runs both natively."""
     if device.type != "cpu" or settings.dtype == "float32":
         return
-    rates = {dtype: matmul_flops(dtype, device, 256, 3) for dtype in (settings.dtype, "float32")}
+    # The best of three rounds, the dtypes taking turns: a core that another job holds slows a two-thread matmul
+    # 40x at times, and one such measurement of float32 would let an emulated dtype through.
+    rounds = [{dtype: matmul_flops(dtype, device, 256, 3) for dtype in (settings.dtype, "float32")} for _ in range(3)]
+    rates = {dtype: max(round_[dtype] for round_ in rounds) for dtype in rounds[0]}
     if reason := emulated_dtype(settings.dtype, rates[settings.dtype], rates["float32"]):
         raise ValueError(reason)
 
