@@ -370,8 +370,10 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]
+    if unknown:  # said by the command's parser: "ten train: error: ... (see ten train --help)"
+        subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     prefix = f"ten {args.command}"
     try:
         args.run(args, explicit_flags(subparser, argv))

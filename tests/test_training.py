@@ -455,7 +455,7 @@ def bad_inputs(tmp_path: Path, corpus: Path) -> list[tuple[list[str], str]]:
         ([*data, "--output_dir", str(earlier_run)], "holds an earlier run"),
         ([*data, "--use_8bit_optim"], "bitsandbytes"),
         ([*data, "--output_dir", str(linked_run), "--overwrite"], "checkpoints is a link to"),
-        (["--d_mod", "64"], "unrecognized arguments: --d_mod 64"),  # no abbreviations: each flag in full
+        (["--d_mod", "64"], "ten train: error: unrecognized arguments: --d_mod 64 (see ten train --help)"),  # in full
         (["--max_step", "8"], "unrecognized arguments: --max_step 8"),
         ([*data, "--resume", str(earlier_run), "--max_step", "8"], "unrecognized arguments: --max_step 8"),
         (["--seed", "-1"], "argument --seed: must be an integer in [0, 2**64 - 1]"),  # at parse time: no folder
