@@ -12,7 +12,14 @@ import torch
 
 from temporal_eigenstate_networks.cli import main
 from temporal_eigenstate_networks.experiments import bench, compare
-from temporal_eigenstate_networks.experiments.bench import BenchSettings, growth, markdown, run_bench, write_outputs
+from temporal_eigenstate_networks.experiments.bench import (
+    BenchSettings,
+    growth,
+    markdown,
+    peak_memory_mib,
+    run_bench,
+    write_outputs,
+)
 from temporal_eigenstate_networks.experiments.compare import parse_variants, run_comparison
 from temporal_eigenstate_networks.training import TrainArguments, Trainer
 from temporal_eigenstate_networks.training import checkpoint as checkpoint_module
@@ -306,3 +313,10 @@ def test_train_refuses_contradictory_ablations(corpus, capsys):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def test_bench_cpu_memory_is_the_pass_not_the_code_it_loads():
+    """A tiny model's forward and backward need well under a MiB; the scan operator's first call imports
+    torch._dynamo (~150 MiB of code), which bench once counted as TEN's activations."""
+    settings = BenchSettings(models=("ten",), d_model=32, n_layers=1, num_eigenstates=8)
+    assert peak_memory_mib("ten", settings, 64, 2, train=True) < 32
