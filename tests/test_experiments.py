@@ -320,3 +320,12 @@ def test_bench_cpu_memory_is_the_pass_not_the_code_it_loads():
     torch._dynamo (~150 MiB of code), which bench once counted as TEN's activations."""
     settings = BenchSettings(models=("ten",), d_model=32, n_layers=1, num_eigenstates=8)
     assert peak_memory_mib("ten", settings, 64, 2, train=True) < 32
+
+
+def test_a_diverged_variant_names_itself_and_advises_the_comparison_not_ten_train(corpus, tmp_path, capsys):
+    command = ["compare", "--dataset", str(corpus), *TINY_COMPARE, "--tokens", "1280", "--variants", "ten",
+               "--learning_rate", "50", "--output_dir", str(tmp_path / "diverged")]  # fmt: skip
+    assert main(command) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("ten compare: error: variant ten: the loss became")
+    assert "run it again at a lower one, e.g. --learning_rate 5" in error and "ten train" not in error

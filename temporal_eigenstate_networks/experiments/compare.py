@@ -31,7 +31,7 @@ from ..runs.folders import (
 )
 from ..runs.lock import release_lock, take_lock
 from ..runs.metrics_log import read_records
-from ..training import TrainArguments, Trainer
+from ..training import TrainArguments, Trainer, TrainingDiverged
 from ..training.arguments import AUTO_BATCH, MODEL_FIELDS
 from ..training.plan import batch_shape, local_data, merge_resumed_arguments, model_plan, step_arguments
 from ..units import duration_text, tokens_text
@@ -315,6 +315,8 @@ def run_comparison(
                                   continued_by=resume_command(output_dir))  # fmt: skip
                 write_record(rows, base, names, output_dir, seeds)  # --resume finds the comparison, even after a kill
                 rows.append({**run_variant(trainer, name), "seed": seed})
+            except TrainingDiverged as err:
+                raise TrainingDiverged(f"variant {key}: {err}") from None
             except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer listens: stop now, keep the table
                 rows.append({"variant": name, "seed": seed, "status": INTERRUPTED})
                 write_outputs(rows, base, output_dir, names, seeds=seeds)

@@ -587,6 +587,8 @@ class Trainer:
             last = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir)
         except CheckpointError:
             last = None
+        if self.continued_by is not None:  # a variant of a comparison, whose variants all train at one rate
+            return f"a comparison trains its variants at one rate: run it again at a lower one, e.g. {lower}{precision}"
         if last is None:
             return f"no checkpoint of this run was saved: start again with a lower rate, e.g. {lower}{precision}"
         return (f"the last good checkpoint is {last}: continue from it at a lower rate with "
