@@ -13,7 +13,8 @@ import pytest
 from temporal_eigenstate_networks.cli import main
 from temporal_eigenstate_networks.data import load_token_data, prepare_token_files
 from temporal_eigenstate_networks.data.errors import DataError
-from temporal_eigenstate_networks.data.identity import files_identity
+from temporal_eigenstate_networks.data.identity import DataIdentity, files_identity
+from temporal_eigenstate_networks.experiments.compare import data_change_lines
 
 from .test_overwrite import one_line_error
 from .test_training import TINY
@@ -180,3 +181,16 @@ def test_positions_reads_a_moved_run_on_its_own_data_and_refuses_changed_data(mo
     first.write_text(OTHER * 60)
     err = one_line_error(capsys, [*argv, "--overwrite"])
     assert "trained on data.txt" in err and "give the text to read with --dataset" in err
+
+
+def test_a_comparison_table_says_which_run_changed_its_data():
+    before = DataIdentity("d.txt", "text", "/x/d.txt", 12, "a" * 64).to_dict()
+    after = DataIdentity("d.txt", "text", "/x/d.txt", 20, "b" * 64).to_dict()
+    rows = [{"variant": "ten", "seed": 42}, {"variant": "transformer", "seed": 42,
+                                             "data_changes": [{"step": 1500, "before": before, "after": after}]}]
+    assert data_change_lines(rows) == [
+        "transformer: its data changed at step 1,500 (--allow_data_change), from d.txt (/x/d.txt, 12 bytes, sha256 "
+        "aaaaaaaaaaaa) to d.txt (/x/d.txt, 20 bytes, sha256 bbbbbbbbbbbb)."
+    ]
+    assert data_change_lines([{**rows[1], "seed": 43}, rows[0]])[0].startswith("transformer (seed 43): ")
+    assert data_change_lines(rows[:1]) == []  # a run from before data identity, or one that kept its data

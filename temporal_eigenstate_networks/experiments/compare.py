@@ -18,6 +18,7 @@ from typing import Any
 
 from ..architectures import mamba2_sizes_like
 from ..atomic import atomic_write
+from ..data.identity import DataIdentity
 from ..flags import comma_list, flags_of
 from ..lm import config_fields
 from ..runs.folders import (
@@ -354,6 +355,7 @@ def run_variant(trainer: Trainer, name: str) -> dict[str, Any]:
         "variant": name, "status": status, "parameters": trainer.model.num_parameters(), "steps": result.step,
         "tokens": trainer.state.tokens_seen, "tokens_per_s": trainer.state.tokens_seen / max(elapsed, 1e-9),
         "wall_s": elapsed, **result.eval, "curve": eval_curve(trainer.output_dir),
+        "data_changes": trainer.state.data_changes,  # --allow_data_change on --resume: the table says so
     }  # fmt: skip
 
 
@@ -422,9 +424,24 @@ def write_outputs(
     finished = finished_runs(rows)
     if seeds > 1 and finished:  # mean and spread over the seeds, against the first variant
         table = spread.markdown(spread.summarize(finished), names[0]) + "\n" + table
+    table += "".join(f"\n{line}\n" for line in data_change_lines(rows))
     atomic_write(output_dir / "results.md", lambda path: path.write_text(table))
     if with_plot:
         write_plots(rows, output_dir, names, seeds)
+
+
+def data_change_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A line for each run that changed its data on a resume (--allow_data_change): its figures are not of one
+    corpus, nor, against the runs that did not change, of the same one."""
+    several_seeds = len({r.get("seed") for r in rows}) > 1
+    lines = []
+    for row in rows:
+        name = row["variant"] + (f" (seed {row['seed']})" if several_seeds else "")
+        for change in row.get("data_changes", ()):
+            before, after = (DataIdentity.from_dict(change[key]) for key in ("before", "after"))
+            described = f"from {before.describe()} to {after.describe()}" if before and after else "to other data"
+            lines.append(f"{name}: its data changed at step {change['step']:,} (--allow_data_change), {described}.")
+    return lines
 
 
 def finished_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
