@@ -172,7 +172,8 @@ def test_a_cache_moved_behind_masked_padding_continues_as_it_would_have(make, pr
         moved = scrambled_padding(state.left_padded(padding))
         assert int(moved.length) == prompt + padding and moved.first.tolist() == [padding] * BATCH
         assert layer.state_mismatch(moved, BATCH) is None and moved.keys.shape[2] == state.keys.shape[2] + (
-            0 if isinstance(state, WindowCache) else padding)  # a ring keeps its size
+            0 if isinstance(state, WindowCache) else padding
+        )  # a ring keeps its size
         for piece in (1, 3, 1, 2 * WINDOW - 5):
             start = int(state.length) if isinstance(state, WindowCache) else state.length
             expected, got = layer(u[:, start : start + piece], state), layer(u[:, start : start + piece], moved)

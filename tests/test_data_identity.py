@@ -186,8 +186,10 @@ def test_positions_reads_a_moved_run_on_its_own_data_and_refuses_changed_data(mo
 def test_a_comparison_table_says_which_run_changed_its_data():
     before = DataIdentity("d.txt", "text", "/x/d.txt", 12, "a" * 64).to_dict()
     after = DataIdentity("d.txt", "text", "/x/d.txt", 20, "b" * 64).to_dict()
-    rows = [{"variant": "ten", "seed": 42}, {"variant": "transformer", "seed": 42,
-                                             "data_changes": [{"step": 1500, "before": before, "after": after}]}]
+    rows = [
+        {"variant": "ten", "seed": 42},
+        {"variant": "transformer", "seed": 42, "data_changes": [{"step": 1500, "before": before, "after": after}]},
+    ]
     assert data_change_lines(rows) == [
         "transformer: its data changed at step 1,500 (--allow_data_change), from d.txt (/x/d.txt, 12 bytes, sha256 "
         "aaaaaaaaaaaa) to d.txt (/x/d.txt, 20 bytes, sha256 bbbbbbbbbbbb)."

@@ -35,8 +35,11 @@ def test_the_distribution_is_ours_and_the_import_name_is_not_the_index_ten() -> 
 def test_no_file_tells_a_user_to_install_ten() -> None:
     files = tracked_text_files()
     assert len(files) > 50
-    offenders = [f"{path.relative_to(ROOT)}: {m.group(0)!r}" for path in files for m in INSTALLS_TEN.finditer(
-        path.read_text(errors="replace"))]
+    offenders = [
+        f"{path.relative_to(ROOT)}: {m.group(0)!r}"
+        for path in files
+        for m in INSTALLS_TEN.finditer(path.read_text(errors="replace"))
+    ]
     assert offenders == []
     assert INSTALLS_TEN.search("run pip install 'ten[hf]' first") and INSTALLS_TEN.search("pip install ten")
     assert not INSTALLS_TEN.search("pip install tensorboard")

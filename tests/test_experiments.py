@@ -71,8 +71,26 @@ def test_bench_measures_both_models_side_by_side(tmp_path):
     assert (tmp_path / "bench_scaling.png").stat().st_size > 1000 and (tmp_path / "bench.json").is_file()
 
 
-TINY_COMPARE = ["--d_model", "32", "--n_layers", "1", "--num_eigenstates", "16", "--max_seq_len", "32", "--batch_size",
-                "2", "--eval_steps", "1", "--eval_batches", "1", "--sample_tokens", "0", "--tokens", "128"]  # 2 steps
+TINY_COMPARE = [
+    "--d_model",
+    "32",
+    "--n_layers",
+    "1",
+    "--num_eigenstates",
+    "16",
+    "--max_seq_len",
+    "32",
+    "--batch_size",
+    "2",
+    "--eval_steps",
+    "1",
+    "--eval_batches",
+    "1",
+    "--sample_tokens",
+    "0",
+    "--tokens",
+    "128",
+]  # 2 steps
 
 
 @pytest.fixture
@@ -132,7 +150,10 @@ def test_an_interrupted_comparison_keeps_its_table_and_resumes(corpus, tmp_path,
     assert main(["compare", "--resume", str(output)]) == 0  # the settings and variants are the comparison's
     rows = json.loads((output / "results.json").read_text())["rows"]
     assert [(r["variant"], r["status"], r["steps"]) for r in rows] == [
-        ("ten", "finished", 2), ("transformer", "finished", 2), ("ten-nonselective", "finished", 2)]
+        ("ten", "finished", 2),
+        ("transformer", "finished", 2),
+        ("ten-nonselective", "finished", 2),
+    ]
     assert (output / "ten" / "metrics.jsonl").read_text() == kept  # finished: kept as it was
     assert starts(output / "transformer") == 2  # resumed from its checkpoint, not started over
     assert "interrupted" not in (output / "results.md").read_text()
@@ -178,8 +199,17 @@ def fake_bench(monkeypatch, fits: dict[str, int], error: Exception, generation_f
     def measure_length(model, length, settings, device):
         if length >= fits[model.architecture]:
             raise error
-        return {"T": length, "batch": 1, "train_tflop": 1e-6, "forward_ms": 1.0 * length, "train_step_ms": 3.0 * length,
-                "tokens_per_s": 1e3, "train_tflops": 1e-3, "train_peak_mib": 1.0, "forward_peak_mib_b1": 0.5 * length}
+        return {
+            "T": length,
+            "batch": 1,
+            "train_tflop": 1e-6,
+            "forward_ms": 1.0 * length,
+            "train_step_ms": 3.0 * length,
+            "tokens_per_s": 1e3,
+            "train_tflops": 1e-3,
+            "train_peak_mib": 1.0,
+            "forward_peak_mib_b1": 0.5 * length,
+        }
 
     def measure_generation(model, context, batch, settings, device):
         if generation_fits is not None and model.architecture == "transformer" and context >= generation_fits:

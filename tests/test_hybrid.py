@@ -118,8 +118,26 @@ def test_analyze_reads_the_eigenstate_layers_of_a_hybrid_and_refuses_one_without
         analyze(hybrid("aw"), ids)
 
 
-HYBRID_RUN = ["--d_model", "32", "--n_layers", "2", "--num_eigenstates", "8", "--max_seq_len", "32", "--batch_size",
-              "2", "--eval_batches", "1", "--sample_tokens", "0", "--layer_pattern", "ew", "--attention_window", "8"]
+HYBRID_RUN = [
+    "--d_model",
+    "32",
+    "--n_layers",
+    "2",
+    "--num_eigenstates",
+    "8",
+    "--max_seq_len",
+    "32",
+    "--batch_size",
+    "2",
+    "--eval_batches",
+    "1",
+    "--sample_tokens",
+    "0",
+    "--layer_pattern",
+    "ew",
+    "--attention_window",
+    "8",
+]
 
 
 def test_train_resume_and_generate_a_hybrid_from_the_command_line(corpus, tmp_path, capsys):

@@ -412,6 +412,8 @@ def test_contradictory_ablations_are_refused():
         small_config(real_eigenvalues=True, fixed_basis=True)
     with pytest.raises(ValueError, match="coupling must be true or false"):
         small_config(coupling="no")
+
+
 def test_temperatures_and_top_p_below_float32s_range_are_greedy():
     model = make_model((False, [1], True, "auto"))
     prompt = torch.randint(0, 64, (2, 5))

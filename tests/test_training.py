@@ -566,9 +566,11 @@ def test_a_prompt_from_a_file_or_in_any_bytes_reaches_the_byte_model_as_it_is(co
     code, out, _ = run_cli([*base, "--prompt", os.fsdecode(raw)], capsys)  # the same bytes on the command line
     assert code == 0 and out.startswith("Now is the winter \ufffd\ufffd")
     (tmp_path / "empty.txt").write_text("")
-    for flags, message in ((["--prompt_file", str(tmp_path / "empty.txt")], "is empty"),
-                           (["--prompt_file", str(tmp_path / "none.txt")], "No such file"),
-                           (["--prompt", "x", "--prompt_file", str(tmp_path / "prompt.bin")], "not allowed with")):
+    for flags, message in (
+        (["--prompt_file", str(tmp_path / "empty.txt")], "is empty"),
+        (["--prompt_file", str(tmp_path / "none.txt")], "No such file"),
+        (["--prompt", "x", "--prompt_file", str(tmp_path / "prompt.bin")], "not allowed with"),
+    ):
         code, err = run_cli_or_exit([*base, *flags], capsys)
         assert code == 2 and message in err and err.count("\n") == 1
 
