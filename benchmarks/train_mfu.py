@@ -96,7 +96,8 @@ def report(run: Path, device: torch.device, hourly_rate: float | None) -> None:
         lines.append(f"peak memory: {train['peak_memory_gib']:,.1f} GiB")
     if hourly_rate is not None:
         per_million = hourly_rate * 1e6 / tokens_per_s / 3600
-        lines.append(f"cost: ${per_million:,.3f} per million tokens at ${hourly_rate:g}/hour")
+        # the steps' own rate; the run's end line gives the whole run's, evaluations, saves and start included
+        lines.append(f"cost: ${per_million:,.3f} per million tokens at ${hourly_rate:g}/hour, at the steps' rate")
     print("\n".join(lines))
 
 

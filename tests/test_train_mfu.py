@@ -42,7 +42,7 @@ def test_the_report_names_tokens_flops_mfu_and_cost(corpus, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == [
         "run", "tokens/s", "FLOPs per token (training step, counted)", "achieved", "MFU", "cost"]  # fmt: skip
-    assert lines[-1].endswith("per million tokens at $2/hour")
+    assert lines[-1].endswith("per million tokens at $2/hour, at the steps' rate")
 
 
 def test_a_folder_that_is_not_a_finished_run_is_one_line(tmp_path, monkeypatch):
