@@ -169,3 +169,21 @@ def test_scales_one_by_one_runs_the_cores_as_modules_for_hooks():
     with scales_one_by_one(torch.nn.Sequential(hten)):
         torch.testing.assert_close(hten(u).y, hten.reference_forward(u).y, rtol=0, atol=0)
     assert seen == [12, 6, 3] * 2 and hten.fused  # the model, then the reference
+
+
+@pytest.mark.parametrize("length", [7, 50])
+def test_fused_on_the_triton_scan_equals_the_loop(length):
+    """On a GPU `auto` takes the Triton kernel, which then scans the fused eigenvalues (held between windows);
+    here under Triton's interpreter: forward and gradients against the loop over scales on the chunked scan."""
+    from temporal_eigenstate_networks.ops import triton_available
+
+    if not triton_available():
+        pytest.skip("triton is not installed")
+    reference = layer([1, 2, 4])
+    fused = layer_like(reference, scan_backend="triton")
+    u = torch.randn(2, length, 16, requires_grad=True)
+    got, got_grads = outputs_and_gradients(fused, fused, u)
+    expected, expected_grads = outputs_and_gradients(reference, reference.reference_forward, u)
+    torch.testing.assert_close(got.y, expected.y, rtol=1e-4, atol=1e-5)
+    for a, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
