@@ -9,26 +9,30 @@
 #   train-large/     ten train --config large --use_hten --batch_size auto, 90 s; train-large-mfu.txt: tokens/s,
 #                    MFU, peak memory, $ per million tokens (benchmarks/train_mfu.py)
 #   train-medium/    the same for --config medium
-# Usage: bash benchmarks/gpu.sh          (PYTHON=... another environment, HOURLY_RATE=... $/hour, OUT=... folder)
+# Usage: bash benchmarks/gpu.sh          (PYTHON=... another environment, HOURLY_RATE=... $/hour, OUT=... folder,
+#        PARTS="core compile" ... some of: core compile bench presets, e.g. to split the run over two calls
+#        of a machine that limits one command's time; the correctness check runs first whatever PARTS says)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs/gpu}
 RATE=${HOURLY_RATE:-1.57}  # the original training script's one-GPU price
+PARTS=" ${PARTS:-core compile bench presets} "
+wanted() { [[ $PARTS == *" $1 "* ]]; }
 mkdir -p "$OUT"
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'benchmarks/gpu.sh: no CUDA GPU here')"
 "$PYTHON" -c "import triton" 2>/dev/null || echo "note: triton is not installed (pip install -e '.[gpu]'): no fused-kernel column"
 
 "$PYTHON" benchmarks/gpu_check.py --json "$OUT/check.json"  # correctness first: stops here if a check fails
-"$PYTHON" benchmarks/bench_core.py --device cuda --size gpu --json "$OUT/core.json" --markdown "$OUT/core.md"
-"$PYTHON" benchmarks/compile_step.py --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --seq_len 2048 --batch 4 \
+! wanted core || "$PYTHON" benchmarks/bench_core.py --device cuda --size gpu --json "$OUT/core.json" --markdown "$OUT/core.md"
+! wanted compile || "$PYTHON" benchmarks/compile_step.py --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --seq_len 2048 --batch 4 \
     --repeats 5 | tee "$OUT/compile.md"
-"$PYTHON" -m temporal_eigenstate_networks bench --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --num_eigenstates 128 \
+! wanted bench || "$PYTHON" -m temporal_eigenstate_networks bench --device cuda --dtype bf16 --d_model 1024 --n_layers 12 --num_eigenstates 128 \
     --lengths 512,2048,8192,32768 --tokens_per_batch 32768 --contexts 1024,8192,32768 --decode_batches 1,16 \
     --output_dir "$OUT/bench"
 # The presets as a user runs them: the micro-batch that fits the card, accumulation to the preset's tokens per step;
 # 90 s of training each (the step is the same at any length of run), then the run's MFU and cost per token.
-for preset in "large --use_hten" medium; do
+wanted presets && for preset in "large --use_hten" medium; do
     name=train-${preset%% *}
     # shellcheck disable=SC2086  # the preset's flags split on purpose
     "$PYTHON" -m temporal_eigenstate_networks train --config $preset --batch_size auto --time_budget 1.5 \
