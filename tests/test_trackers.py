@@ -186,6 +186,7 @@ def test_report_to_mistakes_are_one_line_before_a_folder_is_claimed(corpus, tmp_
     assert "unknown 'mlflow'" in one_line_error(capsys, [*base, "--report_to", "tensorboard,mlflow"])
     assert "give it alone" in one_line_error(capsys, [*base, "--report_to", "none,wandb"])
     assert "more than once" in one_line_error(capsys, [*base, "--report_to", "wandb,wandb"])
+    assert "an empty name in 'a,,b'" in one_line_error(capsys, [*base, "--report_to", "a,,b"])
     found = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else found(name, *a))
     error = one_line_error(capsys, [*base, "--report_to", "wandb"])

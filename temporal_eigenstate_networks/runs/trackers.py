@@ -46,6 +46,8 @@ def check_report_to(names: Sequence[str] | None) -> None:
     """Raise ValueError on a --report_to a run cannot start with: an unknown or repeated name, none beside a
     tracker, or a tracker whose library is not installed (said with the install that brings it)."""
     names = list(names or ())
+    if "" in names:
+        raise ValueError(f"--report_to: an empty name in {','.join(names)!r}; give names separated by single commas")
     unknown = [name for name in names if name not in (*TRACKERS, NONE)]
     if unknown:
         raise ValueError(f"--report_to: unknown {', '.join(map(repr, unknown))}; choose from "
