@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import BinaryIO
 
@@ -115,6 +116,19 @@ def refuse_overlap(target: Path, read: Path, flag: str, what: str) -> None:
     if relation := overlap(target, read):
         raise ValueError(f"{flag} {target} {relation} the {what} {read} it reads: writing there would delete or "
                          f"change it; choose another folder")  # fmt: skip
+
+
+def refuse_foreign_files(folder: Path, flag: str, command: str, patterns: tuple[str, ...]) -> None:
+    """One line where --overwrite, which replaces `folder` whole, would delete what `command` did not write there
+    (names matching none of `patterns`): a run, another checkpoint's optimizer state, a user's own files. Such a
+    folder is emptied by hand, never by a mistyped flag."""
+    if not folder.is_dir():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.is_dir() or not any(fnmatch(p.name, g) for g in patterns))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3:,} more" if len(foreign) > 3 else "")
+        raise ValueError(f"{flag} {folder} holds what {command} does not write ({shown}): --overwrite replaces only "
+                         "a folder of its own; choose another folder, or empty this one yourself")  # fmt: skip
 
 
 def replace_folder(new: Path, path: Path) -> None:

@@ -110,11 +110,11 @@ def test_prepare_refuses_a_folder_that_holds_files_and_replaces_it_whole_with_ov
     meta = json.loads((prepared / "meta.json").read_text())
     err = one_line_error(capsys, ["prepare", "--dataset", str(corpus), "--output_dir", str(prepared)])
     assert "not empty" in err and "--overwrite" in err
-    (prepared / "stale.txt").write_text("from before")
+    (prepared / "train.u32").write_bytes(b"\0" * 8)  # as an earlier prepare with a large vocabulary left it
     other = tmp_path / "other.txt"
     other.write_text(OTHER * 60)
     assert main(["prepare", "--dataset", str(other), "--output_dir", str(prepared), "--overwrite"]) == 0
-    assert not (prepared / "stale.txt").exists()  # replaced whole, not written into
+    assert not (prepared / "train.u32").exists()  # replaced whole, not written into
     assert json.loads((prepared / "meta.json").read_text())["sha256"] != meta["sha256"]
 
 

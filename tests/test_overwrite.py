@@ -59,3 +59,35 @@ def test_train_with_overwrite_never_deletes_its_own_data(tmp_path, capsys):
     err = one_line_error(capsys, argv)
     assert f"--overwrite would delete {run / 'checkpoints'}, which holds {data}" in err
     assert data.is_file()
+
+
+@pytest.mark.skipif(find_spec("transformers") is None, reason="ten export needs transformers (the hf extra)")
+def test_export_with_overwrite_replaces_an_export_but_never_another_run_or_checkpoint(corpus, tmp_path, capsys):
+    runs = {}
+    for name in ("one", "other"):
+        runs[name] = tmp_path / name
+        Trainer(TrainArguments(dataset=str(corpus), d_model=32, n_layers=1, num_eigenstates=8, max_seq_len=32,
+                               batch_size=2, eval_batches=1, sample_tokens=0, max_steps=1,
+                               output_dir=str(runs[name]))).train()  # fmt: skip
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    before = files_under(tmp_path)
+    other = runs["other"]
+    targets = [(other, "checkpoints, metrics.jsonl"), (other / "checkpoints" / "final", "optimizer.safetensors"),
+               (tmp_path / "mine", "notes.txt")]  # fmt: skip
+    for target, shown in targets:
+        err = one_line_error(capsys, ["export", "--checkpoint", str(runs["one"]), "--hf", str(target), "--overwrite"])
+        assert f"--hf {target} holds what ten export does not write ({shown}" in err
+    assert files_under(tmp_path) == before
+    export = ["export", "--checkpoint", str(runs["one"]), "--hf", str(tmp_path / "export")]
+    assert main(export) == 0 and main([*export, "--overwrite"]) == 0  # its own folder: replaced
+
+
+def test_prepare_with_overwrite_replaces_a_prepared_folder_but_never_other_files(corpus, tmp_path, capsys):
+    prepared = tmp_path / "prepared"
+    command = ["prepare", "--dataset", str(corpus), "--output_dir", str(prepared), "--overwrite"]
+    assert main(command) == 0 and main(command) == 0
+    (prepared / "notes.txt").write_text("keep")
+    err = one_line_error(capsys, command)
+    assert f"--output_dir {prepared} holds what ten prepare does not write (notes.txt)" in err
+    assert (prepared / "notes.txt").read_text() == "keep" and (prepared / "train.bin").is_file()

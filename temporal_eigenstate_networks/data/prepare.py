@@ -12,13 +12,23 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import WriteError, atomic_folder, recover_interrupted_swaps, refuse_overlap, write_failure
+from ..atomic import (
+    WriteError,
+    atomic_folder,
+    recover_interrupted_swaps,
+    refuse_foreign_files,
+    refuse_overlap,
+    write_failure,
+)
 from .errors import DataError
 from .identity import digest, file_blocks
 from .jsonfile import write_json
-from .pipeline import PREPARED_META, load_token_data, prepared_file
+from .pipeline import PREPARED_META, PREPARED_SUFFIXES, load_token_data, prepared_file
 from .sources import write_token_file
 from .tokenizer import ids_dtype, save_tokenizer
+
+# What a prepared folder holds: --overwrite replaces only a folder of these (never a run, or a user's own files).
+PREPARED_FILES = (PREPARED_META, *(f"*{suffix}" for suffix in PREPARED_SUFFIXES.values()), "tokenizer*")
 
 
 def check_output_folder(folder: Path, overwrite: bool = False) -> None:
@@ -49,6 +59,7 @@ def prepare_token_files(
     check_output_folder(out_dir, overwrite)
     if Path(dataset).expanduser().exists():
         refuse_overlap(out_dir, Path(dataset), "--output_dir", "dataset")
+    refuse_foreign_files(out_dir, "--output_dir", "ten prepare", PREPARED_FILES)  # --overwrite replaces it whole
     data = load_token_data(dataset, tokenizer, max_train_tokens=max_train_tokens, streaming=streaming)
     dtype = np.dtype(ids_dtype(data.tokenizer.vocab_size)).name
     try:

@@ -21,7 +21,14 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from ..atomic import WriteError, atomic_folder, recover_interrupted_swaps, refuse_overlap, write_failure
+from ..atomic import (
+    WriteError,
+    atomic_folder,
+    recover_interrupted_swaps,
+    refuse_foreign_files,
+    refuse_overlap,
+    write_failure,
+)
 from ..data import model_tokenizer, save_tokenizer
 from ..data.jsonfile import write_json
 from ..lm import CONFIG_FILE, LanguageModel
@@ -33,6 +40,10 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_ten.TenForCausalLM",
 }
 GENERATION_CONFIG_FILE = "generation_config.json"
+# What an export folder holds (a ten or a Mamba-2 model, its code, a tokenizer's files): --overwrite replaces only
+# a folder of these, never a run or a checkpoint (optimizer and trainer state are not among them).
+EXPORT_FILES = (CONFIG_FILE, GENERATION_CONFIG_FILE, "model*.safetensors", "model.safetensors.index.json", "*.py",
+                "tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt", "README.md")  # fmt: skip
 
 
 def export_hf(checkpoint: Path, destination: Path, overwrite: bool = False) -> Path:
@@ -51,6 +62,7 @@ def export_hf(checkpoint: Path, destination: Path, overwrite: bool = False) -> P
     recover_interrupted_swaps(destination.parent, destination.name)  # first: a killed export may have set it aside
     if destination.exists() and any(destination.iterdir()) and not overwrite:
         raise ValueError(f"{destination} is not empty: choose another folder or pass --overwrite")
+    refuse_foreign_files(destination, "--hf", "ten export", EXPORT_FILES)
     try:
         with atomic_folder(destination) as staging:
             WRITERS[model.architecture](staging, model, tokenizer)
