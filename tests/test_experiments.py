@@ -6,6 +6,7 @@ import errno
 import json
 import re
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from temporal_eigenstate_networks.experiments.bench import (
     write_outputs,
 )
 from temporal_eigenstate_networks.experiments.compare import parse_variants, run_comparison
-from temporal_eigenstate_networks.training import TrainArguments, Trainer
+from temporal_eigenstate_networks.training import TrainArguments, Trainer, TrainingDiverged
 from temporal_eigenstate_networks.training import checkpoint as checkpoint_module
 
 
@@ -352,10 +353,27 @@ def test_bench_cpu_memory_is_the_pass_not_the_code_it_loads():
     assert peak_memory_mib("ten", settings, 64, 2, train=True) < 32
 
 
-def test_a_diverged_variant_names_itself_and_advises_the_comparison_not_ten_train(corpus, tmp_path, capsys):
-    command = ["compare", "--dataset", str(corpus), *TINY_COMPARE, "--tokens", "1280", "--variants", "ten",
-               "--learning_rate", "50", "--output_dir", str(tmp_path / "diverged")]  # fmt: skip
+def test_a_diverged_variant_is_a_row_and_the_comparison_goes_on(corpus, tmp_path, capsys, monkeypatch):
+    """A variant that diverges costs its own row, not the others' results; the command then fails in one line
+    that names it and advises a lower rate for the whole comparison (its variants share one), not ten train."""
+    output = tmp_path / "diverged"
+    command = ["compare", "--dataset", str(corpus), *TINY_COMPARE, "--variants", "ten,transformer",
+               "--output_dir", str(output)]  # fmt: skip
+    real = compare.Trainer
+
+    def ten_diverges(args, **kwargs):
+        trainer = real(args, **kwargs)
+        if Path(args.output_dir).name == "ten":
+            trainer.train = lambda: (_ for _ in ()).throw(TrainingDiverged("the loss became nan at step 1; advice"))
+        return trainer
+
+    monkeypatch.setattr(compare, "Trainer", ten_diverges)
     assert main(command) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("ten compare: error: variant ten: the loss became")
-    assert "run it again at a lower one, e.g. --learning_rate 5" in error and "ten train" not in error
+    assert error == ("ten compare: error: ten diverged (the loss became nan at step 1); the table holds the others; a "
+                     "comparison trains its variants at one rate: run it again at a lower one, e.g. --learning_rate "
+                     "6e-05")  # fmt: skip
+    table = (output / "results.md").read_text()
+    assert "| ten | - | the loss became nan at step 1 |" in table and "| transformer | 0.0" in table
+    assert main(["compare", "--resume", str(output)]) == 1  # kept as it was: it would diverge again
+    assert "=== ten: finished earlier, kept ===" in capsys.readouterr().out

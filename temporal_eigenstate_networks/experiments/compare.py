@@ -19,7 +19,7 @@ from typing import Any
 from ..architectures import mamba2_sizes_like
 from ..atomic import atomic_write
 from ..data.identity import DataIdentity
-from ..flags import comma_list, flags_of
+from ..flags import comma_list, command_line, flags_of
 from ..lm import config_fields
 from ..runs.folders import (
     CHECKPOINTS,
@@ -35,6 +35,7 @@ from ..runs.metrics_log import read_records
 from ..training import TrainArguments, Trainer, TrainingDiverged
 from ..training.arguments import AUTO_BATCH, MODEL_FIELDS
 from ..training.plan import batch_shape, local_data, merge_resumed_arguments, model_plan, step_arguments
+from ..training.trainer import lower_rate
 from ..units import duration_text, tokens_text
 from . import spread
 from .figures import png
@@ -96,6 +97,7 @@ OUTPUTS = (RESULTS, "results.md", PLOT, SEEDS_PLOT)
 DEFAULT_DIR = Path("runs/compare")
 DONE = ("finished", "time_budget")  # a variant that ran its budget (time_budget: --tokens cut short by --time_budget)
 INTERRUPTED = "interrupted"
+DIVERGED = "diverged"  # kept as a row: the same settings would diverge again, and the other variants go on
 BUDGET = ("max_steps", "epochs", "time_budget")
 
 
@@ -220,7 +222,7 @@ def resumed_comparison(
             "a comparison of one seed names its runs without it, so it cannot take more: run a new one with --seeds"
         )
     done = {run_key(r["variant"], r.get("seed", base.seed), had): r for r in record["rows"]
-            if r.get("status", "finished") in DONE}  # fmt: skip
+            if r.get("status", "finished") in (*DONE, DIVERGED)}  # fmt: skip
     return Comparison(base, names, folder, done, seeds)
 
 
@@ -250,6 +252,14 @@ def run_command(args: TrainArguments, variants: str, tokens: int | None, seeds: 
     print(f"\n{(output / 'results.md').read_text()}\nwritten: {output}/{written}")
     if rows[-1]["status"] == INTERRUPTED:
         print(resume_hint(output), file=sys.stderr)
+    elif diverged := [r for r in rows if r["status"] == DIVERGED]:
+        names = ", ".join(run_key(r["variant"], r["seed"], comparison.seeds) for r in diverged)
+        lower = command_line(TrainArguments, learning_rate=lower_rate(diverged[0]["learning_rate"]))
+        others = "; the table holds the others" if len(diverged) < len(rows) else ""
+        raise TrainingDiverged(
+            f"{names} diverged ({diverged[0]['reason']}){others}; a comparison trains its variants at one rate: "
+            f"run it again at a lower one, e.g. {lower}"
+        )
 
 
 def say_lock_note(folder: Path) -> None:
@@ -316,8 +326,9 @@ def run_comparison(
                                   continued_by=resume_command(output_dir))  # fmt: skip
                 write_record(rows, base, names, output_dir, seeds)  # --resume finds the comparison, even after a kill
                 rows.append({**run_variant(trainer, name), "seed": seed})
-            except TrainingDiverged as err:
-                raise TrainingDiverged(f"variant {key}: {err}") from None
+            except TrainingDiverged as err:  # a row that says so; the comparison goes on with the others
+                rows.append({"variant": name, "seed": seed, "status": DIVERGED, "reason": str(err).split(";")[0],
+                             "learning_rate": trainer.plan.learning_rate})  # fmt: skip
             except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer listens: stop now, keep the table
                 rows.append({"variant": name, "seed": seed, "status": INTERRUPTED})
                 write_outputs(rows, base, output_dir, names, seeds=seeds)
@@ -372,10 +383,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     several_seeds = len({r.get("seed") for r in rows}) > 1
     for r in rows:
         r = {**r, "variant": r["variant"] + (f" (seed {r['seed']})" if several_seeds else "")}
-        if "val_ce" not in r:  # interrupted: no final evaluation
+        if "val_ce" not in r:  # interrupted or diverged: no final evaluation
             parameters = f"{r['parameters'] / 1e6:.2f} M" if "parameters" in r else "-"
             where = f" at step {r['steps']:,}" if "steps" in r else ""
-            lines.append(f"| {r['variant']} | {parameters} | interrupted{where} |" + " - |" * 7)
+            what = r["reason"] if r.get("status") == DIVERGED else f"interrupted{where}"
+            lines.append(f"| {r['variant']} | {parameters} | {what} |" + " - |" * 7)
             continue
         bits = r.get("val_bits_per_byte", r["val_bits_per_token"])
         energy = f"{r['val_energy']:.3f}" if "val_energy" in r else "-"  # models without an energy loss

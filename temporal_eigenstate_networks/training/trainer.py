@@ -53,6 +53,11 @@ class TrainingDiverged(RuntimeError):
     """The loss stopped being a finite number."""
 
 
+def lower_rate(rate: float) -> float:
+    """The learning rate advised after a divergence: a tenth, in 3 digits (6e-05, not 5.9999999999999995e-05)."""
+    return float(f"{rate / 10:.3g}")
+
+
 @dataclass
 class RunResult:
     status: str  # finished | time_budget (a step-defined run cut short) | stopped (SIGINT/SIGTERM)
@@ -580,15 +585,13 @@ class Trainer:
 
     def divergence_advice(self) -> str:
         """What to do after a divergence: continue from the last checkpoint (all are finite) at a lower rate."""
-        lower = command_line(TrainArguments, learning_rate=self.plan.learning_rate / 10)
+        lower = command_line(TrainArguments, learning_rate=lower_rate(self.plan.learning_rate))
         plain = command_line(TrainArguments, mixed_precision="no")
         precision = f" (or {plain})" if self.precision.dtype is not None else ""
         try:
             last = None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir)
         except CheckpointError:
             last = None
-        if self.continued_by is not None:  # a variant of a comparison, whose variants all train at one rate
-            return f"a comparison trains its variants at one rate: run it again at a lower one, e.g. {lower}{precision}"
         if last is None:
             return f"no checkpoint of this run was saved: start again with a lower rate, e.g. {lower}{precision}"
         return (f"the last good checkpoint is {last}: continue from it at a lower rate with "
