@@ -364,7 +364,7 @@ def test_a_diverged_variant_is_a_row_and_the_comparison_goes_on(corpus, tmp_path
     def ten_diverges(args, **kwargs):
         trainer = real(args, **kwargs)
         if Path(args.output_dir).name == "ten":
-            trainer.train = lambda: (_ for _ in ()).throw(TrainingDiverged("the loss became nan at step 1; advice"))
+            trainer.train = lambda: (_ for _ in ()).throw(TrainingDiverged("the loss became nan at step 1", "advice"))
         return trainer
 
     monkeypatch.setattr(compare, "Trainer", ten_diverges)

@@ -257,8 +257,8 @@ def run_command(args: TrainArguments, variants: str, tokens: int | None, seeds: 
         lower = command_line(TrainArguments, learning_rate=lower_rate(diverged[0]["learning_rate"]))
         others = "; the table holds the others" if len(diverged) < len(rows) else ""
         raise TrainingDiverged(
-            f"{names} diverged ({diverged[0]['reason']}){others}; a comparison trains its variants at one rate: "
-            f"run it again at a lower one, e.g. {lower}"
+            f"{names} diverged ({diverged[0]['reason']}){others}",
+            f"a comparison trains its variants at one rate: run it again at a lower one, e.g. {lower}",
         )
 
 
@@ -327,7 +327,7 @@ def run_comparison(
                 write_record(rows, base, names, output_dir, seeds)  # --resume finds the comparison, even after a kill
                 rows.append({**run_variant(trainer, name), "seed": seed})
             except TrainingDiverged as err:  # a row that says so; the comparison goes on with the others
-                rows.append({"variant": name, "seed": seed, "status": DIVERGED, "reason": str(err).split(";")[0],
+                rows.append({"variant": name, "seed": seed, "status": DIVERGED, "reason": err.reason,
                              "learning_rate": trainer.plan.learning_rate})  # fmt: skip
             except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer listens: stop now, keep the table
                 rows.append({"variant": name, "seed": seed, "status": INTERRUPTED})

@@ -50,7 +50,11 @@ LOG_EVERY = 10
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss stopped being a finite number."""
+    """The loss stopped being a finite number: what happened (`reason`), then what to do."""
+
+    def __init__(self, reason: str, advice: str) -> None:
+        super().__init__(f"{reason}; {advice}")
+        self.reason = reason
 
 
 def lower_rate(rate: float) -> float:
@@ -425,8 +429,8 @@ class Trainer:
                           .tolist(), strict=True))  # fmt: skip
         if not math.isfinite(values["loss"]):
             detail = ", ".join(f"{k} {v}" for k, v in values.items() if k not in ("loss", "grad_norm"))
-            raise TrainingDiverged(f"the loss became {values['loss']} at step {step + 1} ({detail}); "
-                                   f"{self.divergence_advice()}")  # fmt: skip
+            raise TrainingDiverged(f"the loss became {values['loss']} at step {step + 1} ({detail})",
+                                   self.divergence_advice())  # fmt: skip
         self.learning_rate = self.learning_rate_now()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate
@@ -551,8 +555,8 @@ class Trainer:
         if self.context.is_main:
             diverged = self.divergence()
         if self.context.any(diverged is not None, self.device):
-            raise TrainingDiverged(f"{diverged or 'the weights diverged'}, so they are not saved as {name}; "
-                                   f"{self.divergence_advice()}")  # fmt: skip
+            raise TrainingDiverged(f"{diverged or 'the weights diverged'}, so they are not saved as {name}",
+                                   self.divergence_advice())  # fmt: skip
         if self.context.is_main:
             self.state.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
             try:
