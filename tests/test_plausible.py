@@ -3,9 +3,7 @@ times call overhead and an emulated dtype are caught, from injected measurements
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -15,6 +13,7 @@ from temporal_eigenstate_networks.experiments.bench import markdown, weight_read
 from temporal_eigenstate_networks.plausible import Yardstick, settle
 from temporal_eigenstate_networks.units import bytes_text, flop_rate_text, signed_text
 from tests.test_experiments import TINY_BENCH, fake_bench
+from tests.test_train_mfu import load_benchmark
 
 MIB = 2**20
 
@@ -182,10 +181,7 @@ def test_an_interrupted_bench_keeps_the_lengths_it_measured(tmp_path, monkeypatc
 
 
 def test_bench_core_never_prints_a_share_above_its_yardstick():
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_core.py"
-    spec = importlib.util.spec_from_file_location("bench_core", path)
-    core = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(core)
+    core = load_benchmark("bench_core")
     row = {"mode": "selective", "T": 64, "sequential_s": None, "chunked_s": 1e-3, "fft_s": None,
            "chunked_fwd_s": 1e-4, "chunked_fwd_gb_per_s": 30.0}  # fmt: skip
     busy = settle(measurements(20.0, 25.0), [30.0], **core.COPY, first=18.0)  # the copy timed while busy

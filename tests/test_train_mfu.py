@@ -13,16 +13,16 @@ from temporal_eigenstate_networks.training.precision import resolve_precision
 from .test_training import tiny_arguments
 
 
-def load_script():
-    path = Path(__file__).parents[1] / "benchmarks" / "train_mfu.py"
-    spec = importlib.util.spec_from_file_location("train_mfu", path)
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_a_training_step_counts_six_flops_per_weight_and_token(corpus, tmp_path):
-    train_mfu = load_script()
+    train_mfu = load_benchmark("train_mfu")
     Trainer(tiny_arguments(corpus, tmp_path / "run", max_steps=2)).train()
     model = LanguageModel.from_pretrained(tmp_path / "run" / "checkpoints" / "final")
     matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -35,7 +35,7 @@ def test_a_training_step_counts_six_flops_per_weight_and_token(corpus, tmp_path)
 
 
 def test_the_report_names_tokens_flops_mfu_and_cost(corpus, tmp_path, capsys):
-    train_mfu = load_script()
+    train_mfu = load_benchmark("train_mfu")
     Trainer(tiny_arguments(corpus, tmp_path / "run", max_steps=2)).train()
     capsys.readouterr()  # the run's own output
     train_mfu.report(tmp_path / "run", torch.device("cpu"), hourly_rate=2.0)
@@ -46,7 +46,7 @@ def test_the_report_names_tokens_flops_mfu_and_cost(corpus, tmp_path, capsys):
 
 
 def test_a_folder_that_is_not_a_finished_run_is_one_line(tmp_path, monkeypatch):
-    train_mfu = load_script()
+    train_mfu = load_benchmark("train_mfu")
     monkeypatch.setattr("sys.argv", ["train_mfu.py", str(tmp_path), "--device", "cpu"])
     with pytest.raises(SystemExit) as stop:
         train_mfu.main()
